@@ -1,0 +1,114 @@
+// Package store is the global control plane's durable state: organizations,
+// API tokens, apps, services, deployments, secrets, the region registry and
+// idempotency records. One interface has two implementations over
+// database/sql: SQLite (modernc.org/sqlite, the embedded default) and
+// PostgreSQL (pgx), sharing versioned migrations and one contract test suite.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/meridian-run/meridian/api"
+)
+
+// Errors returned by the store. Callers test them with errors.Is.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrConflict = errors.New("already exists")
+)
+
+// Store is the global store. Update runs fn in one read-write transaction
+// and commits it when fn returns nil (retrying serialization failures);
+// View runs fn in a read-only transaction.
+type Store interface {
+	Update(ctx context.Context, fn func(Tx) error) error
+	View(ctx context.Context, fn func(Tx) error) error
+	Close() error
+}
+
+// Page asks for one page of a list: at most Limit items after the cursor
+// Token (as returned in a previous page's next token; "" for the first).
+type Page struct {
+	Limit int
+	Token string
+}
+
+// TokenRecord is a stored API token: its hash, never its value.
+type TokenRecord struct {
+	api.Token
+	Hash []byte
+}
+
+// SecretRecord is a stored secret: its sealed value, never its plaintext.
+type SecretRecord struct {
+	api.Secret
+	Sealed []byte
+}
+
+// Idempotency is a stored answer to a creating request with an
+// Idempotency-Key, replayed when the same key comes again.
+type Idempotency struct {
+	OrgID       string
+	Key         string
+	RequestHash []byte
+	Status      int
+	Body        []byte
+	CreatedAt   time.Time
+}
+
+// NewDeployment is what CreateDeployment writes in one transaction: the
+// service (created when it does not exist), a deployment numbered one past
+// the service's latest, and one regional deployment per region.
+type NewDeployment struct {
+	Service    api.Service    // OrgID, AppID, Name; ID and CreatedAt used only when new
+	Deployment api.Deployment // ID, Definition, Status, CreatedAt; Version is assigned
+}
+
+// Tx is one transaction. Lists return items in a stable order and the
+// cursor of the next page ("" on the last page).
+type Tx interface {
+	CreateOrg(ctx context.Context, o api.Organization) error
+	GetOrg(ctx context.Context, id string) (api.Organization, error)
+	GetOrgByName(ctx context.Context, name string) (api.Organization, error)
+	ListOrgs(ctx context.Context, p Page) ([]api.Organization, string, error)
+
+	CreateToken(ctx context.Context, t TokenRecord) error
+	TokenByHash(ctx context.Context, hash []byte) (api.Token, error)
+	ListTokens(ctx context.Context, orgID string, p Page) ([]api.Token, string, error)
+	DeleteToken(ctx context.Context, orgID, id string) error
+
+	CreateApp(ctx context.Context, a api.App) error
+	GetApp(ctx context.Context, orgID, name string) (api.App, error)
+	ListApps(ctx context.Context, orgID string, p Page) ([]api.App, string, error)
+	// DeleteApp fails with ErrConflict while the app has services.
+	DeleteApp(ctx context.Context, orgID, name string) error
+
+	// PutSecret creates or replaces a secret; created reports which.
+	PutSecret(ctx context.Context, s SecretRecord) (created bool, err error)
+	GetSecret(ctx context.Context, orgID, name string) (SecretRecord, error)
+	ListSecrets(ctx context.Context, orgID string, p Page) ([]api.Secret, string, error)
+	DeleteSecret(ctx context.Context, orgID, name string) error
+
+	// CreateDeployment writes d and returns the deployment as stored, with
+	// its version and its service's id filled in.
+	CreateDeployment(ctx context.Context, d NewDeployment) (api.Deployment, error)
+	GetService(ctx context.Context, orgID, appID, name string) (api.Service, error)
+	ListServices(ctx context.Context, orgID, appID string, p Page) ([]api.Service, string, error)
+	DeleteService(ctx context.Context, orgID, appID, name string) error
+	GetDeployment(ctx context.Context, orgID, id string) (api.Deployment, error)
+	// ListDeployments lists a service's deployments, newest first.
+	ListDeployments(ctx context.Context, orgID, serviceID string, p Page) ([]api.Deployment, string, error)
+	UpdateDeploymentStatus(ctx context.Context, id, status, message string, at time.Time) error
+	UpdateRegionalDeployment(ctx context.Context, rd api.RegionalDeployment) error
+
+	CreateRegion(ctx context.Context, r api.Region) error
+	GetRegion(ctx context.Context, id string) (api.Region, error)
+	ListRegions(ctx context.Context, p Page) ([]api.Region, string, error)
+	UpdateRegion(ctx context.Context, r api.Region) error
+
+	GetIdempotency(ctx context.Context, orgID, key string) (Idempotency, error)
+	// PutIdempotency fails with ErrConflict when the key is taken.
+	PutIdempotency(ctx context.Context, rec Idempotency) error
+}
