@@ -1,0 +1,34 @@
+# Meridian's build and test entry points. `make test` is what CI runs.
+GO ?= go
+PKGS := ./...
+
+.PHONY: test check fmt vet staticcheck build bench clean
+
+## test: every check, then every test with the race detector.
+test: check
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+## check: formatting, go vet and staticcheck.
+check: fmt vet staticcheck
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go') 2>/dev/null); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+staticcheck:
+	$(GO) tool staticcheck $(PKGS)
+
+## build: the meridian binary and the demo app into bin/.
+build:
+	$(GO) build -o bin/meridian ./cmd/meridian
+	$(GO) build -o bin/hello ./examples/hello
+
+## bench: the benchmarks whose figures the issues ask for.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+clean:
+	rm -rf bin

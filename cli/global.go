@@ -1,0 +1,160 @@
+package cli
+
+import (
+	"crypto/rand"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meridian-run/meridian/global"
+	"github.com/meridian-run/meridian/spec"
+	"github.com/meridian-run/meridian/store"
+)
+
+// newLogger builds a component's structured logger from --log-level and
+// --log-format.
+func newLogger(level, format string, w *os.File) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, usagef("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, usagef("--log-format %q: want text or json", format)
+}
+
+// readOrCreate returns the trimmed content of path, creating it with
+// make() (mode 0600) when it does not exist.
+func readOrCreate(path string, make func() string) (value string, created bool, err error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		return strings.TrimSpace(string(b)), false, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", false, err
+	}
+	v := make()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return "", false, err
+	}
+	if err := os.WriteFile(path, []byte(v+"\n"), 0o600); err != nil {
+		return "", false, err
+	}
+	return v, true, nil
+}
+
+func newAdminToken() string {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return "mra_" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b))
+}
+
+func newGlobalCmd(g *globals) *cobra.Command {
+	var (
+		listen, stateDir, storeURL, adminToken, keyFile, domain, catalogue, logLevel, logFormat string
+		maxScale                                                                                int
+	)
+	cmd := &cobra.Command{
+		Use:   "global",
+		Short: "Run the global control plane: the public API and its store",
+		Long: `Run the global control plane. State (the SQLite store, the admin token and
+the secret-sealing key, unless given) lives in --state-dir. Use --store
+postgres://... for PostgreSQL in production.`,
+		Args: args(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(logLevel, logFormat, os.Stderr)
+			if err != nil {
+				return err
+			}
+			if maxScale < 1 {
+				return usagef("--max-scale %d: want at least 1", maxScale)
+			}
+			opts := spec.Options{Catalogue: spec.DefaultCatalogue()}
+			opts.Limits.MaxScale = maxScale
+			if catalogue != "" {
+				if opts.Catalogue, err = spec.LoadCatalogue(catalogue); err != nil {
+					return fmt.Errorf("--instance-types: %w", err)
+				}
+			}
+			if err := os.MkdirAll(stateDir, 0o700); err != nil {
+				return fmt.Errorf("--state-dir: %w", err)
+			}
+			if adminToken == "" {
+				adminToken = os.Getenv("MERIDIAN_ADMIN_TOKEN")
+			}
+			if adminToken == "" {
+				path := filepath.Join(stateDir, "admin.token")
+				var created bool
+				if adminToken, created, err = readOrCreate(path, newAdminToken); err != nil {
+					return fmt.Errorf("admin token: %w", err)
+				}
+				if created {
+					log.Info("generated the admin token", "file", path)
+				}
+			}
+			if keyFile == "" {
+				keyFile = filepath.Join(stateDir, "secret.key")
+				if _, created, err := readOrCreate(keyFile, global.NewSecretKey); err != nil {
+					return fmt.Errorf("secret key: %w", err)
+				} else if created {
+					log.Info("generated the secret-sealing key; back it up: secrets cannot be read without it", "file", keyFile)
+				}
+			}
+			key, err := global.LoadSecretKey(keyFile)
+			if err != nil {
+				return fmt.Errorf("--secret-key-file: %w", err)
+			}
+			if storeURL == "" {
+				storeURL = os.Getenv("MERIDIAN_STORE")
+			}
+			if storeURL == "" {
+				storeURL = filepath.Join(stateDir, "global.db")
+			}
+			ctx := cmd.Context()
+			st, err := store.Open(ctx, storeURL)
+			if err != nil {
+				return fmt.Errorf("--store: %w", err)
+			}
+			defer st.Close()
+			srv, err := global.Start(ctx, global.Config{
+				Listen: listen, Store: st, AdminToken: adminToken, SecretKey: key,
+				Domain: domain, Spec: opts, Logger: log,
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "meridian global: API at %s\n", srv.URL())
+			select {
+			case <-ctx.Done():
+				log.Info("shutting down")
+				return srv.Close()
+			case err := <-srv.Err():
+				return err
+			}
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&listen, "listen", "127.0.0.1:7700", "API listen address")
+	f.StringVar(&stateDir, "state-dir", ".meridian/global", "directory for the SQLite store, admin token and secret key")
+	f.StringVar(&storeURL, "store", "", "store: a SQLite path or sqlite://PATH, or postgres://... (default $MERIDIAN_STORE, else STATE_DIR/global.db)")
+	f.StringVar(&adminToken, "admin-token", "", "the installation's admin token (default $MERIDIAN_ADMIN_TOKEN, else STATE_DIR/admin.token, generated if absent)")
+	f.StringVar(&keyFile, "secret-key-file", "", "file with the base64 32-byte key that seals secrets (default STATE_DIR/secret.key, generated if absent)")
+	f.StringVar(&domain, "domain", global.DefaultDomain, "suffix of apps' public host names: <app>.<org>.<domain>")
+	f.StringVar(&catalogue, "instance-types", "", "YAML file with the instance type catalogue (default: the built-in catalogue)")
+	f.IntVar(&maxScale, "max-scale", spec.DefaultMaxScale, "most instances a service may ask for in one region")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	return cmd
+}

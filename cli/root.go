@@ -1,0 +1,218 @@
+// Package cli is the meridian command line: the server subcommands
+// (global, and later region, agent, edge, dev) and the client commands that
+// talk to the global API. Exit codes: 0 success, 1 a user error (invalid
+// input, not found, refused), 2 a usage error.
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/meridian-run/meridian/api"
+)
+
+// UsageError is a mistake in how the command was called: exit code 2.
+type UsageError struct{ Err error }
+
+func (e UsageError) Error() string { return e.Err.Error() }
+func (e UsageError) Unwrap() error { return e.Err }
+
+func usagef(format string, args ...any) error { return UsageError{fmt.Errorf(format, args...)} }
+
+// globals are the flags every client command shares.
+type globals struct {
+	api, token, output string
+	stdout, stderr     io.Writer
+}
+
+// client returns an API client from --api/--token or MERIDIAN_API and
+// MERIDIAN_TOKEN.
+func (g *globals) client() (*api.Client, error) {
+	base := g.api
+	if base == "" {
+		base = os.Getenv("MERIDIAN_API")
+	}
+	tok := g.token
+	if tok == "" {
+		tok = os.Getenv("MERIDIAN_TOKEN")
+	}
+	if base == "" {
+		base = "http://127.0.0.1:7700"
+	}
+	if tok == "" {
+		return nil, usagef("no API token: pass --token or set MERIDIAN_TOKEN")
+	}
+	return api.NewClient(base, tok), nil
+}
+
+// NewRoot builds the meridian command tree writing to stdout and stderr.
+func NewRoot(stdout, stderr io.Writer) *cobra.Command {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:           "meridian",
+		Short:         "Meridian: one deployment definition, rolled out to many regions",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			switch g.output {
+			case "table", "json", "yaml":
+				return nil
+			}
+			return usagef("--output %q: want json, yaml or table", g.output)
+		},
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return UsageError{err} })
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.api, "api", "", "global API URL (default $MERIDIAN_API, else http://127.0.0.1:7700)")
+	pf.StringVar(&g.token, "token", "", "API token (default $MERIDIAN_TOKEN)")
+	pf.StringVarP(&g.output, "output", "o", "table", "output format of read commands: json, yaml or table")
+	root.AddCommand(
+		newGlobalCmd(g),
+		newValidateCmd(g),
+		newRenderCmd(g),
+		newOrgsCmd(g),
+		newTokensCmd(g),
+		newAppsCmd(g),
+		newDeployCmd(g),
+		newServicesCmd(g),
+		newDeploymentsCmd(g),
+		newSecretsCmd(g),
+		newRegionsCmd(g),
+	)
+	return root
+}
+
+// Main runs the command line with args and returns the process exit code.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := NewRoot(stdout, stderr)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(stderr, "error:", err)
+	return ExitCode(err)
+}
+
+// ExitCode maps an error to the exit code contract: 2 for usage errors, 1
+// for everything else.
+func ExitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var ue UsageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	msg := err.Error()
+	if strings.HasPrefix(msg, "unknown command") || strings.HasPrefix(msg, "unknown flag") ||
+		strings.Contains(msg, "arg(s), received") || strings.HasPrefix(msg, "required flag") {
+		return 2
+	}
+	return 1
+}
+
+// args checks the number of positional arguments, as a usage error.
+func args(n int, names ...string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, a []string) error {
+		if len(a) != n {
+			return usagef("%s takes %d argument(s) (%s), got %d", cmd.CommandPath(), n, strings.Join(names, ", "), len(a))
+		}
+		return nil
+	}
+}
+
+// column is one table column: a header and how to get its cell.
+type column[T any] struct {
+	header string
+	cell   func(T) string
+}
+
+// printList prints items as the chosen output.
+func printList[T any](g *globals, items []T, cols []column[T]) error {
+	if items == nil {
+		items = []T{}
+	}
+	if g.output != "table" {
+		return printValue(g, items)
+	}
+	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+	hs := make([]string, len(cols))
+	for i, c := range cols {
+		hs[i] = c.header
+	}
+	fmt.Fprintln(tw, strings.Join(hs, "\t"))
+	for _, it := range items {
+		cells := make([]string, len(cols))
+		for i, c := range cols {
+			cells[i] = c.cell(it)
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t"))
+	}
+	return tw.Flush()
+}
+
+// printOne prints one item: as a one-row table, or as JSON or YAML.
+func printOne[T any](g *globals, item T, cols []column[T]) error {
+	if g.output != "table" {
+		return printValue(g, item)
+	}
+	return printList(g, []T{item}, cols)
+}
+
+// printValue prints v as JSON or YAML (YAML with the JSON field names).
+func printValue(g *globals, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	if g.output == "yaml" {
+		var generic any
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.UseNumber()
+		if err := dec.Decode(&generic); err != nil {
+			return err
+		}
+		y, err := yaml.Marshal(jsonNumbers(generic))
+		if err != nil {
+			return err
+		}
+		_, err = g.stdout.Write(y)
+		return err
+	}
+	_, err = fmt.Fprintln(g.stdout, string(b))
+	return err
+}
+
+// jsonNumbers turns json.Number values into int64 or float64 for YAML.
+func jsonNumbers(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			x[k] = jsonNumbers(e)
+		}
+	case []any:
+		for i, e := range x {
+			x[i] = jsonNumbers(e)
+		}
+	case json.Number:
+		if i, err := x.Int64(); err == nil {
+			return i
+		}
+		f, _ := x.Float64()
+		return f
+	}
+	return v
+}

@@ -1,0 +1,125 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meridian-run/meridian/spec"
+)
+
+// readDefinitionFile reads a definition file ("-" is standard input).
+func readDefinitionFile(path string) ([]byte, error) {
+	if path == "" {
+		return nil, usagef("-f/--file is required")
+	}
+	if path == "-" {
+		return io.ReadAll(io.LimitReader(os.Stdin, spec.MaxDocumentSize+1))
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("-f %s: %w", path, err)
+	}
+	return b, nil
+}
+
+// specOptions loads the instance type catalogue named by --instance-types.
+func specOptions(catalogue string) (spec.Options, error) {
+	opts := spec.Options{Catalogue: spec.DefaultCatalogue()}
+	if catalogue != "" {
+		c, err := spec.LoadCatalogue(catalogue)
+		if err != nil {
+			return opts, fmt.Errorf("--instance-types: %w", err)
+		}
+		opts.Catalogue = c
+	}
+	return opts, nil
+}
+
+// definitionErrors prints a definition's field errors one per line.
+type definitionErrors struct{ err error }
+
+func (e definitionErrors) Error() string {
+	var fe spec.Errors
+	if errors.As(e.err, &fe) {
+		return fmt.Sprintf("invalid deployment definition (%d errors):\n%s", len(fe), fe.Error())
+	}
+	return "invalid deployment definition: " + e.err.Error()
+}
+
+func newValidateCmd(g *globals) *cobra.Command {
+	var file, catalogue string
+	cmd := &cobra.Command{
+		Use:   "validate -f FILE",
+		Short: "Check a deployment definition (YAML or JSON) without sending it",
+		Args:  args(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			doc, err := readDefinitionFile(file)
+			if err != nil {
+				return err
+			}
+			opts, err := specOptions(catalogue)
+			if err != nil {
+				return err
+			}
+			def, err := spec.Parse(doc)
+			if err == nil {
+				err = spec.Validate(def, opts)
+			}
+			if err != nil {
+				return definitionErrors{err}
+			}
+			fmt.Fprintf(g.stdout, "%s: valid (%d regions)\n", file, len(def.Regions))
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&file, "file", "f", "", "definition file, or - for standard input")
+	cmd.Flags().StringVar(&catalogue, "instance-types", "", "YAML instance type catalogue (default: the built-in one)")
+	return cmd
+}
+
+func newRenderCmd(g *globals) *cobra.Command {
+	var file, catalogue, region string
+	cmd := &cobra.Command{
+		Use:   "render -f FILE --region R",
+		Short: "Print the regional definition derived from a definition for one region",
+		Args:  args(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if region == "" {
+				return usagef("--region is required")
+			}
+			doc, err := readDefinitionFile(file)
+			if err != nil {
+				return err
+			}
+			opts, err := specOptions(catalogue)
+			if err != nil {
+				return err
+			}
+			def, err := spec.Parse(doc)
+			if err == nil {
+				err = spec.Validate(def, opts)
+			}
+			if err != nil {
+				return definitionErrors{err}
+			}
+			rd, err := spec.DeriveRegion(def, region, opts)
+			if err != nil {
+				return fmt.Errorf("--region: %w", err)
+			}
+			if g.output == "table" {
+				g2 := *g
+				g2.output = "json"
+				return printValue(&g2, rd)
+			}
+			return printValue(g, rd)
+		},
+	}
+	cmd.Flags().StringVarP(&file, "file", "f", "", "definition file, or - for standard input")
+	cmd.Flags().StringVar(&region, "region", "", "region to render")
+	cmd.Flags().StringVar(&catalogue, "instance-types", "", "YAML instance type catalogue (default: the built-in one)")
+	return cmd
+}

@@ -1,0 +1,43 @@
+package global
+
+import (
+	"bytes"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/meridian-run/meridian/store/storetest"
+)
+
+// FuzzCreateService sends arbitrary bodies and content types to the real
+// create-service handler: it must never answer 5xx, and whatever it accepts
+// must be readable back.
+func FuzzCreateService(f *testing.F) {
+	for _, seed := range []string{
+		"name: web\nregions: [fra]\ncommand: [web]\n",
+		`{"name":"web","regions":["fra","was"],"image":"r/web:1","scalings":[{"min":1,"max":2,"scopes":["region:was"]}]}`,
+		"name: web\nregions: [fra]\ncommand: [web]\nenv: [{key: A, value: b, scopes: [\"region:fra\"]}, {key: A, value: c, scopes: [\"region:fra\"]}]\n",
+		"{", "", "- a\n- b\n", "name: &a [*a]\n",
+	} {
+		f.Add([]byte(seed), "application/yaml")
+		f.Add([]byte(seed), "application/json")
+	}
+	h := newHarness(f, storetest.Open(f, "sqlite"))
+	if _, err := h.acme.CreateApp(ctxT(f), "app", ""); err != nil {
+		f.Fatal(err)
+	}
+	handler := h.srv.Handler()
+	f.Fuzz(func(t *testing.T, body []byte, ct string) {
+		req := httptest.NewRequest("POST", "/v1/apps/app/services", bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+h.acme.Token)
+		req.Header.Set("Content-Type", ct)
+		rec := httptest.NewRecorder()
+		handler.ServeHTTP(rec, req)
+		if rec.Code >= 500 {
+			t.Fatalf("status %d for %q (%s): %s", rec.Code, body, ct, rec.Body)
+		}
+		if rec.Code == http.StatusCreated && !bytes.Contains(rec.Body.Bytes(), []byte(`"version"`)) {
+			t.Fatalf("created without a version: %s", rec.Body)
+		}
+	})
+}

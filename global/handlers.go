@@ -1,0 +1,644 @@
+package global
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base32"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"net/url"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/meridian-run/meridian/api"
+	"github.com/meridian-run/meridian/spec"
+	"github.com/meridian-run/meridian/store"
+)
+
+var (
+	labelRe      = regexp.MustCompile(`^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$`)
+	secretNameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,127}$`)
+	b32          = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+)
+
+// maxSecretBytes bounds a secret's value.
+const maxSecretBytes = 64 << 10
+
+// newID returns a random id with a type prefix, like "dep_k3j...".
+func newID(prefix string) string {
+	b := make([]byte, 12)
+	rand.Read(b)
+	return prefix + "_" + b32.EncodeToString(b)
+}
+
+func newTokenValue() string {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return "mrd_" + b32.EncodeToString(b)
+}
+
+func checkLabel(path, v string) error {
+	if !labelRe.MatchString(v) {
+		return fieldErr(path, "%q is not a valid name: use 1-63 lowercase letters, digits and '-', starting with a letter", v)
+	}
+	return nil
+}
+
+func listOf[T any](items []T, next string) api.List[T] {
+	if items == nil {
+		items = []T{}
+	}
+	return api.List[T]{Items: items, NextPageToken: next}
+}
+
+// create runs fn in one write transaction and answers its result with
+// status. With an Idempotency-Key header the answer is stored in the same
+// transaction, and a retry with the same key replays it without running fn
+// again; the same key with a different request is refused.
+func (s *Server) create(w http.ResponseWriter, r *http.Request, body []byte, status int, fn func(ctx context.Context, tx store.Tx) (any, error)) error {
+	ctx := r.Context()
+	key := r.Header.Get("Idempotency-Key")
+	if key == "" {
+		var out any
+		err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+			var err error
+			out, err = fn(ctx, tx)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		writeJSON(w, status, out)
+		return nil
+	}
+	if len(key) > 255 {
+		return fieldErr("Idempotency-Key", "longer than 255 characters")
+	}
+	scope := callerOf(ctx).orgID
+	sum := sha256.Sum256(append([]byte(r.Method+" "+r.URL.Path+"\n"), body...))
+	errRace := errors.New("idempotency key taken concurrently")
+	for attempt := 0; ; attempt++ {
+		var rec store.Idempotency
+		replay := false
+		err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+			old, err := tx.GetIdempotency(ctx, scope, key)
+			if err == nil {
+				rec, replay = old, true
+				return nil
+			}
+			if !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			out, err := fn(ctx, tx)
+			if err != nil {
+				return err
+			}
+			b, err := json.Marshal(out)
+			if err != nil {
+				return err
+			}
+			rec = store.Idempotency{OrgID: scope, Key: key, RequestHash: sum[:], Status: status, Body: b, CreatedAt: s.cfg.Now()}
+			if err := tx.PutIdempotency(ctx, rec); errors.Is(err, store.ErrConflict) {
+				return errRace
+			} else if err != nil {
+				return err
+			}
+			return nil
+		})
+		if errors.Is(err, errRace) && attempt < 3 {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if replay {
+			if !bytes.Equal(rec.RequestHash, sum[:]) {
+				return apiErr(http.StatusUnprocessableEntity, api.CodeConflict,
+					"Idempotency-Key %q was already used with a different request", key)
+			}
+			w.Header().Set("Idempotent-Replayed", "true")
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(rec.Status)
+		w.Write(append(rec.Body, '\n'))
+		return nil
+	}
+}
+
+// list answers one page of a list read in a read-only transaction.
+func list[T any](s *Server, w http.ResponseWriter, r *http.Request, fn func(ctx context.Context, tx store.Tx, p store.Page) ([]T, string, error)) error {
+	p, err := page(r)
+	if err != nil {
+		return err
+	}
+	ctx := r.Context()
+	var items []T
+	var next string
+	err = s.cfg.Store.View(ctx, func(tx store.Tx) error {
+		items, next, err = fn(ctx, tx, p)
+		return err
+	})
+	if err != nil {
+		return storeErr(err, "page")
+	}
+	writeJSON(w, http.StatusOK, listOf(items, next))
+	return nil
+}
+
+// get answers one resource read in a read-only transaction.
+func get[T any](s *Server, w http.ResponseWriter, r *http.Request, fn func(ctx context.Context, tx store.Tx) (T, error)) error {
+	ctx := r.Context()
+	var v T
+	err := s.cfg.Store.View(ctx, func(tx store.Tx) error {
+		var err error
+		v, err = fn(ctx, tx)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, v)
+	return nil
+}
+
+// remove runs a deletion and answers 204.
+func (s *Server) remove(w http.ResponseWriter, r *http.Request, fn func(ctx context.Context, tx store.Tx) error) error {
+	ctx := r.Context()
+	if err := s.cfg.Store.Update(ctx, func(tx store.Tx) error { return fn(ctx, tx) }); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) getOpenAPI(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, s.openAPI())
+	return nil
+}
+
+// Organizations and tokens.
+
+func (s *Server) createOrg(w http.ResponseWriter, r *http.Request) error {
+	var req api.CreateOrgRequest
+	body, err := s.decodeJSON(w, r, &req)
+	if err != nil {
+		return err
+	}
+	if err := checkLabel("name", req.Name); err != nil {
+		return err
+	}
+	return s.create(w, r, body, http.StatusCreated, func(ctx context.Context, tx store.Tx) (any, error) {
+		o := api.Organization{ID: newID("org"), Name: req.Name, CreatedAt: s.cfg.Now().UTC()}
+		if err := tx.CreateOrg(ctx, o); err != nil {
+			return nil, storeErr(err, fmt.Sprintf("organization %q", req.Name))
+		}
+		s.log.Info("organization created", "org", o.Name, "id", o.ID)
+		return o, nil
+	})
+}
+
+func (s *Server) listOrgs(w http.ResponseWriter, r *http.Request) error {
+	return list(s, w, r, func(ctx context.Context, tx store.Tx, p store.Page) ([]api.Organization, string, error) {
+		return tx.ListOrgs(ctx, p)
+	})
+}
+
+// findOrg finds an organization by name, or else by id.
+func findOrg(ctx context.Context, tx store.Tx, ref string) (api.Organization, error) {
+	o, err := tx.GetOrgByName(ctx, ref)
+	if errors.Is(err, store.ErrNotFound) {
+		o, err = tx.GetOrg(ctx, ref)
+	}
+	if err != nil {
+		return o, storeErr(err, fmt.Sprintf("organization %q", ref))
+	}
+	return o, nil
+}
+
+func (s *Server) getOrg(w http.ResponseWriter, r *http.Request) error {
+	return get(s, w, r, func(ctx context.Context, tx store.Tx) (api.Organization, error) {
+		return findOrg(ctx, tx, r.PathValue("org"))
+	})
+}
+
+func (s *Server) newToken(ctx context.Context, tx store.Tx, orgID, name string) (api.Token, error) {
+	t := api.Token{ID: newID("tok"), OrgID: orgID, Name: name, CreatedAt: s.cfg.Now().UTC()}
+	value := newTokenValue()
+	if err := tx.CreateToken(ctx, store.TokenRecord{Token: t, Hash: hashToken(value)}); err != nil {
+		return t, storeErr(err, "token")
+	}
+	t.Value = value
+	return t, nil
+}
+
+func (s *Server) decodeTokenRequest(w http.ResponseWriter, r *http.Request) (api.CreateTokenRequest, []byte, error) {
+	var req api.CreateTokenRequest
+	body, err := s.decodeJSON(w, r, &req)
+	if err != nil {
+		return req, nil, err
+	}
+	if req.Name == "" {
+		req.Name = "default"
+	}
+	if len(req.Name) > 100 {
+		return req, nil, fieldErr("name", "longer than 100 characters")
+	}
+	return req, body, nil
+}
+
+func (s *Server) createOrgToken(w http.ResponseWriter, r *http.Request) error {
+	req, body, err := s.decodeTokenRequest(w, r)
+	if err != nil {
+		return err
+	}
+	return s.create(w, r, body, http.StatusCreated, func(ctx context.Context, tx store.Tx) (any, error) {
+		o, err := findOrg(ctx, tx, r.PathValue("org"))
+		if err != nil {
+			return nil, err
+		}
+		return s.newToken(ctx, tx, o.ID, req.Name)
+	})
+}
+
+func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
+	req, body, err := s.decodeTokenRequest(w, r)
+	if err != nil {
+		return err
+	}
+	return s.create(w, r, body, http.StatusCreated, func(ctx context.Context, tx store.Tx) (any, error) {
+		return s.newToken(ctx, tx, callerOf(ctx).orgID, req.Name)
+	})
+}
+
+func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) error {
+	return list(s, w, r, func(ctx context.Context, tx store.Tx, p store.Page) ([]api.Token, string, error) {
+		return tx.ListTokens(ctx, callerOf(ctx).orgID, p)
+	})
+}
+
+func (s *Server) deleteToken(w http.ResponseWriter, r *http.Request) error {
+	return s.remove(w, r, func(ctx context.Context, tx store.Tx) error {
+		id := r.PathValue("id")
+		return storeErr(tx.DeleteToken(ctx, callerOf(ctx).orgID, id), fmt.Sprintf("token %q", id))
+	})
+}
+
+// Apps.
+
+func (s *Server) appHost(orgID, app string, tx store.Tx, ctx context.Context) (string, error) {
+	o, err := tx.GetOrg(ctx, orgID)
+	if err != nil {
+		return "", fmt.Errorf("organization of token: %w", err)
+	}
+	return app + "." + o.Name + "." + s.cfg.Domain, nil
+}
+
+func (s *Server) createApp(w http.ResponseWriter, r *http.Request) error {
+	var req api.CreateAppRequest
+	body, err := s.decodeJSON(w, r, &req)
+	if err != nil {
+		return err
+	}
+	if err := checkLabel("name", req.Name); err != nil {
+		return err
+	}
+	return s.create(w, r, body, http.StatusCreated, func(ctx context.Context, tx store.Tx) (any, error) {
+		orgID := callerOf(ctx).orgID
+		host, err := s.appHost(orgID, req.Name, tx, ctx)
+		if err != nil {
+			return nil, err
+		}
+		a := api.App{ID: newID("app"), OrgID: orgID, Name: req.Name, Host: host, CreatedAt: s.cfg.Now().UTC()}
+		if err := tx.CreateApp(ctx, a); err != nil {
+			return nil, storeErr(err, fmt.Sprintf("app %q", req.Name))
+		}
+		return a, nil
+	})
+}
+
+func (s *Server) listApps(w http.ResponseWriter, r *http.Request) error {
+	return list(s, w, r, func(ctx context.Context, tx store.Tx, p store.Page) ([]api.App, string, error) {
+		return tx.ListApps(ctx, callerOf(ctx).orgID, p)
+	})
+}
+
+func findApp(ctx context.Context, tx store.Tx, name string) (api.App, error) {
+	a, err := tx.GetApp(ctx, callerOf(ctx).orgID, name)
+	if err != nil {
+		return a, storeErr(err, fmt.Sprintf("app %q", name))
+	}
+	return a, nil
+}
+
+func (s *Server) getApp(w http.ResponseWriter, r *http.Request) error {
+	return get(s, w, r, func(ctx context.Context, tx store.Tx) (api.App, error) {
+		return findApp(ctx, tx, r.PathValue("app"))
+	})
+}
+
+func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) error {
+	return s.remove(w, r, func(ctx context.Context, tx store.Tx) error {
+		name := r.PathValue("app")
+		err := tx.DeleteApp(ctx, callerOf(ctx).orgID, name)
+		if errors.Is(err, store.ErrConflict) {
+			return errConflict("app %q still has services; delete them first", name)
+		}
+		return storeErr(err, fmt.Sprintf("app %q", name))
+	})
+}
+
+// Services and deployments.
+
+// definitionError turns the parser's or validator's field errors into an
+// API error that lists every one.
+func definitionError(err error) error {
+	var fe spec.Errors
+	if errors.As(err, &fe) {
+		return &api.Error{Status: http.StatusBadRequest, Code: api.CodeInvalid,
+			Message: fmt.Sprintf("invalid deployment definition (%d errors)", len(fe)), Fields: []api.FieldError(fe)}
+	}
+	return errInvalid("invalid deployment definition: %v", err)
+}
+
+func (s *Server) deployService(w http.ResponseWriter, r *http.Request) error {
+	if err := checkContentType(r, true); err != nil {
+		return err
+	}
+	body, err := s.readBody(w, r)
+	if err != nil {
+		return err
+	}
+	def, err := spec.Parse(body)
+	if err != nil {
+		return definitionError(err)
+	}
+	appName := r.PathValue("app")
+	return s.create(w, r, body, http.StatusCreated, func(ctx context.Context, tx store.Tx) (any, error) {
+		orgID := callerOf(ctx).orgID
+		app, err := findApp(ctx, tx, appName)
+		if err != nil {
+			return nil, err
+		}
+		opts := s.cfg.Spec
+		exists := map[string]bool{}
+		for _, e := range def.Env {
+			if e.Secret == "" {
+				continue
+			}
+			if _, seen := exists[e.Secret]; seen {
+				continue
+			}
+			_, err := tx.GetSecret(ctx, orgID, e.Secret)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return nil, err
+			}
+			exists[e.Secret] = err == nil
+		}
+		opts.SecretExists = func(name string) bool { return exists[name] }
+		if err := spec.Validate(def, opts); err != nil {
+			return nil, definitionError(err)
+		}
+		regional, err := spec.Derive(def, opts)
+		if err != nil {
+			return nil, definitionError(err)
+		}
+		now := s.cfg.Now().UTC()
+		d := api.Deployment{ID: newID("dep"), OrgID: orgID, AppID: app.ID, App: app.Name, Service: def.Name,
+			Status: api.StatusPending, Definition: def, CreatedAt: now, UpdatedAt: now}
+		for _, rd := range regional {
+			d.Regional = append(d.Regional, api.RegionalDeployment{ID: newID("rd"), DeploymentID: d.ID,
+				Region: rd.Region, Status: api.StatusPending, Definition: rd, UpdatedAt: now})
+		}
+		svc := api.Service{ID: newID("svc"), OrgID: orgID, AppID: app.ID, App: app.Name, Name: def.Name, CreatedAt: now, UpdatedAt: now}
+		stored, err := tx.CreateDeployment(ctx, store.NewDeployment{Service: svc, Deployment: d})
+		if err != nil {
+			return nil, storeErr(err, "deployment")
+		}
+		s.log.Info("deployment created", "app", app.Name, "service", def.Name, "version", stored.Version, "id", stored.ID)
+		return stored, nil
+	})
+}
+
+func (s *Server) listServices(w http.ResponseWriter, r *http.Request) error {
+	return list(s, w, r, func(ctx context.Context, tx store.Tx, p store.Page) ([]api.Service, string, error) {
+		app, err := findApp(ctx, tx, r.PathValue("app"))
+		if err != nil {
+			return nil, "", err
+		}
+		return tx.ListServices(ctx, app.OrgID, app.ID, p)
+	})
+}
+
+func findService(ctx context.Context, tx store.Tx, appName, name string) (api.Service, error) {
+	app, err := findApp(ctx, tx, appName)
+	if err != nil {
+		return api.Service{}, err
+	}
+	svc, err := tx.GetService(ctx, app.OrgID, app.ID, name)
+	if err != nil {
+		return svc, storeErr(err, fmt.Sprintf("service %q of app %q", name, appName))
+	}
+	return svc, nil
+}
+
+func (s *Server) getService(w http.ResponseWriter, r *http.Request) error {
+	return get(s, w, r, func(ctx context.Context, tx store.Tx) (api.Service, error) {
+		return findService(ctx, tx, r.PathValue("app"), r.PathValue("service"))
+	})
+}
+
+func (s *Server) deleteService(w http.ResponseWriter, r *http.Request) error {
+	return s.remove(w, r, func(ctx context.Context, tx store.Tx) error {
+		svc, err := findService(ctx, tx, r.PathValue("app"), r.PathValue("service"))
+		if err != nil {
+			return err
+		}
+		return storeErr(tx.DeleteService(ctx, svc.OrgID, svc.AppID, svc.Name), "service")
+	})
+}
+
+func (s *Server) listDeployments(w http.ResponseWriter, r *http.Request) error {
+	return list(s, w, r, func(ctx context.Context, tx store.Tx, p store.Page) ([]api.Deployment, string, error) {
+		svc, err := findService(ctx, tx, r.PathValue("app"), r.PathValue("service"))
+		if err != nil {
+			return nil, "", err
+		}
+		return tx.ListDeployments(ctx, svc.OrgID, svc.ID, p)
+	})
+}
+
+func (s *Server) getDeployment(w http.ResponseWriter, r *http.Request) error {
+	return get(s, w, r, func(ctx context.Context, tx store.Tx) (api.Deployment, error) {
+		id := r.PathValue("id")
+		d, err := tx.GetDeployment(ctx, callerOf(ctx).orgID, id)
+		return d, storeErr(err, fmt.Sprintf("deployment %q", id))
+	})
+}
+
+// Secrets.
+
+func (s *Server) putSecret(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if !secretNameRe.MatchString(name) {
+		return fieldErr("name", "%q is not a valid secret name: use letters, digits, '_', '.' and '-', starting with a letter or '_', at most 128", name)
+	}
+	var req api.PutSecretRequest
+	if _, err := s.decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	if len(req.Value) > maxSecretBytes {
+		return fieldErr("value", "longer than %d bytes", maxSecretBytes)
+	}
+	ctx := r.Context()
+	orgID := callerOf(ctx).orgID
+	now := s.cfg.Now().UTC()
+	sec := api.Secret{ID: newID("sec"), OrgID: orgID, Name: name, CreatedAt: now, UpdatedAt: now}
+	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		if old, err := tx.GetSecret(ctx, orgID, name); err == nil {
+			sec.ID, sec.CreatedAt = old.ID, old.CreatedAt
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		_, err := tx.PutSecret(ctx, store.SecretRecord{Secret: sec, Sealed: s.sealer.Seal(orgID, name, []byte(req.Value))})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, sec)
+	return nil
+}
+
+func (s *Server) listSecrets(w http.ResponseWriter, r *http.Request) error {
+	return list(s, w, r, func(ctx context.Context, tx store.Tx, p store.Page) ([]api.Secret, string, error) {
+		return tx.ListSecrets(ctx, callerOf(ctx).orgID, p)
+	})
+}
+
+func (s *Server) deleteSecret(w http.ResponseWriter, r *http.Request) error {
+	return s.remove(w, r, func(ctx context.Context, tx store.Tx) error {
+		name := r.PathValue("name")
+		return storeErr(tx.DeleteSecret(ctx, callerOf(ctx).orgID, name), fmt.Sprintf("secret %q", name))
+	})
+}
+
+// Regions.
+
+var regionStatuses = []string{api.RegionProvisioning, api.RegionTesting, api.RegionOpen, api.RegionDraining}
+
+func checkRegionFields(name string, lat, lon float64, u string) error {
+	var fields []api.FieldError
+	if len(name) > 100 {
+		fields = append(fields, api.FieldError{Path: "name", Message: "longer than 100 characters"})
+	}
+	if math.IsNaN(lat) || lat < -90 || lat > 90 {
+		fields = append(fields, api.FieldError{Path: "latitude", Message: fmt.Sprintf("%v is not in [-90, 90]", lat)})
+	}
+	if math.IsNaN(lon) || lon < -180 || lon > 180 {
+		fields = append(fields, api.FieldError{Path: "longitude", Message: fmt.Sprintf("%v is not in [-180, 180]", lon)})
+	}
+	if pu, err := url.Parse(u); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
+		fields = append(fields, api.FieldError{Path: "url", Message: fmt.Sprintf("%q is not an http(s) URL of the region's control plane", u)})
+	}
+	if len(fields) == 0 {
+		return nil
+	}
+	msgs := make([]string, len(fields))
+	for i, f := range fields {
+		msgs[i] = f.String()
+	}
+	return &api.Error{Status: http.StatusBadRequest, Code: api.CodeInvalid, Message: strings.Join(msgs, "; "), Fields: fields}
+}
+
+func (s *Server) createRegion(w http.ResponseWriter, r *http.Request) error {
+	var req api.CreateRegionRequest
+	body, err := s.decodeJSON(w, r, &req)
+	if err != nil {
+		return err
+	}
+	if err := checkLabel("id", req.ID); err != nil {
+		return err
+	}
+	if req.Name == "" {
+		req.Name = req.ID
+	}
+	if err := checkRegionFields(req.Name, req.Latitude, req.Longitude, req.URL); err != nil {
+		return err
+	}
+	return s.create(w, r, body, http.StatusCreated, func(ctx context.Context, tx store.Tx) (any, error) {
+		now := s.cfg.Now().UTC()
+		reg := api.Region{ID: req.ID, Name: req.Name, Latitude: req.Latitude, Longitude: req.Longitude,
+			URL: req.URL, Status: api.RegionProvisioning, CreatedAt: now, UpdatedAt: now}
+		if err := tx.CreateRegion(ctx, reg); err != nil {
+			return nil, storeErr(err, fmt.Sprintf("region %q", req.ID))
+		}
+		s.log.Info("region registered", "region", reg.ID, "url", reg.URL)
+		return reg, nil
+	})
+}
+
+func (s *Server) listRegions(w http.ResponseWriter, r *http.Request) error {
+	return list(s, w, r, func(ctx context.Context, tx store.Tx, p store.Page) ([]api.Region, string, error) {
+		return tx.ListRegions(ctx, p)
+	})
+}
+
+func (s *Server) getRegion(w http.ResponseWriter, r *http.Request) error {
+	return get(s, w, r, func(ctx context.Context, tx store.Tx) (api.Region, error) {
+		id := r.PathValue("id")
+		reg, err := tx.GetRegion(ctx, id)
+		return reg, storeErr(err, fmt.Sprintf("region %q", id))
+	})
+}
+
+func (s *Server) updateRegion(w http.ResponseWriter, r *http.Request) error {
+	var req api.UpdateRegionRequest
+	if _, err := s.decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	if req.Status != nil && !slices.Contains(regionStatuses, *req.Status) {
+		return fieldErr("status", "%q is not one of %s", *req.Status, strings.Join(regionStatuses, ", "))
+	}
+	ctx := r.Context()
+	id := r.PathValue("id")
+	var reg api.Region
+	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		var err error
+		reg, err = tx.GetRegion(ctx, id)
+		if err != nil {
+			return storeErr(err, fmt.Sprintf("region %q", id))
+		}
+		if req.Name != nil {
+			reg.Name = *req.Name
+		}
+		if req.Latitude != nil {
+			reg.Latitude = *req.Latitude
+		}
+		if req.Longitude != nil {
+			reg.Longitude = *req.Longitude
+		}
+		if req.URL != nil {
+			reg.URL = *req.URL
+		}
+		if req.Status != nil {
+			reg.Status = *req.Status
+		}
+		if err := checkRegionFields(reg.Name, reg.Latitude, reg.Longitude, reg.URL); err != nil {
+			return err
+		}
+		reg.UpdatedAt = s.cfg.Now().UTC()
+		return storeErr(tx.UpdateRegion(ctx, reg), fmt.Sprintf("region %q", id))
+	})
+	if err != nil {
+		return err
+	}
+	s.log.Info("region updated", "region", reg.ID, "status", reg.Status)
+	writeJSON(w, http.StatusOK, reg)
+	return nil
+}

@@ -1,0 +1,97 @@
+package global
+
+import (
+	"context"
+	"encoding/base64"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/meridian-run/meridian/api"
+	"github.com/meridian-run/meridian/store"
+	"github.com/meridian-run/meridian/store/storetest"
+)
+
+const testAdminToken = "test-admin-token-0123456789"
+
+// harness is a real global control plane on a loopback port, with an
+// organization "acme" and clients for the admin and for acme.
+type harness struct {
+	t     testing.TB
+	srv   *Server
+	st    store.Store
+	key   []byte
+	admin *api.Client
+	acme  *api.Client
+}
+
+func newHarness(t testing.TB, st store.Store) *harness {
+	t.Helper()
+	key, _ := base64.StdEncoding.DecodeString(NewSecretKey())
+	srv, err := Start(context.Background(), Config{
+		Listen: "127.0.0.1:0", Store: st, AdminToken: testAdminToken, SecretKey: key,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		t.Fatalf("start global: %v", err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	select {
+	case <-srv.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("global not ready in 10s")
+	}
+	h := &harness{t: t, srv: srv, st: st, key: key, admin: api.NewClient(srv.URL(), testAdminToken)}
+	h.acme = h.newOrg("acme")
+	return h
+}
+
+// newOrg creates an organization and returns a client with its token.
+func (h *harness) newOrg(name string) *api.Client {
+	h.t.Helper()
+	ctx := context.Background()
+	if _, err := h.admin.CreateOrg(ctx, name, ""); err != nil {
+		h.t.Fatalf("create org %s: %v", name, err)
+	}
+	tok, err := h.admin.CreateOrgToken(ctx, name, "test", "")
+	if err != nil {
+		h.t.Fatalf("create token for %s: %v", name, err)
+	}
+	return api.NewClient(h.srv.URL(), tok.Value)
+}
+
+// mustStatus asserts err is an API error with the given status and code.
+func mustStatus(t testing.TB, err error, status int) *api.Error {
+	t.Helper()
+	ae, ok := err.(*api.Error)
+	if !ok {
+		t.Fatalf("want an API error with status %d, got %T: %v", status, err, err)
+	}
+	if ae.Status != status {
+		t.Fatalf("want status %d, got %d: %v", status, ae.Status, ae)
+	}
+	if ae.Code == "" || ae.Message == "" {
+		t.Fatalf("error body lacks code or message: %+v", ae)
+	}
+	return ae
+}
+
+func readExample(t testing.TB) []byte {
+	t.Helper()
+	b, err := os.ReadFile("../examples/hello/meridian.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func forEachStore(t *testing.T, fn func(t *testing.T, h *harness)) {
+	storetest.Each(t, func(t *testing.T, st store.Store) { fn(t, newHarness(t, st)) })
+}
