@@ -1,0 +1,127 @@
+package region
+
+import (
+	"encoding/json"
+	"strings"
+	"time"
+
+	"github.com/meridian-run/meridian/api"
+)
+
+// The region's etcd layout, under /meridian/<region>/:
+//
+//	svc/<service key>          serviceRecord: desired state of a service (generation, deployment, count)
+//	spec/<deployment id>       specRecord: the regional definition and secrets of one deployment
+//	assign/<machine>/<id>      assignRecord: an instance placed on a machine (written by the scheduler)
+//	status/<id>                statusRecord: the instance's state as its agent reports it
+//	machines/<id>              machineRecord: a machine that joined
+//	alive/<id>                 bound to the machine's lease: present while it heartbeats
+//	tokens/<id>                tokenRecord: a join token (hash, expiry, uses, revoked)
+//	pending                    the leader's last unplaced demand, with reasons
+//	leader/                    the scheduler's election
+type keys struct{ root string }
+
+func newKeys(region string) keys { return keys{root: "/meridian/" + region + "/"} }
+
+func (k keys) svcPrefix() string               { return k.root + "svc/" }
+func (k keys) svc(key string) string           { return k.root + "svc/" + key }
+func (k keys) spec(dep string) string          { return k.root + "spec/" + dep }
+func (k keys) specPrefix() string              { return k.root + "spec/" }
+func (k keys) assignPrefix() string            { return k.root + "assign/" }
+func (k keys) assignMachine(m string) string   { return k.root + "assign/" + m + "/" }
+func (k keys) assign(m, id string) string      { return k.root + "assign/" + m + "/" + id }
+func (k keys) statusPrefix() string            { return k.root + "status/" }
+func (k keys) status(id string) string         { return k.root + "status/" + id }
+func (k keys) machinePrefix() string           { return k.root + "machines/" }
+func (k keys) machine(id string) string        { return k.root + "machines/" + id }
+func (k keys) alivePrefix() string             { return k.root + "alive/" }
+func (k keys) alive(id string) string          { return k.root + "alive/" + id }
+func (k keys) token(id string) string          { return k.root + "tokens/" + id }
+func (k keys) pending() string                 { return k.root + "pending" }
+func (k keys) leader() string                  { return k.root + "leader" }
+func (k keys) last(full, prefix string) string { return strings.TrimPrefix(full, prefix) }
+
+// serviceRecord is a service's desired state in the region.
+type serviceRecord struct {
+	Key          string    `json:"key"`
+	Org          string    `json:"org"`
+	App          string    `json:"app"`
+	Service      string    `json:"service"`
+	Generation   int64     `json:"generation"`
+	DeploymentID string    `json:"deployment_id"`
+	Version      int       `json:"version"`
+	Count        int       `json:"count"`
+	MilliCPU     int       `json:"millicpu"`
+	MemoryMB     int       `json:"memory_mb"`
+	Datacenters  []string  `json:"datacenters,omitempty"`
+	Deleted      bool      `json:"deleted,omitempty"`
+	UpdatedAt    time.Time `json:"updated_at"`
+}
+
+// specRecord is one deployment's regional definition. Deployments are
+// immutable, so a spec never changes once written.
+type specRecord struct {
+	Org          string                 `json:"org"`
+	App          string                 `json:"app"`
+	Service      string                 `json:"service"`
+	DeploymentID string                 `json:"deployment_id"`
+	Version      int                    `json:"version"`
+	Definition   api.RegionalDefinition `json:"definition"`
+	Secrets      map[string]string      `json:"secrets,omitempty"`
+}
+
+// assignRecord is an instance placed on a machine. State is "pending"
+// while live, "lost" once replaced because its machine was lost (kept so
+// the machine, if it returns, stops it).
+type assignRecord struct {
+	ID           string    `json:"id"`
+	Service      string    `json:"service"`
+	DeploymentID string    `json:"deployment_id"`
+	Version      int       `json:"version"`
+	Machine      string    `json:"machine"`
+	Datacenter   string    `json:"datacenter"`
+	MilliCPU     int       `json:"millicpu"`
+	MemoryMB     int       `json:"memory_mb"`
+	State        string    `json:"state"`
+	CreatedAt    time.Time `json:"created_at"`
+}
+
+// statusRecord is an instance's state as its agent last reported it.
+type statusRecord struct {
+	State     string         `json:"state"`
+	Healthy   bool           `json:"healthy"`
+	Restarts  int            `json:"restarts"`
+	Message   string         `json:"message,omitempty"`
+	Ports     map[string]int `json:"ports,omitempty"`
+	UpdatedAt time.Time      `json:"updated_at"`
+}
+
+// machineRecord is a machine that joined the region.
+type machineRecord struct {
+	ID         string    `json:"id"`
+	Datacenter string    `json:"datacenter"`
+	Address    string    `json:"address"`
+	MilliCPU   int       `json:"millicpu"`
+	MemoryMB   int       `json:"memory_mb"`
+	Draining   bool      `json:"draining,omitempty"`
+	JoinedAt   time.Time `json:"joined_at"`
+}
+
+// tokenRecord is a join token; only its hash is kept.
+type tokenRecord struct {
+	ID        string    `json:"id"`
+	Hash      []byte    `json:"hash"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Uses      int       `json:"uses"` // 0 = unlimited
+	Used      int       `json:"used"`
+	Revoked   bool      `json:"revoked,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // records always marshal
+	}
+	return string(b)
+}

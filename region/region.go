@@ -1,0 +1,268 @@
+// Package region is a regional control plane: an independent satellite that
+// keeps its region's workloads placed, running and healed without the
+// global control plane. Its state lives in etcd (an embedded member by
+// default, three servers forming one cluster, or an external cluster). The
+// elected leader runs the scheduler and liveness; every server answers the
+// API: the global plane's calls (apply with generation numbers, status,
+// machines, drain, join tokens) and the agents' calls (join, heartbeat,
+// assignment watch, reports), all over mutual TLS.
+//
+// Start(ctx, cfg) returns a running Server; Ready, Err and Close manage it,
+// in the style of etcd's embed package.
+package region
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+
+	"github.com/meridian-run/meridian/pki"
+)
+
+// Config configures one server of a region.
+type Config struct {
+	// Region is the region's id, e.g. "fra".
+	Region string
+	// DataDir holds the embedded etcd data and TLS files.
+	DataDir string
+	// Listen is the API's address (default 127.0.0.1:7800; ":0" picks a port).
+	Listen string
+	// CA is the region's intermediate CA: it issues this server's
+	// certificate and the machines' certificates.
+	CA *pki.CA
+	// Etcd says where state lives.
+	Etcd EtcdConfig
+	// EtcdTuning, when set, adjusts the embedded etcd configuration (tests
+	// shorten timeouts with it).
+	EtcdTuning func(*embed.Config)
+	// LeaseTTL is the machines' heartbeat lease (default 5s).
+	LeaseTTL time.Duration
+	// ScheduleInterval is how often the leader re-plans without a change
+	// (default 5s); it re-plans at once on every change.
+	ScheduleInterval time.Duration
+	// Logger receives the component's logs.
+	Logger *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Server is a running regional control plane server.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	keys    keys
+	certs   *pki.Reloader
+	roots   *x509.CertPool
+	rootPEM []byte
+	etcd    *embed.Etcd
+	cli     *clientv3.Client
+	ln      net.Listener
+	http    *http.Server
+	ready   chan struct{}
+	errc    chan error
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	once    sync.Once
+
+	mu       sync.Mutex
+	leading  bool
+	specs    map[string]specRecord // immutable, cached by deployment id
+	schedErr error
+}
+
+// Start validates cfg, starts the embedded etcd member (unless external),
+// serves the API, and campaigns for leadership in the background.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	if err := pki.ValidateName(cfg.Region); err != nil {
+		return nil, fmt.Errorf("region: config: region %q: %w", cfg.Region, err)
+	}
+	if cfg.CA == nil || cfg.CA.Region != cfg.Region {
+		return nil, fmt.Errorf("region: config: CA must be region %q's intermediate", cfg.Region)
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("region: config: DataDir is required")
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:7800"
+	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = 5 * time.Second
+	}
+	if cfg.LeaseTTL < time.Second {
+		return nil, fmt.Errorf("region: config: lease TTL %s is below 1s", cfg.LeaseTTL)
+	}
+	if cfg.ScheduleInterval == 0 {
+		cfg.ScheduleInterval = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Etcd.Name == "" {
+		cfg.Etcd.Name = cfg.Region
+	}
+	s := &Server{
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "region", "region", cfg.Region, "member", cfg.Etcd.Name),
+		keys:    newKeys(cfg.Region),
+		roots:   x509.NewCertPool(),
+		rootPEM: pki.EncodeCertsPEM(cfg.CA.Root.Raw),
+		ready:   make(chan struct{}),
+		errc:    make(chan error, 4),
+		specs:   map[string]specRecord{},
+	}
+	s.roots.AddCert(cfg.CA.Root)
+
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("region: listen %s: %w", cfg.Listen, err)
+	}
+	s.ln = ln
+	leaf, err := s.issueServerLeaf()
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if s.certs, err = pki.NewReloader(leaf); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if len(cfg.Etcd.Endpoints) == 0 {
+		if err := s.startEtcd(ctx); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("region: %w", err)
+		}
+	}
+	if err := s.connect(); err != nil {
+		s.closeEtcd()
+		ln.Close()
+		return nil, fmt.Errorf("region: %w", err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	s.http = &http.Server{
+		Handler:           s.routes(),
+		TLSConfig:         s.tlsConfig(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return runCtx },
+	}
+	s.wg.Add(3)
+	go func() {
+		defer s.wg.Done()
+		if err := s.http.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.errc <- fmt.Errorf("region: serve: %w", err)
+		}
+	}()
+	go func() { defer s.wg.Done(); s.campaign(runCtx) }()
+	go func() { defer s.wg.Done(); s.renewCert(runCtx) }()
+	if s.etcd != nil {
+		go func() {
+			select {
+			case err := <-s.etcd.Err():
+				if err != nil {
+					s.errc <- fmt.Errorf("region: etcd: %w", err)
+				}
+			case <-runCtx.Done():
+			}
+		}()
+	}
+	close(s.ready)
+	s.log.Info("region server serving", "api", s.URL(), "lease_ttl", cfg.LeaseTTL)
+	return s, nil
+}
+
+// issueServerLeaf issues this server's certificate: its region server ID,
+// valid for the API's and etcd's addresses, usable as client and server.
+func (s *Server) issueServerLeaf() (*pki.Leaf, error) {
+	ips := []net.IP{net.ParseIP("127.0.0.1"), net.IPv6loopback}
+	if host, _, err := net.SplitHostPort(s.ln.Addr().String()); err == nil {
+		if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
+			ips = append(ips, ip)
+		}
+	}
+	leaf, err := s.cfg.CA.Issue(pki.LeafRequest{
+		ID:       pki.ServerID(s.cfg.CA.TrustDomain, s.cfg.Region),
+		DNSNames: []string{"localhost"},
+		IPs:      ips,
+		Usage:    pki.UsageBoth,
+		TTL:      24 * time.Hour,
+		Now:      s.cfg.Now(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("region: issue server certificate: %w", err)
+	}
+	return leaf, nil
+}
+
+// renewCert re-issues the server's certificate before it expires; new
+// connections use the new one without a restart.
+func (s *Server) renewCert(ctx context.Context) {
+	err := s.certs.Renew(ctx, pki.RenewConfig{
+		Clock:  pki.RealClock(),
+		Issue:  func(context.Context) (*pki.Leaf, error) { return s.issueServerLeaf() },
+		Logger: s.log,
+		OnRenew: func(*pki.Leaf) {
+			if _, err := s.etcdTLS(); err != nil {
+				s.log.Error("writing renewed certificate for etcd", "err", err)
+			}
+		},
+	})
+	if err != nil && !errors.Is(err, context.Canceled) {
+		s.log.Error("certificate renewal stopped", "err", err)
+	}
+}
+
+// URL is the API's base URL.
+func (s *Server) URL() string { return "https://" + s.ln.Addr().String() }
+
+// Addr is the API's bound address.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Ready is closed once the server serves.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Err reports fatal errors.
+func (s *Server) Err() <-chan error { return s.errc }
+
+// Client returns the server's etcd client (for tests and tools).
+func (s *Server) Client() *clientv3.Client { return s.cli }
+
+// IsLeader reports whether this server currently leads the region.
+func (s *Server) IsLeader() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.leading
+}
+
+func (s *Server) closeEtcd() {
+	if s.etcd != nil {
+		s.etcd.Close()
+	}
+}
+
+// Close stops serving, resigns leadership and stops the embedded member.
+func (s *Server) Close() error {
+	s.once.Do(func() {
+		s.cancel()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		s.http.Shutdown(ctx)
+		cancel()
+		s.wg.Wait()
+		s.cli.Close()
+		s.closeEtcd()
+	})
+	return nil
+}
