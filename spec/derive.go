@@ -20,9 +20,10 @@ func Derive(def api.Definition, opts Options) ([]api.RegionalDefinition, error) 
 		return nil, err
 	}
 	cat := opts.catalogue()
+	keys := envKeys(def.Env)
 	out := make([]api.RegionalDefinition, 0, len(def.Regions))
 	for _, region := range def.Regions {
-		rd, err := derive(&def, region, cat)
+		rd, err := derive(&def, region, cat, keys)
 		if err != nil {
 			return nil, err
 		}
@@ -57,11 +58,12 @@ func DeriveRegion(def api.Definition, region string, opts Options) (api.Regional
 	if !slices.Contains(def.Regions, region) {
 		return api.RegionalDefinition{}, fmt.Errorf("derive %s: region %q is not in regions [%s]", def.Name, region, strings.Join(def.Regions, ", "))
 	}
-	return derive(&def, region, opts.catalogue())
+	return derive(&def, region, opts.catalogue(), envKeys(def.Env))
 }
 
-// derive computes the regional definition of a valid def.
-func derive(def *api.Definition, region string, cat Catalogue) (api.RegionalDefinition, error) {
+// derive computes the regional definition of a valid def; keys numbers its
+// env keys (see envKeys).
+func derive(def *api.Definition, region string, cat Catalogue, keys keyOrder) (api.RegionalDefinition, error) {
 	it, err := instanceType(def, region, cat)
 	if err != nil {
 		return api.RegionalDefinition{}, err
@@ -75,7 +77,7 @@ func derive(def *api.Definition, region string, cat Catalogue) (api.RegionalDefi
 		Args:         cloneOrNil(def.Args),
 		Ports:        ports(def.Ports),
 		Routes:       cloneOrEmpty(def.Routes),
-		Env:          env(def.Env, region),
+		Env:          env(def.Env, keys, region),
 		Scaling:      scaling(def.Scalings, region),
 		InstanceType: it,
 		Datacenters:  datacenters(def.Datacenters, region),
@@ -144,24 +146,40 @@ func datacenters(list []api.DatacenterRule, region string) []string {
 	return cloneOrEmpty(list[i].Allow)
 }
 
-// env resolves the env list of region.
-func env(list []api.EnvVar, region string) []api.ResolvedEnv {
+// keyOrder numbers the distinct keys of an env list in first-appearance
+// order: slot[i] is the number of entry i's key, of n.
+type keyOrder struct {
+	slot []int
+	n    int
+}
+
+func envKeys(list []api.EnvVar) keyOrder {
+	k := keyOrder{slot: make([]int, len(list))}
+	index := make(map[string]int, len(list))
+	for i, e := range list {
+		s, seen := index[e.Key]
+		if !seen {
+			s = k.n
+			index[e.Key] = s
+			k.n++
+		}
+		k.slot[i] = s
+	}
+	return k
+}
+
+// env resolves the env list of region: per key, the entry scoped to region,
+// else the unscoped one, in first-appearance order of keys.
+func env(list []api.EnvVar, keys keyOrder, region string) []api.ResolvedEnv {
 	type slot struct {
 		env         api.ResolvedEnv
 		set, scoped bool
 	}
-	slots := make([]slot, 0, len(list))
-	index := make(map[string]int, len(list))
-	for _, e := range list {
-		i, seen := index[e.Key]
-		if !seen {
-			i = len(slots)
-			index[e.Key] = i
-			slots = append(slots, slot{})
-		}
+	slots := make([]slot, keys.n)
+	for i, e := range list {
 		ok, scoped := applies(e.Scopes, region)
-		if ok && (!slots[i].set || scoped && !slots[i].scoped) {
-			slots[i] = slot{env: api.ResolvedEnv{Key: e.Key, Value: e.Value, Secret: e.Secret}, set: true, scoped: scoped}
+		if s := &slots[keys.slot[i]]; ok && (!s.set || scoped && !s.scoped) {
+			*s = slot{env: api.ResolvedEnv{Key: e.Key, Value: e.Value, Secret: e.Secret}, set: true, scoped: scoped}
 		}
 	}
 	out := make([]api.ResolvedEnv, 0, len(slots))

@@ -16,9 +16,9 @@
 // # Limits
 //
 // Documents larger than MaxDocumentSize (1 MiB) are refused, and so are YAML
-// aliases (which rules out alias-expansion bombs); nesting depth is bounded by
-// the YAML parser (10,000) and, beyond it, by the schema, which the decoder
-// follows. At most MaxErrors (100) errors are reported, then a final line
+// aliases (which rules out alias-expansion bombs); nesting depth is bounded
+// at 10,000 levels for YAML (by its parser) and JSON, and the decoder never
+// descends deeper than the schema. At most MaxErrors (100) errors are reported, then a final line
 // says more were found. Lists hold at most MaxListLen (1,000) entries, except
 // regions, bounded by Limits.MaxRegions (default 100). Strings are at most
 // MaxStringLen (4,096) bytes, except env values, at most MaxEnvValueLen

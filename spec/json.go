@@ -40,12 +40,17 @@ func parseJSON(data []byte) (*yaml.Node, error) {
 	return root, nil
 }
 
+// maxJSONDepth bounds the nesting of JSON documents, as the YAML parser
+// bounds YAML's.
+const maxJSONDepth = 10000
+
 // jsonParser builds a yaml.Node tree from JSON tokens.
 type jsonParser struct {
-	data []byte
-	dec  *json.Decoder
-	off  int64 // offset up to which line is counted
-	line int   // line of off, from 1
+	data  []byte
+	dec   *json.Decoder
+	off   int64 // offset up to which line is counted
+	line  int   // line of off, from 1
+	depth int   // objects and arrays open
 }
 
 // value parses the next JSON value.
@@ -62,6 +67,10 @@ func (p *jsonParser) node(tok json.Token) (*yaml.Node, error) {
 	n := &yaml.Node{Line: p.lineAt(p.dec.InputOffset())}
 	switch tok := tok.(type) {
 	case json.Delim:
+		if p.depth++; p.depth > maxJSONDepth {
+			return nil, &offsetError{off: p.dec.InputOffset() - 1, msg: fmt.Sprintf("nesting deeper than %d levels", maxJSONDepth)}
+		}
+		defer func() { p.depth-- }()
 		if tok == '{' {
 			n.Kind, n.Tag = yaml.MappingNode, "!!map"
 		} else {

@@ -106,6 +106,7 @@ func TestParseMalformed(t *testing.T) {
 		{`{"name": "web", "regions": ["fra"}`, "invalid JSON: line 1, column 34: invalid character '}' after array element"},
 		{"{\n  \"name\": \"web\",\n  \"regions\": [\"fra\"],\n}", "invalid JSON: line 4, column 1: invalid character '}' looking for beginning of object key string"},
 		{`{"name": "web"`, "invalid JSON: line 1, column 15: unexpected end of JSON input"},
+		{`{"a":` + strings.Repeat("[", 20000), "invalid JSON: line 1, column 10005: nesting deeper than 10000 levels"},
 		{`{"name": "web"} {"name": "api"}`, "invalid JSON: line 1, column 17: want one JSON value, found more after it"},
 	}
 	for _, tt := range tests {

@@ -427,7 +427,10 @@ func (v *validator) duration(path string, d api.Duration, zeroOK bool) (_ time.D
 	case err != nil:
 		v.errs.add(path, "invalid duration %s: want a duration such as \"5s\" or \"1m30s\"", q(string(d)))
 		return 0, false
-	case t < 0 || t == 0 && !zeroOK:
+	case t < 0 && zeroOK:
+		v.errs.add(path, "must not be negative, got %s", q(string(d)))
+		return 0, false
+	case t <= 0 && !zeroOK:
 		v.errs.add(path, "must be positive, got %s", q(string(d)))
 		return 0, false
 	}
@@ -483,14 +486,14 @@ type ref struct {
 // in owners what it sets, reporting entries of equal specificity that set the
 // same key in the same region.
 func (v *validator) scopes(list string, i int, scopes []string, key string, owners map[owner]ref) {
-	entry := at(list, i)
-	if v.tooLong(field(entry, "scopes"), len(scopes), MaxListLen) {
+	if len(scopes) > MaxListLen {
+		v.tooLong(field(at(list, i), "scopes"), len(scopes), MaxListLen)
 		return
 	}
 	if len(scopes) == 0 {
 		o := owner{key: key}
 		if prev, dup := owners[o]; dup {
-			v.errs.add(entry, "ambiguous with %s: both %s with no scope", at(list, prev.entry), sets(key))
+			v.errs.add(at(list, i), "ambiguous with %s: both %s with no scope", at(list, prev.entry), sets(key))
 			return
 		}
 		owners[o] = ref{entry: i, scope: -1}
@@ -500,10 +503,10 @@ func (v *validator) scopes(list string, i int, scopes []string, key string, owne
 		id, ok := strings.CutPrefix(s, "region:")
 		switch {
 		case !ok:
-			v.errs.add(at(field(entry, "scopes"), j), "unknown scope %s: want \"region:<id>\"", q(s))
+			v.errs.add(scopePath(list, i, j), "unknown scope %s: want \"region:<id>\"", q(s))
 			continue
 		case !v.inRegions(id):
-			v.errs.add(at(field(entry, "scopes"), j), "region %s is not in regions", q(id))
+			v.errs.add(scopePath(list, i, j), "region %s is not in regions", q(id))
 			continue
 		}
 		o := owner{key: key, region: id}
@@ -512,12 +515,17 @@ func (v *validator) scopes(list string, i int, scopes []string, key string, owne
 		case !dup:
 			owners[o] = ref{entry: i, scope: j}
 		case prev.entry == i:
-			v.errs.add(at(field(entry, "scopes"), j), "duplicate scope %s (also scopes[%d])", q(s), prev.scope)
+			v.errs.add(scopePath(list, i, j), "duplicate scope %s (also scopes[%d])", q(s), prev.scope)
 		default:
-			v.errs.add(at(field(entry, "scopes"), j), "ambiguous with %s: both %s in region %s",
-				at(field(at(list, prev.entry), "scopes"), prev.scope), sets(key), q(id))
+			v.errs.add(scopePath(list, i, j), "ambiguous with %s: both %s in region %s",
+				scopePath(list, prev.entry, prev.scope), sets(key), q(id))
 		}
 	}
+}
+
+// scopePath renders the path of scope j of entry i of list.
+func scopePath(list string, i, j int) string {
+	return at(field(at(list, i), "scopes"), j)
 }
 
 // inRegions reports whether id is one of the definition's regions.
