@@ -108,10 +108,14 @@
 // # Scale
 //
 // Eligible machines are indexed per data center in min-heaps ordered by
-// load, split by capacity class (powers of two of cpu and memory) so that a
-// large request does not walk past small machines. A placement inspects the
-// heap top-down, skipping only machines that already hold the group or do not
-// fit, and caches per data center which requests found no room, so a
-// placement costs O(log machines) in the common case. See the benchmarks in
-// sched_bench_test.go.
+// (load, id), split by capacity class (quarter octaves of cpu and memory) so
+// that a large request does not walk past small machines. Each heap node
+// carries its machine's free capacity and the largest free cpu and memory in
+// its subtree. A placement walks each heap in order without changing it,
+// skipping subtrees where nothing fits and stopping at the first machine
+// that fits and holds no instance of the group; "nothing fits" answers are
+// cached per data center and group until capacity is freed there. Machines
+// already holding a group are kept in a lazily refreshed heap per group and
+// data center. A placement thus costs O(log machines) in the common case,
+// with no scan of all machines. See the benchmarks in sched_bench_test.go.
 package sched

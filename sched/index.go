@@ -26,14 +26,17 @@ func (m *mstate) fits(r req) bool {
 	return m.ucpu+r.cpu <= m.cpu && m.umem+r.mem <= m.mem
 }
 
+// maxLoad caps loads so that a load and a machine number pack in a uint64.
+const maxLoad = 1<<31 - 1
+
 func share(used, capacity int64) int64 {
 	if used <= 0 {
 		return 0
 	}
-	if capacity <= 0 {
-		return 1 << 40
+	if capacity <= 0 || used/capacity >= maxLoad/loadScale {
+		return maxLoad
 	}
-	return used * loadScale / capacity
+	return min(used*loadScale/capacity, maxLoad)
 }
 
 func (m *mstate) setLoad() {
@@ -56,11 +59,14 @@ type dcState struct {
 }
 
 // bucket is the eligible machines of one data center in one capacity class
-// (powers of two of cpu and memory), in a min-heap by (load, number).
+// (powers of two of cpu and memory), in a min-heap by (load, number). Each
+// node carries what a walk needs without touching the machine records: its
+// key, its machine's free capacity, and the largest free cpu and the largest
+// free memory in its subtree, so a walk skips subtrees where nothing fits.
 type bucket struct {
 	dc             int32
 	class          [2]int
-	heap           []int32
+	nodes          []node
 	maxCPU, maxMem int64
 	// full lists requests that fit no machine of the bucket, valid while
 	// fullEpoch equals the data center's epoch.
@@ -68,11 +74,27 @@ type bucket struct {
 	fullEpoch uint32
 }
 
+// node is one machine in a bucket's heap.
+type node struct {
+	key  uint64 // load<<32 | machine number: smaller is better
+	free req    // the machine's free capacity
+	aug  req    // max free cpu, max free memory in the subtree
+}
+
+func (n *node) m() int32 { return int32(uint32(n.key)) }
+
+func (b *bucket) fitsBelow(p int, r req) bool {
+	return b.nodes[p].aug.cpu >= r.cpu && b.nodes[p].aug.mem >= r.mem
+}
+
+// capClass is a capacity's class: quarter octaves (the power of two and the
+// next two bits).
 func capClass(v int64) int {
-	if v <= 0 {
-		return 0
+	if v < 4 {
+		return max(int(v), 0)
 	}
-	return bits.Len64(uint64(v))
+	n := bits.Len64(uint64(v))
+	return n<<2 | int(uint64(v)>>(n-3)&3)
 }
 
 func (b *bucket) knownFull(r req, epoch uint32) bool {
@@ -97,45 +119,76 @@ func (b *bucket) markFull(r req, epoch uint32) {
 	}
 }
 
-// less orders machines by load, then number (id).
-func (sc *scheduler) less(a, b int32) bool {
-	la, lb := sc.ms[a].load, sc.ms[b].load
-	return la < lb || (la == lb && a < b)
+// key is machine m's order in the heaps: by load, then number (id).
+func (sc *scheduler) key(m int32) uint64 {
+	return uint64(sc.ms[m].load)<<32 | uint64(uint32(m))
 }
 
+// less orders machines by load, then number (id).
+func (sc *scheduler) less(a, b int32) bool { return sc.key(a) < sc.key(b) }
+
+// swap exchanges two heap nodes and records their machines' positions.
+func (sc *scheduler) swap(b *bucket, i, j int) {
+	b.nodes[i], b.nodes[j] = b.nodes[j], b.nodes[i]
+	sc.ms[b.nodes[i].m()].pos = int32(i)
+	sc.ms[b.nodes[j].m()].pos = int32(j)
+}
+
+// up restores the heap above position p, and the subtree maxima.
 func (sc *scheduler) up(b *bucket, p int) {
-	h := b.heap
+	start := p
 	for p > 0 {
 		q := (p - 1) / 2
-		if !sc.less(h[p], h[q]) {
+		if b.nodes[p].key >= b.nodes[q].key {
 			break
 		}
-		h[p], h[q] = h[q], h[p]
-		sc.ms[h[p]].pos = int32(p)
-		sc.ms[h[q]].pos = int32(q)
+		sc.swap(b, p, q)
 		p = q
 	}
+	sc.refresh(b, start)
 }
 
-func (sc *scheduler) down(b *bucket, p int) {
-	h := b.heap
-	n := len(h)
+// down restores the heap below position p and returns where its node
+// ended; the caller refreshes the subtree maxima from there.
+func (sc *scheduler) down(b *bucket, p int) int {
+	n := len(b.nodes)
 	for {
 		l := 2*p + 1
 		if l >= n {
-			return
+			return p
 		}
 		c := l
-		if r := l + 1; r < n && sc.less(h[r], h[l]) {
+		if r := l + 1; r < n && b.nodes[r].key < b.nodes[l].key {
 			c = r
 		}
-		if !sc.less(h[c], h[p]) {
+		if b.nodes[c].key >= b.nodes[p].key {
+			return p
+		}
+		sc.swap(b, p, c)
+		p = c
+	}
+}
+
+// setAug recomputes the subtree maxima of position p from its node and its
+// children.
+func (b *bucket) setAug(p int) {
+	n := &b.nodes[p]
+	a := n.free
+	for c := 2*p + 1; c <= 2*p+2 && c < len(b.nodes); c++ {
+		a.cpu = max(a.cpu, b.nodes[c].aug.cpu)
+		a.mem = max(a.mem, b.nodes[c].aug.mem)
+	}
+	n.aug = a
+}
+
+// refresh recomputes the subtree maxima from position p up to the root.
+func (sc *scheduler) refresh(b *bucket, p int) {
+	for {
+		b.setAug(p)
+		if p == 0 {
 			return
 		}
-		h[p], h[c] = h[c], h[p]
-		sc.ms[h[p]].pos = int32(p)
-		sc.ms[h[c]].pos = int32(c)
-		p = c
+		p = (p - 1) / 2
 	}
 }
 
@@ -160,18 +213,40 @@ func (sc *scheduler) buildIndex() {
 		}
 		b := &sc.buckets[bi]
 		m.bucket = bi
-		m.pos = int32(len(b.heap))
-		b.heap = append(b.heap, int32(i))
+		m.pos = int32(len(b.nodes))
+		b.nodes = append(b.nodes, node{key: sc.key(int32(i)), free: req{m.cpu - m.ucpu, m.mem - m.umem}})
 		b.maxCPU = max(b.maxCPU, m.cpu)
 		b.maxMem = max(b.maxMem, m.mem)
 	}
 	for bi := range sc.buckets {
 		b := &sc.buckets[bi]
-		for p := len(b.heap)/2 - 1; p >= 0; p-- {
+		for p := len(b.nodes)/2 - 1; p >= 0; p-- {
 			sc.down(b, p)
+		}
+		for p := len(b.nodes) - 1; p >= 0; p-- {
+			b.setAug(p)
 		}
 	}
 	sc.indexed = true
+}
+
+// update refreshes machine m's node after its usage changed.
+func (sc *scheduler) update(m int32) {
+	ms := &sc.ms[m]
+	if !sc.indexed || ms.bucket < 0 {
+		return
+	}
+	b := &sc.buckets[ms.bucket]
+	p := int(ms.pos)
+	n := &b.nodes[p]
+	old := n.key
+	n.key = sc.key(m)
+	n.free = req{ms.cpu - ms.ucpu, ms.mem - ms.umem}
+	if n.key < old {
+		sc.up(b, p)
+	} else {
+		sc.refresh(b, sc.down(b, p))
+	}
 }
 
 // use adds a request to a machine and keeps its heap in order.
@@ -180,9 +255,7 @@ func (sc *scheduler) use(m int32, r req) {
 	ms.ucpu += r.cpu
 	ms.umem += r.mem
 	ms.setLoad()
-	if sc.indexed && ms.bucket >= 0 {
-		sc.down(&sc.buckets[ms.bucket], int(ms.pos))
-	}
+	sc.update(m)
 }
 
 // release frees a request on a machine. Once the indexes are built, it
@@ -192,8 +265,8 @@ func (sc *scheduler) release(m int32, r req) {
 	ms.ucpu -= r.cpu
 	ms.umem -= r.mem
 	ms.setLoad()
+	sc.update(m)
 	if sc.indexed && ms.bucket >= 0 {
-		sc.up(&sc.buckets[ms.bucket], int(ms.pos))
 		sc.dcs[ms.dc].epoch++
 	}
 }
@@ -204,14 +277,18 @@ func (sc *scheduler) release(m int32, r req) {
 // better than bound (when bound >= 0). fit tells whether any machine seen fits
 // r; avoided whether avoid was skipped although it qualified.
 func (sc *scheduler) scanBucket(b *bucket, gi int32, r req, avoid, bound int32) (found int32, fit, avoided, complete bool) {
-	if len(b.heap) == 0 {
-		return -1, false, false, true
-	}
 	found, complete = -1, true
-	h := b.heap
+	nodes := b.nodes
+	if len(nodes) == 0 || !b.fitsBelow(0, r) {
+		return found, false, false, complete
+	}
+	var boundKey uint64 = 1<<64 - 1
+	if bound >= 0 {
+		boundKey = sc.key(bound)
+	}
+	// aux is a min-heap of the positions at the frontier of the walk.
 	aux := append(sc.aux[:0], 0)
 	for len(aux) > 0 {
-		// Pop the smallest position from aux, a min-heap of positions in h.
 		p := aux[0]
 		last := len(aux) - 1
 		aux[0] = aux[last]
@@ -222,22 +299,23 @@ func (sc *scheduler) scanBucket(b *bucket, gi int32, r req, avoid, bound int32) 
 				break
 			}
 			c := l
-			if l+1 < len(aux) && sc.less(h[aux[l+1]], h[aux[l]]) {
+			if l+1 < len(aux) && nodes[aux[l+1]].key < nodes[aux[l]].key {
 				c = l + 1
 			}
-			if !sc.less(h[aux[c]], h[aux[i]]) {
+			if nodes[aux[c]].key >= nodes[aux[i]].key {
 				break
 			}
 			aux[i], aux[c] = aux[c], aux[i]
 			i = c
 		}
-		m := h[p]
-		if bound >= 0 && !sc.less(m, bound) {
+		n := &nodes[p]
+		if n.key >= boundKey {
 			complete = false
 			break
 		}
-		if sc.ms[m].fits(r) {
+		if n.free.cpu >= r.cpu && n.free.mem >= r.mem {
 			fit = true
+			m := n.m()
 			if m == avoid {
 				avoided = true
 			} else if sc.counts[gkey(gi, m)] == 0 {
@@ -245,11 +323,14 @@ func (sc *scheduler) scanBucket(b *bucket, gi int32, r req, avoid, bound int32) 
 				break
 			}
 		}
-		for c := 2*p + 1; c <= 2*p+2 && int(c) < len(h); c++ {
+		for c := 2*p + 1; c <= 2*p+2 && int(c) < len(nodes); c++ {
+			if !b.fitsBelow(int(c), r) {
+				continue // nothing in this subtree fits
+			}
 			aux = append(aux, c)
 			for i := len(aux) - 1; i > 0; {
 				q := (i - 1) / 2
-				if !sc.less(h[aux[i]], h[aux[q]]) {
+				if nodes[aux[i]].key >= nodes[aux[q]].key {
 					break
 				}
 				aux[i], aux[q] = aux[q], aux[i]

@@ -570,6 +570,7 @@ func TestValidate(t *testing.T) {
 		{"group dup", func(s *Snapshot) { s.Groups = append(s.Groups, s.Groups[0]) }, `groups[1].key: duplicate group key "g"`},
 		{"group deployment", func(s *Snapshot) { s.Groups[0].Deployment = "" }, "groups[0].deployment: empty"},
 		{"group count", func(s *Snapshot) { s.Groups[0].Count = -2 }, "groups[0].count: negative (-2)"},
+		{"group count limit", func(s *Snapshot) { s.Groups[0].Count = MaxCount + 1 }, "groups[0].count: 1000001 is over the limit of 1000000"},
 		{"group cpu", func(s *Snapshot) { s.Groups[0].MilliCPU = -2 }, "groups[0].milli_cpu: negative"},
 		{"group mem", func(s *Snapshot) { s.Groups[0].MemoryMB = -2 }, "groups[0].memory_mb: negative"},
 		{"group dc", func(s *Snapshot) { s.Groups[0].Datacenters = []string{"fra1", ""} }, "groups[0].datacenters[1]: empty"},

@@ -202,6 +202,9 @@ func InstanceID(prefix string, revision int64, n int) string {
 	return string(b)
 }
 
+// MaxCount is the largest Count a group may ask for.
+const MaxCount = 1_000_000
+
 // ErrInvalid is wrapped by every error about a malformed snapshot or plan.
 var ErrInvalid = errors.New("invalid")
 
@@ -248,6 +251,8 @@ func validate(s *Snapshot) (map[string]int32, map[string]struct{}, error) {
 			return nil, nil, invalid("groups[%d].deployment: empty (group %q)", i, g.Key)
 		case g.Count < 0:
 			return nil, nil, invalid("groups[%d].count: negative (%d)", i, g.Count)
+		case g.Count > MaxCount:
+			return nil, nil, invalid("groups[%d].count: %d is over the limit of %d", i, g.Count, MaxCount)
 		case g.MilliCPU < 0:
 			return nil, nil, invalid("groups[%d].milli_cpu: negative (%d)", i, g.MilliCPU)
 		case g.MemoryMB < 0:
