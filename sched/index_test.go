@@ -2,6 +2,7 @@ package sched
 
 import (
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -130,6 +131,82 @@ func TestIndexMatchesBruteForce(t *testing.T) {
 					holds = append(holds[:j], holds[j+1:]...)
 				}
 			}
+		}
+	}
+}
+
+// naivePick is pickCrowded's rule, one full scan per pick.
+func (sc *scheduler) naivePick(insts []int32, k int) []int32 {
+	dcCnt := map[int32]int{}
+	mCnt := map[int32]int{}
+	for _, i := range insts {
+		dcCnt[sc.instDC[i]]++
+		mCnt[sc.instM[i]]++
+	}
+	taken := map[int32]bool{}
+	var picked []int32
+	for _, wantHealthy := range []bool{false, true} {
+		for k > 0 {
+			best := int32(-1)
+			for _, i := range insts {
+				if taken[i] || healthy(sc.inst(i)) != wantHealthy {
+					continue
+				}
+				if best < 0 {
+					best = i
+					continue
+				}
+				a, b := i, best
+				switch {
+				case dcCnt[sc.instDC[a]] != dcCnt[sc.instDC[b]]:
+					if dcCnt[sc.instDC[a]] > dcCnt[sc.instDC[b]] {
+						best = i
+					}
+				case mCnt[sc.instM[a]] != mCnt[sc.instM[b]]:
+					if mCnt[sc.instM[a]] > mCnt[sc.instM[b]] {
+						best = i
+					}
+				case sc.inst(a).ID < sc.inst(b).ID:
+					best = i
+				}
+			}
+			if best < 0 {
+				break
+			}
+			taken[best] = true
+			picked = append(picked, best)
+			dcCnt[sc.instDC[best]]--
+			mCnt[sc.instM[best]]--
+			k--
+		}
+	}
+	return picked
+}
+
+func TestPickCrowdedMatchesBruteForce(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	for n := range 500 {
+		s := randomSnapshot(r, genOptions{})
+		// Put many live instances of one group on few machines.
+		for i := range s.Instances {
+			s.Instances[i].Group = s.Groups[0].Key
+			s.Instances[i].Machine = s.Machines[r.IntN(min(len(s.Machines), 6))].ID
+		}
+		_, ids, err := validate(&s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := newScheduler(&s, ids)
+		var insts []int32
+		for _, i := range sc.groups[0].insts {
+			if sc.instM[i] >= 0 && sc.inst(i).State.Live() {
+				insts = append(insts, i)
+			}
+		}
+		k := r.IntN(len(insts) + 2)
+		got, want := sc.pickCrowded(insts, k), sc.naivePick(insts, k)
+		if !slices.Equal(got, want) {
+			t.Fatalf("snapshot %d, k %d: picked %v, brute force %v", n, k, got, want)
 		}
 	}
 }

@@ -168,3 +168,31 @@ func benchPlace(b *testing.B, s Snapshot) {
 	b.ReportMetric(float64(len(p.Place)), "placements/op")
 	b.ReportMetric(float64(pendingTotal(p)), "pending/op")
 }
+
+// BenchmarkScheduleScaleDownOneGroup100kTo50k halves a settled group of
+// 100,000 instances on 10,000 machines.
+func BenchmarkScheduleScaleDownOneGroup100kTo50k(b *testing.B) {
+	s := benchRegion(10_000, 0)
+	s.Groups = []Group{{Key: "org/app/big", Deployment: "d1", Count: 100_000, MilliCPU: 100, MemoryMB: 128}}
+	p, err := Schedule(s)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if s, err = Apply(s, p); err != nil {
+		b.Fatal(err)
+	}
+	for i := range s.Instances {
+		s.Instances[i].State, s.Instances[i].Healthy = StateRunning, i%10 != 0
+	}
+	s.Groups[0].Count = 50_000
+	b.ReportAllocs()
+	stopped := 0
+	for b.Loop() {
+		p, _ = Schedule(s)
+		stopped += len(p.Stop)
+	}
+	if len(p.Stop) != 50_000 {
+		b.Fatalf("stopped %d, want 50000", len(p.Stop))
+	}
+	b.ReportMetric(float64(stopped)/b.Elapsed().Seconds(), "stops/s")
+}

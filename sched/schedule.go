@@ -2,6 +2,7 @@ package sched
 
 import (
 	"cmp"
+	"container/heap"
 	"fmt"
 	"slices"
 	"strings"
@@ -383,40 +384,10 @@ func (sc *scheduler) outgoingReason(g *ginfo, i int32) string {
 
 // trimCurrent stops k current instances: unhealthy ones first, then, one at
 // a time, from the data center holding most of the group, then the machine
-// holding most, then by id.
+// holding most, then the smallest id.
 func (sc *scheduler) trimCurrent(g *ginfo, k int) {
-	dcCnt := map[int32]int{}
-	mCnt := map[int32]int{}
-	for _, i := range g.current {
-		dcCnt[sc.instDC[i]]++
-		mCnt[sc.instM[i]]++
-	}
-	for _, wantHealthy := range []bool{false, true} {
-		var class []int32
-		for _, i := range g.current {
-			if healthy(sc.inst(i)) == wantHealthy && !sc.stopped[i] {
-				class = append(class, i)
-			}
-		}
-		for k > 0 && len(class) > 0 {
-			best := 0
-			for j := 1; j < len(class); j++ {
-				a, b := class[j], class[best]
-				if c := cmp.Or(
-					cmp.Compare(dcCnt[sc.instDC[b]], dcCnt[sc.instDC[a]]),
-					cmp.Compare(mCnt[sc.instM[b]], mCnt[sc.instM[a]]),
-				); c < 0 {
-					best = j
-				}
-				// ties keep the smaller id (class is sorted by id)
-			}
-			i := class[best]
-			class = slices.Delete(class, best, best+1)
-			dcCnt[sc.instDC[i]]--
-			mCnt[sc.instM[i]]--
-			sc.stop(i, ReasonScaleDown)
-			k--
-		}
+	for _, i := range sc.pickCrowded(g.current, k) {
+		sc.stop(i, ReasonScaleDown)
 	}
 	g.current = slices.DeleteFunc(g.current, func(i int32) bool { return sc.stopped[i] })
 	g.healthyCurrent = 0
@@ -425,6 +396,127 @@ func (sc *scheduler) trimCurrent(g *ginfo, k int) {
 			g.healthyCurrent++
 		}
 	}
+}
+
+// pickCrowded returns k of the instances (sorted by id), chosen as
+// trimCurrent says. Counts per data center and machine are over all the
+// instances and shrink as instances are picked. Each pick costs
+// O(data centers + log machines).
+func (sc *scheduler) pickCrowded(insts []int32, k int) []int32 {
+	dcCnt := map[int32]int{}
+	mCnt := map[int32]int{}
+	for _, i := range insts {
+		dcCnt[sc.instDC[i]]++
+		mCnt[sc.instM[i]]++
+	}
+	var picked []int32
+	for _, wantHealthy := range []bool{false, true} {
+		if k == 0 {
+			break
+		}
+		// The class's instances per machine, by id; machines per data
+		// center in a heap, most crowded first.
+		perM := map[int32][]int32{}
+		for _, i := range insts {
+			if healthy(sc.inst(i)) == wantHealthy {
+				perM[sc.instM[i]] = append(perM[sc.instM[i]], i)
+			}
+		}
+		heaps := map[int32]*crowdHeap{}
+		var dcs []int32
+		for _, i := range insts {
+			m := sc.instM[i]
+			c, ok := perM[m]
+			if !ok || c[0] != i {
+				continue // one entry per machine, at its first instance
+			}
+			d := sc.instDC[i]
+			h := heaps[d]
+			if h == nil {
+				h = &crowdHeap{sc: sc, mCnt: mCnt}
+				heaps[d] = h
+				dcs = append(dcs, d)
+			}
+			h.items = append(h.items, crowdItem{m: m, insts: c})
+		}
+		slices.Sort(dcs)
+		for _, h := range heaps {
+			heap.Init(h)
+		}
+		for k > 0 {
+			// The best top across data centers: most crowded data
+			// center, then machine, then smallest id.
+			var best *crowdHeap
+			bestD := int32(-1)
+			for _, d := range dcs {
+				h := heaps[d]
+				if h.Len() == 0 {
+					continue
+				}
+				if best == nil {
+					best, bestD = h, d
+					continue
+				}
+				a, b := &h.items[0], &best.items[0]
+				if c := cmp.Or(
+					cmp.Compare(dcCnt[bestD], dcCnt[d]),
+					cmp.Compare(mCnt[b.m], mCnt[a.m]),
+					strings.Compare(sc.inst(a.insts[0]).ID, sc.inst(b.insts[0]).ID),
+				); c < 0 {
+					best, bestD = h, d
+				}
+			}
+			if best == nil {
+				break
+			}
+			top := &best.items[0]
+			i := top.insts[0]
+			picked = append(picked, i)
+			k--
+			dcCnt[bestD]--
+			mCnt[top.m]--
+			if top.insts = top.insts[1:]; len(top.insts) == 0 {
+				heap.Pop(best)
+			} else {
+				heap.Fix(best, 0)
+			}
+		}
+	}
+	return picked
+}
+
+// crowdItem is a machine's instances that may be picked, by id.
+type crowdItem struct {
+	m     int32
+	insts []int32
+}
+
+// crowdHeap orders a data center's machines by the group's instances on
+// them (most first), then by the id of their next instance.
+type crowdHeap struct {
+	sc    *scheduler
+	mCnt  map[int32]int
+	items []crowdItem
+}
+
+func (h *crowdHeap) Len() int { return len(h.items) }
+
+func (h *crowdHeap) Less(i, j int) bool {
+	a, b := &h.items[i], &h.items[j]
+	if ca, cb := h.mCnt[a.m], h.mCnt[b.m]; ca != cb {
+		return ca > cb
+	}
+	return h.sc.inst(a.insts[0]).ID < h.sc.inst(b.insts[0]).ID
+}
+
+func (h *crowdHeap) Swap(i, j int) { h.items[i], h.items[j] = h.items[j], h.items[i] }
+
+func (h *crowdHeap) Push(x any) { h.items = append(h.items, x.(crowdItem)) }
+
+func (h *crowdHeap) Pop() any {
+	x := h.items[len(h.items)-1]
+	h.items = h.items[:len(h.items)-1]
+	return x
 }
 
 // count records one more current instance of g on machine m.
