@@ -12,7 +12,6 @@ import (
 	"math"
 	"net/http"
 	"net/url"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -21,11 +20,7 @@ import (
 	"github.com/meridian-run/meridian/store"
 )
 
-var (
-	labelRe      = regexp.MustCompile(`^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$`)
-	secretNameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,127}$`)
-	b32          = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
-)
+var b32 = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 
 // maxSecretBytes bounds a secret's value.
 const maxSecretBytes = 64 << 10
@@ -44,7 +39,7 @@ func newTokenValue() string {
 }
 
 func checkLabel(path, v string) error {
-	if !labelRe.MatchString(v) {
+	if !spec.ValidLabel(v) {
 		return fieldErr(path, "%q is not a valid name: use 1-63 lowercase letters, digits and '-', starting with a letter", v)
 	}
 	return nil
@@ -485,8 +480,8 @@ func (s *Server) getDeployment(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) putSecret(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
-	if !secretNameRe.MatchString(name) {
-		return fieldErr("name", "%q is not a valid secret name: use letters, digits, '_', '.' and '-', starting with a letter or '_', at most 128", name)
+	if !spec.ValidSecretName(name) {
+		return fieldErr("name", "%q is not a valid secret name: use letters, digits, '_', '.' and '-', not starting with '.' or '-', at most 128", name)
 	}
 	var req api.PutSecretRequest
 	if _, err := s.decodeJSON(w, r, &req); err != nil {
