@@ -93,14 +93,15 @@ type Spec struct {
 	Args []string `json:"args,omitempty"`
 	// Env is the workload's whole environment, as KEY=VALUE entries.
 	Env []string `json:"env,omitempty"`
-	// WorkDir is the working directory. Empty means a directory the driver
-	// creates for the instance under its data dir (kept across restarts of
-	// the same id, removed by Cleanup).
+	// WorkDir is the working directory, created if missing. Empty means a
+	// directory the driver creates for the instance under its data dir
+	// (kept across restarts of the same id, removed by Cleanup).
 	WorkDir string `json:"work_dir,omitempty"`
 	// Hostname is the instance's host name (its own UTS namespace). Empty
 	// means the instance id, cut to 64 characters.
 	Hostname string `json:"hostname,omitempty"`
-	// MemoryMB limits the instance's memory; 0 means no limit.
+	// MemoryMB limits the instance's memory (its shim included, a few MB);
+	// 0 means no limit.
 	MemoryMB int `json:"memory_mb,omitempty"`
 	// ResolvConf, when set, is the content of /etc/resolv.conf inside the
 	// instance.

@@ -346,6 +346,10 @@ func (p *Process) Recover(ctx context.Context, id string) (Handle, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if err := p.lock(id); err != nil {
+		return nil, fmt.Errorf("recover: %w", err)
+	}
+	defer p.unlock(id)
 	dir := p.dir(id)
 	if _, err := os.Stat(dir); err != nil {
 		_ = removeCgroup(p.cg.path(id))

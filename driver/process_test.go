@@ -303,6 +303,42 @@ func TestStopTermThenKill(t *testing.T) {
 	})
 }
 
+func TestShimReapsOrphans(t *testing.T) {
+	p := newTestDriver(t, ProcessConfig{})
+	h := start(t, p, workloadSpec(t, uniqueID(t, "orphan"), "orphan"))
+	waitLog(t, h.LogPath(), textIs("spawned"))
+	waitLog(t, h.LogPath(), textIs("grandchild exiting"))
+	// Once the grandchild has exited, the shim has one child left, the
+	// workload, and no zombie.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var children, zombies int
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			var pid int
+			if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil {
+				continue
+			}
+			if st, err := readProcStat(pid); err == nil && st.PPid == h.Pid() {
+				children++
+				if st.State == 'Z' {
+					zombies++
+				}
+			}
+		}
+		if children == 1 && zombies == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("shim has %d children, %d zombies, want just the workload", children, zombies)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := h.Stop(testCtx(t), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestRecoverAfterDriverRestart(t *testing.T) {
 	dir := t.TempDir()
 	p1 := newTestDriver(t, ProcessConfig{DataDir: dir})

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -73,11 +74,11 @@ func runWorkload(args []string) int {
 		return code
 	case "sleep":
 		fmt.Println("ready")
-		select {}
+		sleepForever()
 	case "ignore-term":
 		signal.Ignore(syscall.SIGTERM)
 		fmt.Println("ready")
-		select {}
+		sleepForever()
 	case "term-exit":
 		c := make(chan os.Signal, 1)
 		signal.Notify(c, syscall.SIGTERM)
@@ -97,6 +98,30 @@ func runWorkload(args []string) int {
 			fmt.Fprintf(os.Stdout, "out %05d %s\n", i, line)
 		}
 		fmt.Println("last line")
+		return 0
+	case "orphan":
+		// An intermediate starts a grandchild and exits at once: the
+		// grandchild is reparented to PID 1, the shim, which must reap it.
+		exe, _ := os.Executable()
+		c := exec.Command(exe, "spawn")
+		c.Stdout = os.Stdout
+		if err := c.Run(); err != nil {
+			fmt.Println("spawn:", err)
+			return 1
+		}
+		fmt.Println("spawned")
+		sleepForever()
+	case "spawn":
+		exe, _ := os.Executable()
+		c := exec.Command(exe, "exit-later")
+		c.Stdout = os.Stdout
+		if err := c.Start(); err != nil {
+			return 1
+		}
+		return 0
+	case "exit-later":
+		time.Sleep(50 * time.Millisecond)
+		fmt.Println("grandchild exiting")
 		return 0
 	case "alloc":
 		mb, _ := strconv.Atoi(args[1])
@@ -130,7 +155,9 @@ func runTestAgent(dir string) int {
 		return 1
 	}
 	fmt.Printf("started %d\n", h.Pid())
-	select {}
+	for {
+		time.Sleep(time.Hour)
+	}
 }
 
 // testExe is the test binary, used as the workload.
@@ -194,4 +221,12 @@ func waitLog(t testing.TB, path string, ok func(LogEntry) bool) LogEntry {
 
 func textIs(s string) func(LogEntry) bool {
 	return func(e LogEntry) bool { return e.Text == s }
+}
+
+// sleepForever blocks without tripping the runtime's deadlock detector
+// (select {} does in a process without other goroutines).
+func sleepForever() {
+	for {
+		time.Sleep(time.Hour)
+	}
 }

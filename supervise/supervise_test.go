@@ -40,14 +40,14 @@ func runWorkload(args []string) int {
 		code, _ := strconv.Atoi(args[1])
 		return code
 	case "sleep":
-		select {}
+		sleepForever()
 	case "crash-once":
 		// Fails on its first run; the working directory survives restarts.
 		if _, err := os.Stat("crashed"); err != nil {
 			_ = os.WriteFile("crashed", nil, 0o644)
 			return 1
 		}
-		select {}
+		sleepForever()
 	}
 	return 2
 }
@@ -482,5 +482,13 @@ func TestConfigErrors(t *testing.T) {
 	}})
 	if s.err != nil || s.limit != 2 {
 		t.Fatalf("limit %d err %v", s.limit, s.err)
+	}
+}
+
+// sleepForever blocks without tripping the runtime's deadlock detector
+// (select {} does in a process without other goroutines).
+func sleepForever() {
+	for {
+		time.Sleep(time.Hour)
 	}
 }
