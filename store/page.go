@@ -18,7 +18,11 @@ const (
 	MaxPageLimit     = 500
 )
 
-// Sort orders of the List methods, which page by the key of the last item:
+// limit is the page size asked for, defaulted and capped.
+//
+// The List methods page by keyset, after the sort key of the previous
+// page's last item, so inserts and deletes between pages neither repeat nor
+// skip the items that stay. Sort keys:
 //
 //	ListOrgs        name
 //	ListApps        name

@@ -70,8 +70,8 @@ type sqlStore struct {
 }
 
 // Open opens the store named by rawURL: a postgres:// or postgresql:// URL
-// is a PostgreSQL DSN; sqlite://PATH or a plain file path is a SQLite
-// database file.
+// is a PostgreSQL DSN; sqlite://PATH (sqlite:///abs/path for an absolute
+// one), sqlite:PATH or a plain file path is a SQLite database file.
 func Open(ctx context.Context, rawURL string, opts ...Option) (Store, error) {
 	switch {
 	case rawURL == "":
@@ -80,6 +80,8 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (Store, error) {
 		return OpenPostgres(ctx, rawURL, opts...)
 	case strings.HasPrefix(rawURL, "sqlite://"):
 		return OpenSQLite(ctx, strings.TrimPrefix(rawURL, "sqlite://"), opts...)
+	case strings.HasPrefix(rawURL, "sqlite:"):
+		return OpenSQLite(ctx, strings.TrimPrefix(rawURL, "sqlite:"), opts...)
 	case strings.Contains(rawURL, "://"):
 		scheme, _, _ := strings.Cut(rawURL, "://")
 		return nil, fmt.Errorf("store: store URL scheme %q is not supported (want postgres://, postgresql:// or sqlite://)", scheme)

@@ -13,15 +13,30 @@ import (
 	"github.com/meridian-run/meridian/api"
 )
 
-// Errors returned by the store. Callers test them with errors.Is.
+// Errors returned by the store. Callers test them with errors.Is; the
+// store wraps them with what was looked for. Another organization's
+// resources are ErrNotFound, never ErrConflict or a distinct error.
 var (
+	// ErrNotFound: the row (or the parent it needs, such as the org of a
+	// new app) does not exist in the caller's organization.
 	ErrNotFound = errors.New("not found")
+	// ErrConflict: a unique key is taken, or a deletion is refused.
 	ErrConflict = errors.New("already exists")
 )
 
 // Store is the global store. Update runs fn in one read-write transaction
 // and commits it when fn returns nil (retrying serialization failures);
 // View runs fn in a read-only transaction.
+//
+// Open, OpenSQLite and OpenPostgres make one. A transaction that loses a
+// race (PostgreSQL serialization failure or deadlock, busy SQLite file) is
+// rolled back and fn runs again, a bounded number of times, so fn must have
+// no effect outside its Tx, and must not call Update itself. In SQLite
+// write transactions run one at a time; in PostgreSQL Update runs at READ
+// COMMITTED and the Get methods of modifiable rows (services, deployments,
+// secrets, regions) lock the row they return until commit, so a
+// read-modify-write of one row is safe in both. View reads one consistent
+// snapshot.
 type Store interface {
 	Update(ctx context.Context, fn func(Tx) error) error
 	View(ctx context.Context, fn func(Tx) error) error
@@ -67,7 +82,11 @@ type NewDeployment struct {
 }
 
 // Tx is one transaction. Lists return items in a stable order and the
-// cursor of the next page ("" on the last page).
+// cursor of the next page ("" on the last page): orgs, apps, services and
+// secrets by name; tokens by creation time, then id; regions by id;
+// deployments newest version first. Text sorts bytewise. A token that is
+// not the list's own fails with ErrBadPageToken. A Tx is used by the
+// goroutine running fn only, and not after fn returns.
 type Tx interface {
 	CreateOrg(ctx context.Context, o api.Organization) error
 	GetOrg(ctx context.Context, id string) (api.Organization, error)

@@ -118,6 +118,7 @@ func runContract(t *testing.T, b backend) {
 		{"Secrets", testSecrets},
 		{"Regions", testRegions},
 		{"Idempotency", testIdempotency},
+		{"IdempotencyRace", testIdempotencyRace},
 		{"Deployments", testDeployments},
 		{"DeploymentIsolation", testDeploymentIsolation},
 		{"DeploymentErrors", testDeploymentErrors},
@@ -145,7 +146,7 @@ func runContract(t *testing.T, b backend) {
 
 // fixture is a fresh store with deterministic times and ids.
 type fixture struct {
-	t   *testing.T
+	t   testing.TB
 	s   Store
 	loc string
 	b   backend
@@ -155,7 +156,7 @@ type fixture struct {
 // base is the first fixture time; it has microseconds, as stored times do.
 var base = time.Date(2026, 3, 4, 5, 6, 7, 123456000, time.UTC)
 
-func newFixture(t *testing.T, b backend) *fixture {
+func newFixture(t testing.TB, b backend) *fixture {
 	t.Helper()
 	f := &fixture{t: t, b: b, loc: b.fresh(t)}
 	f.s = f.open()
@@ -1419,6 +1420,77 @@ func testDeadlockRetried(t *testing.T, b backend) {
 	})
 }
 
+// testIdempotencyRace: two write transactions asking for one idempotency
+// key do not both miss it: the second waits for the first and finds its
+// record (PostgreSQL: advisory lock; SQLite: one writer at a time).
+func testIdempotencyRace(t *testing.T, b backend) {
+	f := newFixture(t, b)
+	ctx := context.Background()
+	acme := f.org("acme")
+	const key = "retry-me"
+	aRead := make(chan struct{})
+	bWaiting := make(chan struct{})
+	errA := make(chan error, 1)
+	interleave := b.name == "postgres"
+	go func() {
+		errA <- f.s.Update(ctx, func(tx Tx) error {
+			if _, err := tx.GetIdempotency(ctx, acme.ID, key); !errors.Is(err, ErrNotFound) {
+				return fmt.Errorf("A: %w", err)
+			}
+			if interleave {
+				close(aRead)
+				select {
+				case <-bWaiting:
+				case <-time.After(30 * time.Second):
+					return errors.New("B never waited for the key")
+				}
+			}
+			return tx.PutIdempotency(ctx, Idempotency{OrgID: acme.ID, Key: key, RequestHash: []byte("a"), Status: 201, CreatedAt: f.now()})
+		})
+	}()
+	if interleave {
+		<-aRead
+		polled := make(chan struct{})
+		defer func() { <-polled }()
+		go func() {
+			defer close(polled)
+			// Wait, with a deadline, until B blocks on the key's lock.
+			db := f.s.(*sqlStore).writer
+			deadline := time.Now().Add(30 * time.Second)
+			for time.Now().Before(deadline) {
+				var waiting bool
+				err := db.QueryRow(`SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+					AND classid = $1 AND objid = (hashtext($2 || '/' || $3)::bigint & 4294967295)::oid AND objsubid = 2)`,
+					idempotencyLockClass, acme.ID, key).Scan(&waiting)
+				if err != nil {
+					t.Errorf("pg_locks: %v", err)
+					return
+				}
+				if waiting {
+					close(bWaiting)
+					return
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+		}()
+	} else if err := <-errA; err != nil {
+		t.Fatal(err)
+	}
+	f.update(func(tx Tx) error {
+		rec, err := tx.GetIdempotency(ctx, acme.ID, key)
+		if err != nil {
+			return fmt.Errorf("B: %w", err)
+		}
+		equal(t, "B sees A's record", rec.RequestHash, []byte("a"))
+		return nil
+	})
+	if interleave {
+		if err := <-errA; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func testReopen(t *testing.T, b backend) {
 	f := newFixture(t, b)
 	ctx := context.Background()
@@ -1510,7 +1582,7 @@ func TestMigrationsAgree(t *testing.T) {
 func TestOpenURL(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	for _, u := range []string{"sqlite://" + filepath.Join(dir, "a.db"), filepath.Join(dir, "b", "b.db")} {
+	for _, u := range []string{"sqlite://" + filepath.Join(dir, "a.db"), "sqlite:" + filepath.Join(dir, "c.db"), filepath.Join(dir, "b", "b.db")} {
 		s, err := Open(ctx, u)
 		if err != nil {
 			t.Fatalf("Open(%q): %v", u, err)

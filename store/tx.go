@@ -869,12 +869,25 @@ func (t *sqlTx) UpdateRegion(ctx context.Context, r api.Region) error {
 
 // Idempotency records.
 
-// GetIdempotency implements Tx.
+// idempotencyLockClass is the first key of the PostgreSQL advisory locks on
+// idempotency keys ("IDEM").
+const idempotencyLockClass = 0x4944454d
+
+// GetIdempotency implements Tx. In a PostgreSQL write transaction it first
+// takes a transaction advisory lock on (orgID, key), so two requests with
+// one key run one after the other and the second finds the first's record,
+// as in SQLite, instead of both missing it.
 func (t *sqlTx) GetIdempotency(ctx context.Context, orgID, key string) (Idempotency, error) {
+	op := fmt.Sprintf("get idempotency key %q", key)
+	if t.lock {
+		if _, err := t.exec(ctx, `SELECT pg_advisory_xact_lock(?, hashtext(? || '/' || ?))`, idempotencyLockClass, orgID, key); err != nil {
+			return Idempotency{}, mapErr(op, err)
+		}
+	}
 	var rec Idempotency
 	err := t.queryRow(ctx, `SELECT org_id, idem_key, request_hash, status, body, created_at FROM idempotency WHERE org_id = ? AND idem_key = ?`, orgID, key).
 		Scan(&rec.OrgID, &rec.Key, &rec.RequestHash, &rec.Status, &rec.Body, scanTime{&rec.CreatedAt})
-	return rec, mapErr(fmt.Sprintf("get idempotency key %q", key), err)
+	return rec, mapErr(op, err)
 }
 
 // PutIdempotency implements Tx.
