@@ -60,7 +60,9 @@ type Handle interface {
 	Done() <-chan struct{}
 	// Wait blocks until the instance exits or ctx ends.
 	Wait(ctx context.Context) (ExitStatus, error)
-	// Signal delivers sig to the workload.
+	// Signal delivers sig to the workload. A runtime may refuse signals it
+	// cannot deliver (the Process driver forwards SIGTERM, SIGINT, SIGHUP,
+	// SIGQUIT, SIGUSR1 and SIGUSR2; SIGKILL kills the whole instance).
 	Signal(sig os.Signal) error
 	// Stop sends SIGTERM, then SIGKILL if the instance is still running after
 	// timeout, and waits for it to exit. It returns nil once the instance has

@@ -552,10 +552,14 @@ func (h *processHandle) Wait(ctx context.Context) (ExitStatus, error) {
 	}
 }
 
-// Signal delivers sig to the workload (through the shim, which forwards
-// the common termination and user signals; SIGKILL kills the whole
-// instance).
+// Signal delivers sig to the workload through the shim, which forwards
+// SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2; SIGKILL kills the
+// whole instance. Other signals are refused: the kernel would drop them at
+// the shim, the PID 1 of the instance's namespace.
 func (h *processHandle) Signal(sig os.Signal) error {
+	if !forwardable(sig) {
+		return fmt.Errorf("signal instance %s: %v is not one the shim forwards (TERM, INT, HUP, QUIT, USR1, USR2) nor SIGKILL", h.s.ID, sig)
+	}
 	if h.exited() {
 		return fmt.Errorf("signal instance %s: %w", h.s.ID, os.ErrProcessDone)
 	}

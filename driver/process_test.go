@@ -224,6 +224,9 @@ func TestStartWhileRunning(t *testing.T) {
 	if _, err := p.Start(testCtx(t), spec); !errors.Is(err, ErrExists) {
 		t.Fatalf("second start: %v, want ErrExists", err)
 	}
+	if err := h.Signal(syscall.SIGWINCH); err == nil || !strings.Contains(err.Error(), "not one the shim forwards") {
+		t.Errorf("SIGWINCH: %v, want a refusal", err)
+	}
 	if err := h.Stop(testCtx(t), 5*time.Second); err != nil {
 		t.Fatal(err)
 	}

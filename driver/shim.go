@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,6 +39,14 @@ const (
 	fileShim   = "shim.log"    // the shim's own stderr
 	dirWork    = "work"        // default working directory
 )
+
+// forwardedSignals are the signals the shim passes on to the workload.
+var forwardedSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2}
+
+// forwardable reports whether Handle.Signal can deliver sig.
+func forwardable(sig os.Signal) bool {
+	return sig == syscall.SIGKILL || slices.Contains(forwardedSignals, sig)
+}
 
 // defaultPath is the PATH used to look up a command when the spec's env sets
 // none.
@@ -112,8 +121,7 @@ func runShim(dir string) int {
 	_ = os.WriteFile("/proc/self/oom_score_adj", []byte("-999"), 0)
 
 	sigs := make(chan os.Signal, 32)
-	forwarded := []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2}
-	signal.Notify(sigs, append(forwarded, syscall.SIGCHLD)...)
+	signal.Notify(sigs, append(forwardedSignals[:len(forwardedSignals):len(forwardedSignals)], syscall.SIGCHLD)...)
 
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
