@@ -176,7 +176,7 @@ func (t *sqlTx) ListOrgs(ctx context.Context, p Page) ([]api.Organization, strin
 		args = append(args, c.S)
 	}
 	q += ` ORDER BY name LIMIT ?`
-	items, err := collect(t, ctx, q, append(args, p.limit()+1), scanOrg)
+	items, err := collect(ctx, t, q, append(args, p.limit()+1), scanOrg)
 	if err != nil {
 		return nil, "", mapErr("list orgs", err)
 	}
@@ -188,7 +188,7 @@ func (t *sqlTx) ListOrgs(ctx context.Context, p Page) ([]api.Organization, strin
 }
 
 // collect runs q and scans every row with scan.
-func collect[T any](t *sqlTx, ctx context.Context, q string, args []any, scan func(interface{ Scan(...any) error }) (T, error)) ([]T, error) {
+func collect[T any](ctx context.Context, t *sqlTx, q string, args []any, scan func(interface{ Scan(...any) error }) (T, error)) ([]T, error) {
 	rows, err := t.query(ctx, q, args...)
 	if err != nil {
 		return nil, err
@@ -269,7 +269,7 @@ func (t *sqlTx) ListTokens(ctx context.Context, orgID string, p Page) ([]api.Tok
 		args = append(args, at, at, c.S)
 	}
 	q += ` ORDER BY created_at, id LIMIT ?`
-	items, err := collect(t, ctx, q, append(args, p.limit()+1), scanToken)
+	items, err := collect(ctx, t, q, append(args, p.limit()+1), scanToken)
 	if err != nil {
 		return nil, "", mapErr("list tokens", err)
 	}
@@ -333,7 +333,7 @@ func (t *sqlTx) ListApps(ctx context.Context, orgID string, p Page) ([]api.App, 
 		args = append(args, c.S)
 	}
 	q += ` ORDER BY name LIMIT ?`
-	items, err := collect(t, ctx, q, append(args, p.limit()+1), scanApp)
+	items, err := collect(ctx, t, q, append(args, p.limit()+1), scanApp)
 	if err != nil {
 		return nil, "", mapErr("list apps", err)
 	}
@@ -419,7 +419,7 @@ func (t *sqlTx) ListSecrets(ctx context.Context, orgID string, p Page) ([]api.Se
 		args = append(args, c.S)
 	}
 	q += ` ORDER BY name LIMIT ?`
-	items, err := collect(t, ctx, q, append(args, p.limit()+1), scanSecret)
+	items, err := collect(ctx, t, q, append(args, p.limit()+1), scanSecret)
 	if err != nil {
 		return nil, "", mapErr("list secrets", err)
 	}
@@ -649,7 +649,7 @@ func (t *sqlTx) ListServices(ctx context.Context, orgID, appID string, p Page) (
 		args = append(args, c.S)
 	}
 	q += ` ORDER BY s.name LIMIT ?`
-	items, err := collect(t, ctx, q, append(args, p.limit()+1), func(sc interface{ Scan(...any) error }) (api.Service, error) {
+	items, err := collect(ctx, t, q, append(args, p.limit()+1), func(sc interface{ Scan(...any) error }) (api.Service, error) {
 		return scanService(sc)
 	})
 	if err != nil {
@@ -712,7 +712,7 @@ func (t *sqlTx) regionals(ctx context.Context, deps []api.Deployment) error {
 	}
 	q := `SELECT id, deployment_id, region, generation, status, message, definition, updated_at FROM regional_deployments
 		WHERE deployment_id IN (?` + strings.Repeat(", ?", len(deps)-1) + `) ORDER BY deployment_id, region`
-	rs, err := collect(t, ctx, q, args, scanRegional)
+	rs, err := collect(ctx, t, q, args, scanRegional)
 	if err != nil {
 		return err
 	}
@@ -751,7 +751,7 @@ func (t *sqlTx) ListDeployments(ctx context.Context, orgID, serviceID string, p 
 		args = append(args, c.N)
 	}
 	q += ` ORDER BY d.version DESC LIMIT ?`
-	items, err := collect(t, ctx, q, append(args, p.limit()+1), scanDeployment)
+	items, err := collect(ctx, t, q, append(args, p.limit()+1), scanDeployment)
 	if err != nil {
 		return nil, "", mapErr("list deployments", err)
 	}
@@ -848,7 +848,7 @@ func (t *sqlTx) ListRegions(ctx context.Context, p Page) ([]api.Region, string, 
 		args = append(args, c.S)
 	}
 	q += ` ORDER BY id LIMIT ?`
-	items, err := collect(t, ctx, q, append(args, p.limit()+1), scanRegion)
+	items, err := collect(ctx, t, q, append(args, p.limit()+1), scanRegion)
 	if err != nil {
 		return nil, "", mapErr("list regions", err)
 	}
