@@ -60,15 +60,18 @@ func ServerConfig(src CertSource, roots *x509.CertPool, authorize Authorizer) *t
 // server's Peer (e.g. AllowIDs(ServerID(td, "fra"))). A nil authorize
 // refuses every server. ServerName may still be set for SNI. To inject a
 // clock for certificate validity checks, set the returned config's Time
-// field.
+// field. A nil src presents no client certificate (a machine's first call,
+// its join, authenticated by a join token instead).
 func ClientConfig(src CertSource, roots *x509.CertPool, authorize Authorizer) *tls.Config {
 	cfg := &tls.Config{
-		MinVersion:           tls.VersionTLS13,
-		GetClientCertificate: src.GetClientCertificate,
-		RootCAs:              roots,
+		MinVersion: tls.VersionTLS13,
+		RootCAs:    roots,
 		// Host-name verification does not apply to SPIFFE identities;
 		// VerifyConnection verifies the chain and the identity instead.
 		InsecureSkipVerify: true,
+	}
+	if src != nil {
+		cfg.GetClientCertificate = src.GetClientCertificate
 	}
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
 		now := time.Now

@@ -1,0 +1,250 @@
+package region
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+
+	"github.com/meridian-run/meridian/api"
+	"github.com/meridian-run/meridian/pki"
+	"github.com/meridian-run/meridian/pki/pkitest"
+	"github.com/meridian-run/meridian/regionapi"
+)
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func testLogger() *slog.Logger {
+	level := slog.LevelWarn
+	if os.Getenv("MERIDIAN_TEST_DEBUG") != "" {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// fastEtcd shortens the embedded member's timeouts for tests.
+func fastEtcd(c *embed.Config) {
+	c.TickMs = 50
+	c.ElectionMs = 500
+}
+
+// member describes one embedded etcd member of a test region.
+type member struct {
+	name, client, peer string
+}
+
+func members(t testing.TB, region string, n int) []member {
+	ms := make([]member, n)
+	for i := range ms {
+		ms[i] = member{
+			name:   region + "-" + strconv.Itoa(i+1),
+			client: "https://127.0.0.1:" + strconv.Itoa(freePort(t)),
+			peer:   "https://127.0.0.1:" + strconv.Itoa(freePort(t)),
+		}
+	}
+	return ms
+}
+
+func initialCluster(ms []member) string {
+	s := ""
+	for i, m := range ms {
+		if i > 0 {
+			s += ","
+		}
+		s += m.name + "=" + m.peer
+	}
+	return s
+}
+
+// startRegion starts one server of a region as member m of cluster ms.
+func startRegion(t testing.TB, in *pkitest.Installation, region string, ms []member, i int, tweak func(*Config)) *Server {
+	t.Helper()
+	m := ms[i]
+	cfg := Config{
+		Region:  region,
+		DataDir: filepath.Join(t.TempDir(), m.name),
+		Listen:  "127.0.0.1:0",
+		CA:      in.Regions[region],
+		Etcd: EtcdConfig{Name: m.name, ClientURL: m.client, PeerURL: m.peer,
+			InitialCluster: initialCluster(ms)},
+		EtcdTuning:       fastEtcd,
+		LeaseTTL:         2 * time.Second,
+		ScheduleInterval: time.Second,
+		Logger:           testLogger(),
+	}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	s, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("start region %s member %s: %v", region, m.name, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// single starts a one-member region.
+func single(t testing.TB, in *pkitest.Installation, region string, tweak func(*Config)) *Server {
+	return startRegion(t, in, region, members(t, region, 1), 0, tweak)
+}
+
+// startCluster starts n members concurrently (etcd needs a quorum to be
+// ready).
+func startCluster(t testing.TB, in *pkitest.Installation, region string, n int) []*Server {
+	ms := members(t, region, n)
+	out := make([]*Server, n)
+	var wg sync.WaitGroup
+	for i := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i] = startRegion(t, in, region, ms, i, nil)
+		}()
+	}
+	wg.Wait()
+	for _, s := range out {
+		if s == nil {
+			t.FailNow()
+		}
+	}
+	return out
+}
+
+// eventually polls cond every 20ms until it holds or the deadline passes.
+func eventually(t testing.TB, within time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	last := ""
+	for time.Now().Before(deadline) {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		last = state
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s: not true within %s; last state: %s", what, within, last)
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// fakeMachine is a machine that speaks the agent protocol over real mutual
+// TLS, driven by the test instead of running processes.
+type fakeMachine struct {
+	id     string
+	client *regionapi.Client
+}
+
+// joinMachine joins a machine with a fresh one-time token.
+func joinMachine(t testing.TB, in *pkitest.Installation, s *Server, id, dc string, millicpu, memoryMB int) *fakeMachine {
+	t.Helper()
+	ctx := ctxT(t)
+	tok, err := s.CreateJoinToken(ctx, time.Hour, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := pki.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := pki.NewCSR(key, pki.MachineID(pkitest.TrustDomain, s.cfg.Region, id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	anon := regionapi.NewClient(s.URL(), &http.Client{Transport: &http.Transport{
+		TLSClientConfig: pki.ClientConfig(nil, in.Root.Pool(), pki.AllowKinds(pki.KindServer))}})
+	resp, err := anon.Join(ctx, regionapi.JoinRequest{Token: tok.Value, Machine: id, Datacenter: dc, Address: "127.0.0.1",
+		MilliCPU: millicpu, MemoryMB: memoryMB, CSR: string(csr)})
+	if err != nil {
+		t.Fatalf("join %s: %v", id, err)
+	}
+	leaf, err := pki.NewLeaf([]byte(resp.Certificate), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fakeMachine{id: id, client: regionapi.NewClient(s.URL(), in.Client(t, leaf))}
+}
+
+func (m *fakeMachine) heartbeat(t testing.TB) {
+	t.Helper()
+	if _, err := m.client.Heartbeat(ctxT(t), regionapi.Heartbeat{}); err != nil {
+		t.Fatalf("heartbeat %s: %v", m.id, err)
+	}
+}
+
+// keepAlive heartbeats every 300ms until stop is closed.
+func (m *fakeMachine) keepAlive(t testing.TB, stop <-chan struct{}) {
+	go func() {
+		tick := time.NewTicker(300 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			m.client.Heartbeat(context.Background(), regionapi.Heartbeat{})
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+}
+
+// assignments reads the machine's current assignment set from the watch
+// stream's snapshot.
+func (m *fakeMachine) assignments(t testing.TB) []regionapi.Assignment {
+	t.Helper()
+	ctx, cancel := context.WithCancel(ctxT(t))
+	defer cancel()
+	var out []regionapi.Assignment
+	errDone := context.Canceled
+	err := m.client.Watch(ctx, 0, func(ev regionapi.WatchEvent) error {
+		out = ev.Assignments
+		return errDone
+	})
+	if err != errDone {
+		t.Fatalf("watch %s: %v", m.id, err)
+	}
+	return out
+}
+
+// reportHealthy reports every assigned instance as running and healthy.
+func (m *fakeMachine) reportHealthy(t testing.TB) {
+	t.Helper()
+	var rep regionapi.StatusReport
+	for _, a := range m.assignments(t) {
+		rep.Instances = append(rep.Instances, regionapi.InstanceReport{ID: a.ID, State: regionapi.StateRunning, Healthy: true,
+			Ports: map[string]int{"8080": 20000}})
+	}
+	if err := m.client.Report(ctxT(t), rep); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testApply is an Apply of service acme.web.api with count instances.
+func testApply(region string, gen int64, dep string, count int) regionapi.Apply {
+	return regionapi.Apply{Generation: gen, Org: "acme", App: "web", Service: "api", DeploymentID: dep, Version: int(gen),
+		Definition: api.RegionalDefinition{Region: region, Name: "api", Type: "web", Command: []string{"api"},
+			Ports:        []api.Port{{Port: 8080, Protocol: "http"}},
+			Scaling:      api.ScalingRange{Min: count, Max: count},
+			InstanceType: api.InstanceType{Name: "small", MilliCPU: 1000, MemoryMB: 1024}}}
+}
