@@ -90,6 +90,9 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 		newDeploymentsCmd(g),
 		newSecretsCmd(g),
 		newRegionsCmd(g),
+		newPKICmd(g),
+		newRegionCmd(g),
+		newSmokeCmd(g),
 	)
 	return root
 }

@@ -139,7 +139,7 @@ func (s *Server) startEtcd(ctx context.Context) error {
 		e.Close()
 		return errors.New("embedded etcd did not become ready in 60s (is a quorum of members up?)")
 	}
-	s.log.Info("embedded etcd ready", "member", ec.Name, "client", cu.String(), "peer", pu.String())
+	s.log.Info("embedded etcd ready", "client", cu.String(), "peer", pu.String())
 	return nil
 }
 

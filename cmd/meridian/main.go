@@ -9,9 +9,12 @@ import (
 	"syscall"
 
 	"github.com/meridian-run/meridian/cli"
+	"github.com/meridian-run/meridian/driver"
 )
 
 func main() {
+	// Instances of the process driver start as a re-exec of this binary.
+	driver.MaybeRunShim()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

@@ -1,0 +1,112 @@
+package cli
+
+import (
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meridian-run/meridian/pki"
+)
+
+// PKI layout under a directory:
+//
+//	root/                 the installation's root CA (ca.pem, ca-key.pem, root.pem)
+//	regions/<id>/         a region's intermediate CA
+//	global/               the global control plane's client certificate (global.pem, global-key.pem, root.pem)
+func pkiRootDir(dir string) string           { return filepath.Join(dir, "root") }
+func pkiRegionDir(dir, region string) string { return filepath.Join(dir, "regions", region) }
+func pkiGlobalDir(dir string) string         { return filepath.Join(dir, "global") }
+
+const (
+	rootTTL         = 10 * 365 * 24 * time.Hour
+	intermediateTTL = 5 * 365 * 24 * time.Hour
+	globalLeafTTL   = 365 * 24 * time.Hour
+)
+
+// pkiInit creates the root CA in dir.
+func pkiInit(dir, trustDomain string) (*pki.CA, error) {
+	root, err := pki.NewRoot(trustDomain, time.Now(), rootTTL)
+	if err != nil {
+		return nil, err
+	}
+	if err := pki.SaveCA(pkiRootDir(dir), root); err != nil {
+		return nil, err
+	}
+	return root, nil
+}
+
+// pkiRegion creates a region's intermediate CA in dir.
+func pkiRegion(dir string, root *pki.CA, region string) (*pki.CA, error) {
+	ca, err := root.NewIntermediate(region, time.Now(), intermediateTTL)
+	if err != nil {
+		return nil, err
+	}
+	if err := pki.SaveCA(pkiRegionDir(dir, region), ca); err != nil {
+		return nil, err
+	}
+	return ca, nil
+}
+
+// pkiGlobal issues the global control plane's client certificate in dir.
+func pkiGlobal(dir string, root *pki.CA) (*pki.Leaf, error) {
+	leaf, err := root.Issue(pki.LeafRequest{ID: pki.GlobalID(root.TrustDomain), Usage: pki.UsageClient,
+		TTL: globalLeafTTL, Now: time.Now()})
+	if err != nil {
+		return nil, err
+	}
+	gdir := pkiGlobalDir(dir)
+	if err := pki.SaveLeaf(gdir, "global", leaf); err != nil {
+		return nil, err
+	}
+	if err := pki.SaveRoots(filepath.Join(gdir, pki.RootFile), root.Root); err != nil {
+		return nil, err
+	}
+	return leaf, nil
+}
+
+func newPKICmd(g *globals) *cobra.Command {
+	var dir, td, region string
+	initCmd := &cobra.Command{Use: "init --dir DIR [--trust-domain TD]", Short: "Create the installation's root CA", Args: args(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := pkiInit(dir, td); err != nil {
+				return fmt.Errorf("pki init: %w", err)
+			}
+			fmt.Fprintf(g.stdout, "root CA for %s in %s\n", td, pkiRootDir(dir))
+			return nil
+		}}
+	initCmd.Flags().StringVar(&td, "trust-domain", "meridian.local", "the installation's trust domain")
+	regionCmd := &cobra.Command{Use: "region --dir DIR --region ID", Short: "Create a region's intermediate CA", Args: args(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if region == "" {
+				return usagef("--region is required")
+			}
+			root, err := pki.LoadCA(pkiRootDir(dir))
+			if err != nil {
+				return fmt.Errorf("--dir: %w", err)
+			}
+			if _, err := pkiRegion(dir, root, region); err != nil {
+				return fmt.Errorf("--region: %w", err)
+			}
+			fmt.Fprintf(g.stdout, "intermediate CA for region %s in %s\n", region, pkiRegionDir(dir, region))
+			return nil
+		}}
+	regionCmd.Flags().StringVar(&region, "region", "", "region id")
+	globalCmd := &cobra.Command{Use: "global --dir DIR", Short: "Issue the global control plane's client certificate for calling regions", Args: args(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			root, err := pki.LoadCA(pkiRootDir(dir))
+			if err != nil {
+				return fmt.Errorf("--dir: %w", err)
+			}
+			if _, err := pkiGlobal(dir, root); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "global client certificate in %s\n", pkiGlobalDir(dir))
+			return nil
+		}}
+	for _, c := range []*cobra.Command{initCmd, regionCmd, globalCmd} {
+		c.Flags().StringVar(&dir, "dir", "pki", "PKI directory")
+	}
+	return group("pki", "Create the installation's certificate authorities and certificates", initCmd, regionCmd, globalCmd)
+}
