@@ -1,0 +1,578 @@
+// Package dev runs a whole Meridian installation on one machine for a
+// newcomer's first five minutes and for end-to-end tests: the global
+// control plane, every region of a topology and their agents, each as a
+// separate process of the meridian binary so that any of them can be
+// killed like a real one. It generates the PKI, the admin and
+// organization tokens and the join tokens in a state directory, registers
+// and opens the regions, and writes DIR/dev.json once everything is up.
+package dev
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/meridian-run/meridian/api"
+	"github.com/meridian-run/meridian/driver"
+	"github.com/meridian-run/meridian/pki"
+	"github.com/meridian-run/meridian/regionapi"
+)
+
+// Config configures a dev installation.
+type Config struct {
+	// StateDir holds PKI, tokens, component data and logs (default .meridian/dev).
+	StateDir string
+	// Topology is the installation to run.
+	Topology Topology
+	// Binary is the meridian executable to run components with (default:
+	// this process's executable).
+	Binary string
+	// PathDirs are prepended to the agents' PATH, so instances find
+	// commands such as the demo app (default: the binary's directory).
+	PathDirs []string
+	// APIListen is the global API's address (default 127.0.0.1:7700, or a
+	// free port when that is taken).
+	APIListen string
+	// Logger receives dev's own progress logs.
+	Logger *slog.Logger
+}
+
+// Component is one process of the installation, as dev.json lists it.
+type Component struct {
+	Role       string   `json:"role"`
+	Region     string   `json:"region,omitempty"`
+	Datacenter string   `json:"datacenter,omitempty"`
+	Machine    string   `json:"machine,omitempty"`
+	Location   string   `json:"location,omitempty"`
+	Address    string   `json:"address"`
+	PID        int      `json:"pid"`
+	Args       []string `json:"args"`
+	Log        string   `json:"log"`
+	DataDir    string   `json:"data_dir,omitempty"`
+}
+
+// Info is the content of dev.json.
+type Info struct {
+	API          string      `json:"api"`
+	Token        string      `json:"token"`
+	AdminToken   string      `json:"admin_token"`
+	Domain       string      `json:"domain"`
+	Organization string      `json:"organization"`
+	StateDir     string      `json:"state_dir"`
+	PKIDir       string      `json:"pki_dir"`
+	Components   []Component `json:"components"`
+}
+
+// InfoFile is the name of the file dev writes in its state directory.
+const InfoFile = "dev.json"
+
+// ReadInfo reads DIR/dev.json.
+func ReadInfo(stateDir string) (Info, error) {
+	var info Info
+	b, err := os.ReadFile(filepath.Join(stateDir, InfoFile))
+	if err != nil {
+		return info, err
+	}
+	if err := json.Unmarshal(b, &info); err != nil {
+		return info, fmt.Errorf("%s: %w", filepath.Join(stateDir, InfoFile), err)
+	}
+	return info, nil
+}
+
+// Env is a running dev installation.
+type Env struct {
+	cfg   Config
+	log   *slog.Logger
+	info  Info
+	mu    sync.Mutex
+	procs []*proc
+	done  chan struct{}
+	once  sync.Once
+}
+
+// proc is a child process.
+type proc struct {
+	comp Component
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Start brings the installation up and returns once dev.json is written.
+func Start(ctx context.Context, cfg Config) (*Env, error) {
+	if cfg.StateDir == "" {
+		cfg.StateDir = filepath.Join(".meridian", "dev")
+	}
+	abs, err := filepath.Abs(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	cfg.StateDir = abs
+	if cfg.Binary == "" {
+		if cfg.Binary, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("dev: finding the meridian binary: %w", err)
+		}
+	}
+	if cfg.PathDirs == nil {
+		cfg.PathDirs = []string{filepath.Dir(cfg.Binary)}
+	}
+	if cfg.APIListen == "" {
+		cfg.APIListen = "127.0.0.1:7700"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if len(cfg.Topology.Regions) == 0 {
+		cfg.Topology = DefaultTopology()
+	}
+	if err := checkNotRunning(cfg.StateDir); err != nil {
+		return nil, err
+	}
+	e := &Env{cfg: cfg, log: cfg.Logger.With("component", "dev"), done: make(chan struct{})}
+	if err := e.start(ctx); err != nil {
+		e.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+// checkNotRunning refuses a state dir whose dev.json lists live processes.
+func checkNotRunning(dir string) error {
+	info, err := ReadInfo(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return nil // a damaged file from a crash: start over
+	}
+	for _, c := range info.Components {
+		if c.PID > 0 && syscall.Kill(c.PID, 0) == nil && isMeridian(c.PID) {
+			return fmt.Errorf("dev: %s is in use by a running installation (%s pid %d); stop it first or pass another --state-dir", dir, c.Role, c.PID)
+		}
+	}
+	return os.Remove(filepath.Join(dir, InfoFile))
+}
+
+func isMeridian(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	return err == nil && strings.Contains(string(b), "meridian")
+}
+
+// Info returns what dev.json holds.
+func (e *Env) Info() Info { return e.info }
+
+func (e *Env) path(parts ...string) string {
+	return filepath.Join(append([]string{e.cfg.StateDir}, parts...)...)
+}
+
+func randomToken(prefix string) string {
+	b := make([]byte, 24)
+	rand.Read(b)
+	return prefix + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b))
+}
+
+// readOrCreate returns the content of a state file, creating it first.
+func readOrCreate(path string, make func() string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	v := make()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return "", err
+	}
+	return v, os.WriteFile(path, []byte(v+"\n"), 0o600)
+}
+
+// freeAddr returns a loopback address whose port was free a moment ago.
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+func (e *Env) start(ctx context.Context) error {
+	t := e.cfg.Topology
+	start := time.Now()
+	for _, d := range []string{"logs", "pki"} {
+		if err := os.MkdirAll(e.path(d), 0o700); err != nil {
+			return fmt.Errorf("dev: %w", err)
+		}
+	}
+	pkiDir := e.path("pki")
+	root, err := ensurePKI(pkiDir, t)
+	if err != nil {
+		return fmt.Errorf("dev: pki: %w", err)
+	}
+	admin, err := readOrCreate(e.path("admin.token"), func() string { return randomToken("mra_") })
+	if err != nil {
+		return fmt.Errorf("dev: admin token: %w", err)
+	}
+	apiAddr := e.cfg.APIListen
+	if ln, err := net.Listen("tcp", apiAddr); err == nil {
+		ln.Close()
+	} else if apiAddr, err = freeAddr(); err != nil {
+		return err
+	}
+	e.info = Info{API: "http://" + apiAddr, AdminToken: admin, Domain: t.Domain, Organization: t.Organization,
+		StateDir: e.cfg.StateDir, PKIDir: pkiDir}
+
+	// The global control plane.
+	if err := e.spawn(Component{Role: "global", Address: e.info.API, DataDir: e.path("global"), Args: []string{"global",
+		"--state-dir", e.path("global"), "--listen", apiAddr, "--admin-token", admin, "--domain", t.Domain,
+		"--pki", pkiDir, "--rollout-poll", "250ms"}}); err != nil {
+		return err
+	}
+	// The regions.
+	regionURLs := map[string]string{}
+	for _, r := range t.Regions {
+		addrs := make([]string, 3)
+		for i := range addrs {
+			if addrs[i], err = freeAddr(); err != nil {
+				return err
+			}
+		}
+		regionURLs[r.ID] = "https://" + addrs[0]
+		if err := e.spawn(Component{Role: "region", Region: r.ID, Address: regionURLs[r.ID], DataDir: e.path("regions", r.ID),
+			Args: []string{"region", "--id", r.ID, "--ca-dir", filepath.Join(pkiDir, "regions", r.ID),
+				"--data-dir", e.path("regions", r.ID), "--listen", addrs[0],
+				"--etcd-client-url", "https://" + addrs[1], "--etcd-peer-url", "https://" + addrs[2],
+				"--lease-ttl", t.LeaseTTL}}); err != nil {
+			return err
+		}
+	}
+	regionHTTP, err := globalClient(pkiDir)
+	if err != nil {
+		return err
+	}
+	anon := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: pki.ClientConfig(nil, root.Pool(), pki.AllowKinds(pki.KindServer))}}
+	if err := waitHTTP(ctx, http.DefaultClient, e.info.API+"/healthz", 30*time.Second); err != nil {
+		return fmt.Errorf("dev: global did not come up (see %s): %w", e.path("logs", "global.log"), err)
+	}
+	for _, r := range t.Regions {
+		if err := waitHTTP(ctx, anon, regionURLs[r.ID]+"/healthz", 30*time.Second); err != nil {
+			return fmt.Errorf("dev: region %s did not come up (see %s): %w", r.ID, e.path("logs", "region-"+r.ID+".log"), err)
+		}
+	}
+	// The agents, with join tokens from their regions.
+	portBase := 20000
+	for _, r := range t.Regions {
+		rc := regionapi.NewClient(regionURLs[r.ID], regionHTTP)
+		for _, d := range r.Datacenters {
+			for i := 0; i < d.Machines; i++ {
+				name := fmt.Sprintf("%s-%c", d.ID, 'a'+i)
+				dataDir := e.path("agents", name)
+				args := []string{"agent", "--region", r.ID, "--region-url", regionURLs[r.ID],
+					"--ca-file", filepath.Join(pkiDir, "root", pki.RootFile), "--trust-domain", t.TrustDomain,
+					"--datacenter", d.ID, "--name", name, "--data-dir", dataDir,
+					"--millicpu", strconv.Itoa(t.Machine.MilliCPU), "--memory-mb", strconv.Itoa(t.Machine.MemoryMB),
+					"--port-min", strconv.Itoa(portBase), "--port-max", strconv.Itoa(portBase + 199)}
+				portBase += 200
+				if _, err := os.Stat(filepath.Join(dataDir, "identity")); err != nil {
+					tok, err := rc.CreateJoinToken(ctx, regionapi.JoinTokenRequest{TTL: "10m", Uses: 1})
+					if err != nil {
+						return fmt.Errorf("dev: join token for %s: %w", name, err)
+					}
+					tokFile := filepath.Join(dataDir, "join-token")
+					os.MkdirAll(dataDir, 0o700)
+					if err := os.WriteFile(tokFile, []byte(tok.Value+"\n"), 0o600); err != nil {
+						return err
+					}
+					args = append(args, "--join-token-file", tokFile)
+				}
+				if err := e.spawn(Component{Role: "agent", Region: r.ID, Datacenter: d.ID, Machine: name,
+					Address: "127.0.0.1", DataDir: dataDir, Args: args}); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	// Register and open the regions; create the organization and its token.
+	adminAPI := api.NewClient(e.info.API, admin)
+	for _, r := range t.Regions {
+		_, err := adminAPI.CreateRegion(ctx, api.CreateRegionRequest{ID: r.ID, Name: r.Name, Latitude: r.Latitude,
+			Longitude: r.Longitude, URL: regionURLs[r.ID]}, "")
+		if isStatus(err, http.StatusConflict) {
+			u := regionURLs[r.ID]
+			_, err = adminAPI.UpdateRegion(ctx, r.ID, api.UpdateRegionRequest{URL: &u})
+		}
+		if err != nil {
+			return fmt.Errorf("dev: registering region %s: %w", r.ID, err)
+		}
+		open := api.RegionOpen
+		if _, err := adminAPI.UpdateRegion(ctx, r.ID, api.UpdateRegionRequest{Status: &open}); err != nil {
+			return fmt.Errorf("dev: opening region %s: %w", r.ID, err)
+		}
+	}
+	if e.info.Token, err = e.orgToken(ctx, adminAPI); err != nil {
+		return err
+	}
+	// Wait until every machine heartbeats in its region.
+	for _, r := range t.Regions {
+		want := 0
+		for _, d := range r.Datacenters {
+			want += d.Machines
+		}
+		rc := regionapi.NewClient(regionURLs[r.ID], regionHTTP)
+		if err := waitFor(ctx, 30*time.Second, func() error {
+			ms, err := rc.Machines(ctx)
+			if err != nil {
+				return err
+			}
+			ready := 0
+			for _, m := range ms {
+				if m.Ready {
+					ready++
+				}
+			}
+			if ready < want {
+				return fmt.Errorf("%d of %d machines ready", ready, want)
+			}
+			return nil
+		}); err != nil {
+			return fmt.Errorf("dev: region %s: %w (see %s)", r.ID, err, e.path("logs"))
+		}
+	}
+	e.mu.Lock()
+	for _, p := range e.procs {
+		e.info.Components = append(e.info.Components, p.comp)
+	}
+	e.mu.Unlock()
+	b, _ := json.MarshalIndent(e.info, "", "  ")
+	if err := os.WriteFile(e.path(InfoFile), append(b, '\n'), 0o600); err != nil {
+		return err
+	}
+	e.log.Info("dev installation ready", "seconds", time.Since(start).Seconds())
+	return nil
+}
+
+// orgToken creates the organization once and keeps its token in the state
+// dir.
+func (e *Env) orgToken(ctx context.Context, admin *api.Client) (string, error) {
+	path := e.path("org.token")
+	if b, err := os.ReadFile(path); err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	org := e.cfg.Topology.Organization
+	if _, err := admin.CreateOrg(ctx, org, "dev-org-"+org); err != nil && !isStatus(err, http.StatusConflict) {
+		return "", fmt.Errorf("dev: organization %s: %w", org, err)
+	}
+	tok, err := admin.CreateOrgToken(ctx, org, "dev", "")
+	if err != nil {
+		return "", fmt.Errorf("dev: token for %s: %w", org, err)
+	}
+	return tok.Value, os.WriteFile(path, []byte(tok.Value+"\n"), 0o600)
+}
+
+func isStatus(err error, status int) bool {
+	var ae *api.Error
+	return errors.As(err, &ae) && ae.Status == status
+}
+
+// ensurePKI creates the root, the regions' intermediates and the global
+// certificate once.
+func ensurePKI(dir string, t Topology) (*pki.CA, error) {
+	root, err := pki.LoadCA(filepath.Join(dir, "root"))
+	if err != nil {
+		if root, err = pki.NewRoot(t.TrustDomain, time.Now(), 10*365*24*time.Hour); err != nil {
+			return nil, err
+		}
+		if err := pki.SaveCA(filepath.Join(dir, "root"), root); err != nil {
+			return nil, err
+		}
+	}
+	for _, r := range t.Regions {
+		rdir := filepath.Join(dir, "regions", r.ID)
+		if _, err := pki.LoadCA(rdir); err == nil {
+			continue
+		}
+		ca, err := root.NewIntermediate(r.ID, time.Now(), 5*365*24*time.Hour)
+		if err != nil {
+			return nil, err
+		}
+		if err := pki.SaveCA(rdir, ca); err != nil {
+			return nil, err
+		}
+	}
+	gdir := filepath.Join(dir, "global")
+	if _, err := pki.LoadLeaf(gdir, "global"); err != nil {
+		leaf, err := root.Issue(pki.LeafRequest{ID: pki.GlobalID(t.TrustDomain), Usage: pki.UsageClient, TTL: 365 * 24 * time.Hour, Now: time.Now()})
+		if err != nil {
+			return nil, err
+		}
+		if err := pki.SaveLeaf(gdir, "global", leaf); err != nil {
+			return nil, err
+		}
+		if err := pki.SaveRoots(filepath.Join(gdir, pki.RootFile), root.Root); err != nil {
+			return nil, err
+		}
+	}
+	return root, nil
+}
+
+// globalClient is an HTTP client with the global certificate.
+func globalClient(pkiDir string) (*http.Client, error) {
+	leaf, err := pki.LoadLeaf(filepath.Join(pkiDir, "global"), "global")
+	if err != nil {
+		return nil, err
+	}
+	roots, err := pki.LoadRoots(filepath.Join(pkiDir, "global", pki.RootFile))
+	if err != nil {
+		return nil, err
+	}
+	rl, err := pki.NewReloader(leaf)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: pki.ClientConfig(rl, roots, pki.AllowKinds(pki.KindServer))}}, nil
+}
+
+func waitFor(ctx context.Context, within time.Duration, cond func() error) error {
+	deadline := time.Now().Add(within)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = cond(); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return err
+}
+
+func waitHTTP(ctx context.Context, c *http.Client, url string, within time.Duration) error {
+	return waitFor(ctx, within, func() error {
+		resp, err := c.Get(url)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("%s: %s", url, resp.Status)
+		}
+		return nil
+	})
+}
+
+// spawn starts a component as a child process logging to the state dir.
+func (e *Env) spawn(c Component) error {
+	name := c.Role
+	switch {
+	case c.Machine != "":
+		name += "-" + c.Machine
+	case c.Region != "":
+		name += "-" + c.Region
+	}
+	c.Log = e.path("logs", name+".log")
+	logf, err := os.OpenFile(c.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(e.cfg.Binary, c.Args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "PATH="+strings.Join(append(e.cfg.PathDirs, os.Getenv("PATH")), ":"))
+	// Children die with dev, and are not in the terminal's process group
+	// (dev stops them itself, in order, on Ctrl-C).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("dev: starting %s: %w", name, err)
+	}
+	c.PID = cmd.Process.Pid
+	p := &proc{comp: c, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		err := cmd.Wait()
+		logf.Close()
+		close(p.done)
+		select {
+		case <-e.done:
+		default:
+			e.log.Warn("component exited", "component", name, "pid", c.PID, "err", err)
+		}
+	}()
+	e.mu.Lock()
+	e.procs = append(e.procs, p)
+	e.mu.Unlock()
+	e.log.Debug("started", "component", name, "pid", c.PID)
+	return nil
+}
+
+// Close stops the agents, then the regions, then global (SIGTERM, then
+// SIGKILL after 10s), and stops the instances the agents leave running.
+func (e *Env) Close() error {
+	e.once.Do(func() {
+		close(e.done)
+		e.mu.Lock()
+		procs := append([]*proc(nil), e.procs...)
+		e.mu.Unlock()
+		for _, role := range []string{"agent", "region", "global"} {
+			var wg sync.WaitGroup
+			for _, p := range procs {
+				if p.comp.Role != role {
+					continue
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					p.cmd.Process.Signal(syscall.SIGTERM)
+					select {
+					case <-p.done:
+					case <-time.After(10 * time.Second):
+						p.cmd.Process.Kill()
+						<-p.done
+					}
+				}()
+			}
+			wg.Wait()
+		}
+		for _, p := range procs {
+			if p.comp.Role == "agent" {
+				stopInstances(filepath.Join(p.comp.DataDir, "instances"))
+			}
+		}
+		os.Remove(e.path(InfoFile))
+	})
+	return nil
+}
+
+// stopInstances destroys what a stopped agent left running.
+func stopInstances(dir string) {
+	if _, err := os.Stat(dir); err != nil {
+		return
+	}
+	d, err := driver.NewProcess(driver.ProcessConfig{DataDir: dir})
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	ids, _ := d.List(ctx)
+	for _, id := range ids {
+		d.Destroy(ctx, id)
+	}
+}
+
+// Wait blocks until ctx ends.
+func (e *Env) Wait(ctx context.Context) { <-ctx.Done() }
