@@ -26,7 +26,6 @@ func newKeys(region string) keys { return keys{root: "/meridian/" + region + "/"
 func (k keys) svcPrefix() string               { return k.root + "svc/" }
 func (k keys) svc(key string) string           { return k.root + "svc/" + key }
 func (k keys) spec(dep string) string          { return k.root + "spec/" + dep }
-func (k keys) specPrefix() string              { return k.root + "spec/" }
 func (k keys) assignPrefix() string            { return k.root + "assign/" }
 func (k keys) assignMachine(m string) string   { return k.root + "assign/" + m + "/" }
 func (k keys) assign(m, id string) string      { return k.root + "assign/" + m + "/" + id }

@@ -73,10 +73,9 @@ type Server struct {
 	wg      sync.WaitGroup
 	once    sync.Once
 
-	mu       sync.Mutex
-	leading  bool
-	specs    map[string]specRecord // immutable, cached by deployment id
-	schedErr error
+	mu      sync.Mutex
+	leading bool
+	specs   map[string]specRecord // immutable, cached by deployment id
 }
 
 // Start validates cfg, starts the embedded etcd member (unless external),
@@ -220,7 +219,7 @@ func (s *Server) renewCert(ctx context.Context) {
 			}
 		},
 	})
-	if err != nil && !errors.Is(err, context.Canceled) {
+	if !errors.Is(err, context.Canceled) {
 		s.log.Error("certificate renewal stopped", "err", err)
 	}
 }
