@@ -211,6 +211,24 @@ func (c *Client) GetDeployment(ctx context.Context, id string) (Deployment, erro
 	return call[Deployment](ctx, c, request{method: "GET", path: "/v1/deployments/" + esc(id)})
 }
 
+// CancelDeployment cancels a running deployment: the regions it reached
+// are reverted to their previous deployment. A finished deployment answers
+// 409.
+func (c *Client) CancelDeployment(ctx context.Context, id string) (Deployment, error) {
+	return call[Deployment](ctx, c, request{method: "POST", path: "/v1/deployments/" + esc(id) + "/cancel"})
+}
+
+// ListInstances lists every instance of the caller's organization in every
+// open region; regions that do not answer are listed in Unreachable.
+func (c *Client) ListInstances(ctx context.Context) (InstanceList, error) {
+	return call[InstanceList](ctx, c, request{method: "GET", path: "/v1/instances"})
+}
+
+// ServiceInstances lists a service's instances in the regions it runs in.
+func (c *Client) ServiceInstances(ctx context.Context, app, service string) (InstanceList, error) {
+	return call[InstanceList](ctx, c, request{method: "GET", path: "/v1/apps/" + esc(app) + "/services/" + esc(service) + "/instances"})
+}
+
 // PutSecret creates or replaces a secret.
 func (c *Client) PutSecret(ctx context.Context, name, value string) (Secret, error) {
 	return call[Secret](ctx, c, request{method: "PUT", path: "/v1/secrets/" + esc(name), body: jsonBody(PutSecretRequest{Value: value})})
@@ -244,6 +262,21 @@ func (c *Client) GetRegion(ctx context.Context, id string) (Region, error) {
 // UpdateRegion changes a region (admin token).
 func (c *Client) UpdateRegion(ctx context.Context, id string, r UpdateRegionRequest) (Region, error) {
 	return call[Region](ctx, c, request{method: "PATCH", path: "/v1/regions/" + esc(id), body: jsonBody(r)})
+}
+
+// TestRegion runs the smoke test of a region (admin token): a small
+// deployment there, deleted afterwards. It answers when the test is over:
+// the region is open when it passed, or back to provisioning with the
+// reason in Message when it failed.
+func (c *Client) TestRegion(ctx context.Context, id string) (Region, error) {
+	return call[Region](ctx, c, request{method: "POST", path: "/v1/regions/" + esc(id) + "/test"})
+}
+
+// DrainRegion marks a region draining (admin token) and answers what that
+// does: new deploys refuse the region; what runs there stays until its
+// services are redeployed without it or deleted.
+func (c *Client) DrainRegion(ctx context.Context, id string) (RegionDrain, error) {
+	return call[RegionDrain](ctx, c, request{method: "POST", path: "/v1/regions/" + esc(id) + "/drain"})
 }
 
 // All collects every page of a list call.

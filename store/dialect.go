@@ -96,6 +96,14 @@ func (d *dialect) ts(t time.Time) any {
 	return t.UnixMicro()
 }
 
+// tsOrNull is ts of *t, or NULL when t is nil.
+func (d *dialect) tsOrNull(t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return d.ts(*t)
+}
+
 // normTime is t as it reads back from the store.
 func normTime(t time.Time) time.Time {
 	return time.UnixMicro(t.UnixMicro()).UTC()

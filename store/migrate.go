@@ -119,6 +119,58 @@ var sqliteMigrations = []migration{{
 		) STRICT`,
 		`CREATE INDEX idempotency_created ON idempotency (created_at)`,
 	},
+}, {
+	version: 2,
+	name:    "rollouts",
+	stmts: []string{
+		`ALTER TABLE regions ADD COLUMN message TEXT NOT NULL DEFAULT ''`,
+		`ALTER TABLE deployments ADD COLUMN active INTEGER NOT NULL DEFAULT 0`,
+		`UPDATE deployments SET active = 1 WHERE status IN ('PENDING', 'PROGRESSING')`,
+		`CREATE INDEX deployments_active ON deployments (service_id) WHERE active = 1`,
+		`ALTER TABLE regional_deployments ADD COLUMN started_at INTEGER`,
+		`CREATE TABLE deployment_events (
+			seq           INTEGER PRIMARY KEY,
+			deployment_id TEXT NOT NULL REFERENCES deployments (id) ON DELETE CASCADE,
+			at            INTEGER NOT NULL,
+			region        TEXT NOT NULL DEFAULT '',
+			type          TEXT NOT NULL,
+			message       TEXT NOT NULL
+		) STRICT`,
+		`CREATE INDEX deployment_events_deployment ON deployment_events (deployment_id, seq)`,
+		`CREATE TABLE service_regions (
+			service_key TEXT NOT NULL,
+			region      TEXT NOT NULL,
+			generation  INTEGER NOT NULL,
+			deleted     INTEGER NOT NULL,
+			updated_at  INTEGER NOT NULL,
+			PRIMARY KEY (service_key, region)
+		) STRICT`,
+		`CREATE TABLE region_ops (
+			id                   TEXT PRIMARY KEY,
+			service_key          TEXT NOT NULL,
+			region               TEXT NOT NULL,
+			generation           INTEGER NOT NULL,
+			kind                 TEXT NOT NULL,
+			purpose              TEXT NOT NULL,
+			deployment_id        TEXT NOT NULL,
+			target_deployment_id TEXT NOT NULL,
+			payload              TEXT NOT NULL,
+			state                TEXT NOT NULL,
+			applied              INTEGER NOT NULL DEFAULT 0,
+			message              TEXT NOT NULL DEFAULT '',
+			attempts             INTEGER NOT NULL DEFAULT 0,
+			created_at           INTEGER NOT NULL,
+			updated_at           INTEGER NOT NULL,
+			UNIQUE (service_key, region, generation)
+		) STRICT`,
+		`CREATE INDEX region_ops_state ON region_ops (state, region)`,
+		`CREATE INDEX region_ops_deployment ON region_ops (deployment_id)`,
+		`CREATE TABLE leases (
+			name       TEXT PRIMARY KEY,
+			owner      TEXT NOT NULL,
+			expires_at INTEGER NOT NULL
+		) STRICT`,
+	},
 }}
 
 var postgresMigrations = []migration{{
@@ -211,6 +263,58 @@ var postgresMigrations = []migration{{
 			PRIMARY KEY (org_id, idem_key)
 		)`,
 		`CREATE INDEX idempotency_created ON idempotency (created_at)`,
+	},
+}, {
+	version: 2,
+	name:    "rollouts",
+	stmts: []string{
+		`ALTER TABLE regions ADD COLUMN message TEXT NOT NULL DEFAULT ''`,
+		`ALTER TABLE deployments ADD COLUMN active BOOLEAN NOT NULL DEFAULT FALSE`,
+		`UPDATE deployments SET active = TRUE WHERE status IN ('PENDING', 'PROGRESSING')`,
+		`CREATE INDEX deployments_active ON deployments (service_id) WHERE active`,
+		`ALTER TABLE regional_deployments ADD COLUMN started_at TIMESTAMPTZ`,
+		`CREATE TABLE deployment_events (
+			seq           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+			deployment_id TEXT COLLATE "C" NOT NULL REFERENCES deployments (id) ON DELETE CASCADE,
+			at            TIMESTAMPTZ NOT NULL,
+			region        TEXT COLLATE "C" NOT NULL DEFAULT '',
+			type          TEXT NOT NULL,
+			message       TEXT NOT NULL
+		)`,
+		`CREATE INDEX deployment_events_deployment ON deployment_events (deployment_id, seq)`,
+		`CREATE TABLE service_regions (
+			service_key TEXT COLLATE "C" NOT NULL,
+			region      TEXT COLLATE "C" NOT NULL,
+			generation  BIGINT NOT NULL,
+			deleted     BOOLEAN NOT NULL,
+			updated_at  TIMESTAMPTZ NOT NULL,
+			PRIMARY KEY (service_key, region)
+		)`,
+		`CREATE TABLE region_ops (
+			id                   TEXT COLLATE "C" PRIMARY KEY,
+			service_key          TEXT COLLATE "C" NOT NULL,
+			region               TEXT COLLATE "C" NOT NULL,
+			generation           BIGINT NOT NULL,
+			kind                 TEXT NOT NULL,
+			purpose              TEXT NOT NULL,
+			deployment_id        TEXT COLLATE "C" NOT NULL,
+			target_deployment_id TEXT COLLATE "C" NOT NULL,
+			payload              TEXT NOT NULL,
+			state                TEXT NOT NULL,
+			applied              BOOLEAN NOT NULL DEFAULT FALSE,
+			message              TEXT NOT NULL DEFAULT '',
+			attempts             INTEGER NOT NULL DEFAULT 0,
+			created_at           TIMESTAMPTZ NOT NULL,
+			updated_at           TIMESTAMPTZ NOT NULL,
+			UNIQUE (service_key, region, generation)
+		)`,
+		`CREATE INDEX region_ops_state ON region_ops (state, region)`,
+		`CREATE INDEX region_ops_deployment ON region_ops (deployment_id)`,
+		`CREATE TABLE leases (
+			name       TEXT COLLATE "C" PRIMARY KEY,
+			owner      TEXT NOT NULL,
+			expires_at TIMESTAMPTZ NOT NULL
+		)`,
 	},
 }}
 

@@ -126,7 +126,7 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (Store, error)
 	writer.SetConnMaxLifetime(0)
 
 	d := newSQLiteDialect()
-	if err := migrate(ctx, writer, d, o.log); err != nil {
+	if err := migrateSQLite(ctx, writer, d, o.log); err != nil {
 		writer.Close()
 		return nil, fmt.Errorf("store: sqlite %q: %w", path, err)
 	}
@@ -148,6 +148,27 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (Store, error)
 		return nil, fmt.Errorf("store: open sqlite %q: %w", path, err)
 	}
 	return &sqlStore{d: d, writer: writer, reader: reader, log: o.log}, nil
+}
+
+// migrateSQLite migrates a SQLite database, retrying while another process
+// or connection holds the file: a connection that opens while another one
+// switches the file to WAL or migrates it can be told SQLITE_BUSY at once,
+// without its busy timeout.
+func migrateSQLite(ctx context.Context, db *sql.DB, d *dialect, log *slog.Logger) error {
+	deadline := time.Now().Add(sqliteBusyTimeoutMS * time.Millisecond)
+	for attempt := 1; ; attempt++ {
+		err := migrate(ctx, db, d, log)
+		if err == nil || !retryable(err) || time.Now().After(deadline) {
+			return err
+		}
+		t := time.NewTimer(time.Duration(min(attempt, 10)) * 5 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (after %w)", ctx.Err(), err)
+		case <-t.C:
+		}
+	}
 }
 
 // OpenPostgres connects to the PostgreSQL database of dsn (a postgres://

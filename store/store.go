@@ -3,6 +3,8 @@
 // idempotency records. One interface has two implementations over
 // database/sql: SQLite (modernc.org/sqlite, the embedded default) and
 // PostgreSQL (pgx), sharing versioned migrations and one contract test suite.
+// Rollout state lives here too: per-region generation counters, the region
+// operations written before they are sent, deployment events and leases.
 package store
 
 import (
@@ -121,6 +123,47 @@ type Tx interface {
 	ListDeployments(ctx context.Context, orgID, serviceID string, p Page) ([]api.Deployment, string, error)
 	UpdateDeploymentStatus(ctx context.Context, id, status, message string, at time.Time) error
 	UpdateRegionalDeployment(ctx context.Context, rd api.RegionalDeployment) error
+
+	// Rollouts. A deployment is created active when its status is PENDING
+	// or PROGRESSING: rollout workers drive it until SetDeploymentState
+	// clears active. These methods are not scoped by organization except
+	// where they take an orgID.
+	SetDeploymentState(ctx context.Context, id, status, message string, active bool, at time.Time) error
+	// ListActiveDeployments lists the active deployments (of one service,
+	// or of all when serviceID is ""), oldest first.
+	ListActiveDeployments(ctx context.Context, serviceID string) ([]ActiveDeployment, error)
+	// LatestHealthyDeployment is the newest deployment of the service with
+	// a version below beforeVersion whose regional deployment in region is
+	// HEALTHY; ErrNotFound when there is none.
+	LatestHealthyDeployment(ctx context.Context, orgID, serviceID, region string, beforeVersion int) (api.Deployment, error)
+	// AddDeploymentEvent appends to a deployment's timeline; events go with
+	// their deployment.
+	AddDeploymentEvent(ctx context.Context, deploymentID string, ev api.DeploymentEvent) error
+	ListDeploymentEvents(ctx context.Context, deploymentID string) ([]api.DeploymentEvent, error)
+
+	// AllocateGeneration increments and returns the generation of a
+	// service key in a region (1 for the first). Counters outlive the
+	// service, so a service deleted and created again never reuses one.
+	AllocateGeneration(ctx context.Context, serviceKey, region string, deleted bool, at time.Time) (int64, error)
+	// ServiceRegions lists the regions a service key ever had a generation
+	// in, by region.
+	ServiceRegions(ctx context.Context, serviceKey string) ([]ServiceRegion, error)
+	// CreateRegionOp records an operation; pending operations of the same
+	// service key and region with a lower generation become superseded.
+	// A taken (service key, region, generation) or id is ErrConflict.
+	CreateRegionOp(ctx context.Context, op RegionOp) error
+	GetRegionOp(ctx context.Context, id string) (RegionOp, error)
+	UpdateRegionOp(ctx context.Context, op RegionOp) error
+	// ListRegionOps lists operations matching f, oldest first.
+	ListRegionOps(ctx context.Context, f OpFilter) ([]RegionOp, error)
+
+	// AcquireLease takes or renews the named lease for owner until now+ttl
+	// and reports whether owner holds it: it fails (false, nil) while
+	// another owner's lease has not expired.
+	AcquireLease(ctx context.Context, name, owner string, now time.Time, ttl time.Duration) (bool, error)
+	ReleaseLease(ctx context.Context, name, owner string) error
+	// LeaseOwner is the holder of an unexpired lease at now, or "".
+	LeaseOwner(ctx context.Context, name string, now time.Time) (string, error)
 
 	CreateRegion(ctx context.Context, r api.Region) error
 	GetRegion(ctx context.Context, id string) (api.Region, error)

@@ -135,6 +135,8 @@ func runContract(t *testing.T, b backend) {
 		{"ReopenKeepsData", testReopen},
 		{"RefusesNewerSchema", testNewerSchema},
 		{"ConcurrentOpen", testConcurrentOpen},
+		{"Rollout", testRollout},
+		{"Leases", testLeases},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -553,7 +555,7 @@ func testRegions(t *testing.T, b backend) {
 	f := newFixture(t, b)
 	ctx := context.Background()
 	at := f.now()
-	fra := api.Region{ID: "fra", Name: "Frankfurt", Latitude: 50.1109, Longitude: 8.6821, URL: "https://127.0.0.1:7001", Status: api.RegionProvisioning, CreatedAt: at, UpdatedAt: at}
+	fra := api.Region{ID: "fra", Name: "Frankfurt", Latitude: 50.1109, Longitude: 8.6821, URL: "https://127.0.0.1:7001", Status: api.RegionProvisioning, Message: "smoke test failed", CreatedAt: at, UpdatedAt: at}
 	ams := api.Region{ID: "ams", Name: "Amsterdam", Latitude: 52.37, Longitude: 4.89, URL: "https://127.0.0.1:7002", Status: api.RegionOpen, CreatedAt: at, UpdatedAt: at}
 	f.update(func(tx Tx) error {
 		if err := tx.CreateRegion(ctx, fra); err != nil {
@@ -565,7 +567,7 @@ func testRegions(t *testing.T, b backend) {
 	wantErr(t, "CreateRegion twice", err, ErrConflict)
 
 	fra2 := fra
-	fra2.Status, fra2.URL, fra2.UpdatedAt = api.RegionOpen, "https://127.0.0.1:7009", f.now()
+	fra2.Status, fra2.URL, fra2.Message, fra2.UpdatedAt = api.RegionOpen, "https://127.0.0.1:7009", "", f.now()
 	fra2.CreatedAt = f.now() // ignored
 	f.update(func(tx Tx) error { return tx.UpdateRegion(ctx, fra2) })
 	fra2.CreatedAt = fra.CreatedAt
@@ -1676,4 +1678,265 @@ func TestSQLiteErrorClasses(t *testing.T) {
 	if !bytes.Equal(bytesOrEmpty(nil), []byte{}) {
 		t.Fatal("bytesOrEmpty(nil)")
 	}
+}
+
+func testRollout(t *testing.T, b backend) {
+	f := newFixture(t, b)
+	ctx := context.Background()
+	acme := f.org("acme")
+	web := f.app(acme, "web")
+	d1 := f.deploy(web, "api", "x:1", "fra", "iad")
+	d2 := f.deploy(web, "api", "x:2", "fra", "iad")
+	other := f.deploy(web, "worker", "x:1", "fra")
+
+	// Active deployments: created PENDING, listed until cleared.
+	f.view(func(tx Tx) error {
+		all, err := tx.ListActiveDeployments(ctx, "")
+		if err != nil {
+			return err
+		}
+		equal(t, "active deployments", len(all), 3)
+		equal(t, "oldest first", all[0].ID, d1.ID)
+		mine, err := tx.ListActiveDeployments(ctx, d1.ServiceID)
+		if err != nil {
+			return err
+		}
+		equal(t, "active of one service", []string{mine[0].ID, mine[1].ID}, []string{d1.ID, d2.ID})
+		equal(t, "active carries org and version", mine[1], ActiveDeployment{ID: d2.ID, OrgID: acme.ID, ServiceID: d2.ServiceID, Version: 2})
+		return nil
+	})
+	at := f.now()
+	f.update(func(tx Tx) error {
+		return tx.SetDeploymentState(ctx, d1.ID, api.StatusSuperseded, "superseded by version 2", false, at)
+	})
+	err := f.updateErr(func(tx Tx) error { return tx.SetDeploymentState(ctx, "nope", api.StatusHealthy, "", false, at) })
+	wantErr(t, "SetDeploymentState unknown", err, ErrNotFound)
+	f.view(func(tx Tx) error {
+		all, err := tx.ListActiveDeployments(ctx, "")
+		if err != nil {
+			return err
+		}
+		equal(t, "active after clearing one", len(all), 2)
+		got, err := tx.GetDeployment(ctx, acme.ID, d1.ID)
+		if err != nil {
+			return err
+		}
+		equal(t, "state", []any{got.Status, got.Message, got.UpdatedAt}, []any{api.StatusSuperseded, "superseded by version 2", at})
+		return nil
+	})
+
+	// started_at round-trips and clears.
+	rd := d1.Regional[0]
+	started := f.now()
+	rd.Status, rd.StartedAt, rd.UpdatedAt = api.StatusHealthy, &started, f.now()
+	f.update(func(tx Tx) error { return tx.UpdateRegionalDeployment(ctx, rd) })
+	f.view(func(tx Tx) error {
+		got, err := tx.GetDeployment(ctx, acme.ID, d1.ID)
+		if err != nil {
+			return err
+		}
+		equal(t, "regional with started_at", got.Regional[0], rd)
+		if got.Regional[1].StartedAt != nil {
+			t.Fatalf("unstarted regional has started_at %v", got.Regional[1].StartedAt)
+		}
+		return nil
+	})
+
+	// The latest HEALTHY deployment of a region, below a version.
+	f.view(func(tx Tx) error {
+		got, err := tx.LatestHealthyDeployment(ctx, acme.ID, d1.ServiceID, "fra", 3)
+		if err != nil {
+			return err
+		}
+		equal(t, "latest healthy in fra", got.ID, d1.ID)
+		_, err = tx.LatestHealthyDeployment(ctx, acme.ID, d1.ServiceID, "fra", 1)
+		wantErr(t, "healthy below version 1", err, ErrNotFound)
+		_, err = tx.LatestHealthyDeployment(ctx, acme.ID, d1.ServiceID, "iad", 3)
+		wantErr(t, "healthy in iad", err, ErrNotFound)
+		_, err = tx.LatestHealthyDeployment(ctx, "org-other", d1.ServiceID, "fra", 3)
+		wantErr(t, "healthy of another org", err, ErrNotFound)
+		return nil
+	})
+
+	// Events, oldest first.
+	evs := []api.DeploymentEvent{
+		{At: f.now(), Type: api.EventCreated, Message: "version 2"},
+		{At: f.now(), Region: "fra", Type: api.EventApplying, Message: "generation 1"},
+		{At: f.now(), Region: "fra", Type: api.EventFailed, Message: "instance i-1: health check failed"},
+	}
+	f.update(func(tx Tx) error {
+		for _, e := range evs {
+			if err := tx.AddDeploymentEvent(ctx, d2.ID, e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	err = f.updateErr(func(tx Tx) error { return tx.AddDeploymentEvent(ctx, "nope", evs[0]) })
+	wantErr(t, "event of unknown deployment", err, ErrNotFound)
+	f.view(func(tx Tx) error {
+		got, err := tx.ListDeploymentEvents(ctx, d2.ID)
+		if err != nil {
+			return err
+		}
+		equal(t, "events", got, evs)
+		none, err := tx.ListDeploymentEvents(ctx, other.ID)
+		if err != nil {
+			return err
+		}
+		equal(t, "no events", len(none), 0)
+		return nil
+	})
+
+	// Generations count per service key and region, and outlive the
+	// service.
+	key := "acme.web.api"
+	alloc := func(region string, deleted bool) int64 {
+		var g int64
+		f.update(func(tx Tx) (err error) {
+			g, err = tx.AllocateGeneration(ctx, key, region, deleted, f.now())
+			return err
+		})
+		return g
+	}
+	equal(t, "first generations", []int64{alloc("fra", false), alloc("fra", false), alloc("iad", false)}, []int64{1, 2, 1})
+	f.update(func(tx Tx) error { return tx.DeleteService(ctx, acme.ID, web.ID, "api") })
+	equal(t, "generation after the service's deletion", alloc("fra", true), int64(3))
+	f.view(func(tx Tx) error {
+		srs, err := tx.ServiceRegions(ctx, key)
+		if err != nil {
+			return err
+		}
+		equal(t, "service regions", len(srs), 2)
+		equal(t, "fra", []any{srs[0].Region, srs[0].Generation, srs[0].Deleted}, []any{"fra", int64(3), true})
+		equal(t, "iad", []any{srs[1].Region, srs[1].Generation, srs[1].Deleted}, []any{"iad", int64(1), false})
+		evs, err := tx.ListDeploymentEvents(ctx, d2.ID)
+		if err != nil {
+			return err
+		}
+		equal(t, "events after the service's deletion", len(evs), 0)
+		return nil
+	})
+
+	// Region operations: a newer generation supersedes pending older ones.
+	mk := func(id string, gen int64, region string) RegionOp {
+		return RegionOp{ID: id, ServiceKey: key, Region: region, Generation: gen, Kind: OpApply, Purpose: PurposeRollout,
+			DeploymentID: "dep-x", TargetDeploymentID: "dep-x", Payload: []byte(`{"a":1}`), State: OpPending, CreatedAt: f.now()}
+	}
+	op1, op2, op3 := mk("op-1", 4, "fra"), mk("op-2", 5, "fra"), mk("op-3", 2, "iad")
+	f.update(func(tx Tx) error {
+		for _, o := range []RegionOp{op1, op3} {
+			if err := tx.CreateRegionOp(ctx, o); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	op1.State, op1.Applied, op1.Message, op1.Attempts, op1.UpdatedAt = OpDone, true, "applied", 2, f.now()
+	f.update(func(tx Tx) error { return tx.UpdateRegionOp(ctx, op1) })
+	op1b := mk("op-1b", 6, "fra")
+	op1b.CreatedAt = op1.CreatedAt.Add(time.Millisecond)
+	f.update(func(tx Tx) error {
+		if err := tx.CreateRegionOp(ctx, op2); err != nil {
+			return err
+		}
+		return tx.CreateRegionOp(ctx, op1b)
+	})
+	err = f.updateErr(func(tx Tx) error { return tx.CreateRegionOp(ctx, mk("op-4", 5, "fra")) })
+	wantErr(t, "op with a taken generation", err, ErrConflict)
+	err = f.updateErr(func(tx Tx) error { return tx.UpdateRegionOp(ctx, RegionOp{ID: "nope", State: OpDone}) })
+	wantErr(t, "update unknown op", err, ErrNotFound)
+	f.view(func(tx Tx) error {
+		got, err := tx.GetRegionOp(ctx, "op-1")
+		if err != nil {
+			return err
+		}
+		op1.UpdatedAt = normTime(op1.UpdatedAt)
+		op1.CreatedAt = normTime(op1.CreatedAt)
+		equal(t, "done op untouched by newer ones", got, op1)
+		got2, err := tx.GetRegionOp(ctx, "op-2")
+		if err != nil {
+			return err
+		}
+		equal(t, "older pending op superseded", got2.State, OpSuperseded)
+		pending, err := tx.ListRegionOps(ctx, OpFilter{State: OpPending})
+		if err != nil {
+			return err
+		}
+		equal(t, "pending ops", []string{pending[0].ID, pending[1].ID}, []string{"op-1b", "op-3"})
+		fra, err := tx.ListRegionOps(ctx, OpFilter{Region: "fra", DeploymentID: "dep-x", ServiceKey: key})
+		if err != nil {
+			return err
+		}
+		equal(t, "ops in fra, oldest first", len(fra), 3)
+		_, err = tx.GetRegionOp(ctx, "nope")
+		wantErr(t, "unknown op", err, ErrNotFound)
+		return nil
+	})
+}
+
+func testLeases(t *testing.T, b backend) {
+	f := newFixture(t, b)
+	ctx := context.Background()
+	now := f.now()
+	acquire := func(name, owner string, at time.Time) bool {
+		var ok bool
+		f.update(func(tx Tx) (err error) {
+			ok, err = tx.AcquireLease(ctx, name, owner, at, 10*time.Second)
+			return err
+		})
+		return ok
+	}
+	owner := func(name string, at time.Time) string {
+		var o string
+		f.view(func(tx Tx) (err error) {
+			o, err = tx.LeaseOwner(ctx, name, at)
+			return err
+		})
+		return o
+	}
+	equal(t, "a takes the free lease", acquire("dep:1", "a", now), true)
+	equal(t, "b is refused while a holds it", acquire("dep:1", "b", now.Add(5*time.Second)), false)
+	equal(t, "a renews", acquire("dep:1", "a", now.Add(9*time.Second)), true)
+	equal(t, "b is refused after the renewal", acquire("dep:1", "b", now.Add(15*time.Second)), false)
+	equal(t, "owner", owner("dep:1", now.Add(15*time.Second)), "a")
+	equal(t, "owner after expiry", owner("dep:1", now.Add(19*time.Second)), "")
+	equal(t, "b takes the expired lease", acquire("dep:1", "b", now.Add(19*time.Second)), true)
+	equal(t, "another lease is free", acquire("dep:2", "a", now), true)
+	f.update(func(tx Tx) error { return tx.ReleaseLease(ctx, "dep:1", "a") }) // not a's: nothing
+	equal(t, "release by a non-owner", owner("dep:1", now.Add(20*time.Second)), "b")
+	f.update(func(tx Tx) error { return tx.ReleaseLease(ctx, "dep:1", "b") })
+	equal(t, "released", owner("dep:1", now.Add(20*time.Second)), "")
+	equal(t, "a takes the released lease", acquire("dep:1", "a", now.Add(20*time.Second)), true)
+
+	// Racing owners: exactly one wins; racing allocations never repeat.
+	const n = 8
+	wins := make([]bool, n)
+	gens := make([]int64, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			err := f.s.Update(ctx, func(tx Tx) (err error) {
+				wins[i], err = tx.AcquireLease(ctx, "race", fmt.Sprintf("o%d", i), now, time.Minute)
+				if err != nil {
+					return err
+				}
+				gens[i], err = tx.AllocateGeneration(ctx, "acme.web.race", "fra", false, now)
+				return err
+			})
+			if err != nil {
+				t.Errorf("racer %d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	won := 0
+	for _, w := range wins {
+		if w {
+			won++
+		}
+	}
+	equal(t, "lease winners", won, 1)
+	slices.Sort(gens)
+	equal(t, "racing generations", gens, []int64{1, 2, 3, 4, 5, 6, 7, 8})
 }

@@ -515,9 +515,10 @@ func (t *sqlTx) CreateDeployment(ctx context.Context, d NewDeployment) (api.Depl
 		}
 
 		version := latest + 1
-		ok, err := t.insert(ctx, `INSERT INTO deployments (id, org_id, service_id, version, status, message, definition, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
-			dep.ID, svc.OrgID, serviceID, version, dep.Status, dep.Message, string(def), t.d.ts(dep.CreatedAt), t.d.ts(updatedOr(dep.UpdatedAt, dep.CreatedAt)))
+		active := dep.Status == api.StatusPending || dep.Status == api.StatusProgressing
+		ok, err := t.insert(ctx, `INSERT INTO deployments (id, org_id, service_id, version, status, message, definition, created_at, updated_at, active)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+			dep.ID, svc.OrgID, serviceID, version, dep.Status, dep.Message, string(def), t.d.ts(dep.CreatedAt), t.d.ts(updatedOr(dep.UpdatedAt, dep.CreatedAt)), active)
 		if err != nil {
 			return mapErr(op, err)
 		}
@@ -528,9 +529,13 @@ func (t *sqlTx) CreateDeployment(ctx context.Context, d NewDeployment) (api.Depl
 		for i, rd := range dep.Regional {
 			rd.DeploymentID = dep.ID
 			rd.UpdatedAt = normTime(updatedOr(rd.UpdatedAt, dep.CreatedAt))
-			ok, err := t.insert(ctx, `INSERT INTO regional_deployments (id, deployment_id, region, generation, status, message, definition, updated_at)
-				VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
-				rd.ID, rd.DeploymentID, rd.Region, rd.Generation, rd.Status, rd.Message, regDefs[i], t.d.ts(rd.UpdatedAt))
+			if rd.StartedAt != nil {
+				at := normTime(*rd.StartedAt)
+				rd.StartedAt = &at
+			}
+			ok, err := t.insert(ctx, `INSERT INTO regional_deployments (id, deployment_id, region, generation, status, message, definition, updated_at, started_at)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+				rd.ID, rd.DeploymentID, rd.Region, rd.Generation, rd.Status, rd.Message, regDefs[i], t.d.ts(rd.UpdatedAt), t.d.tsOrNull(rd.StartedAt))
 			if err != nil {
 				return mapErr(op, err)
 			}
@@ -690,8 +695,12 @@ func scanDeployment(sc interface{ Scan(...any) error }) (api.Deployment, error) 
 func scanRegional(sc interface{ Scan(...any) error }) (api.RegionalDeployment, error) {
 	var r api.RegionalDeployment
 	var def []byte
-	if err := sc.Scan(&r.ID, &r.DeploymentID, &r.Region, &r.Generation, &r.Status, &r.Message, &def, scanTime{&r.UpdatedAt}); err != nil {
+	var started time.Time
+	if err := sc.Scan(&r.ID, &r.DeploymentID, &r.Region, &r.Generation, &r.Status, &r.Message, &def, scanTime{&r.UpdatedAt}, scanTime{&started}); err != nil {
 		return r, err
+	}
+	if !started.IsZero() {
+		r.StartedAt = &started
 	}
 	if err := json.Unmarshal(def, &r.Definition); err != nil {
 		return r, fmt.Errorf("regional deployment %q: definition: %w", r.ID, err)
@@ -710,7 +719,7 @@ func (t *sqlTx) regionals(ctx context.Context, deps []api.Deployment) error {
 		idx[d.ID] = i
 		args[i] = d.ID
 	}
-	q := `SELECT id, deployment_id, region, generation, status, message, definition, updated_at FROM regional_deployments
+	q := `SELECT id, deployment_id, region, generation, status, message, definition, updated_at, started_at FROM regional_deployments
 		WHERE deployment_id IN (?` + strings.Repeat(", ?", len(deps)-1) + `) ORDER BY deployment_id, region`
 	rs, err := collect(ctx, t, q, args, scanRegional)
 	if err != nil {
@@ -777,16 +786,16 @@ func (t *sqlTx) UpdateDeploymentStatus(ctx context.Context, id, status, message 
 }
 
 // UpdateRegionalDeployment implements Tx: it sets the generation, status,
-// message, definition and update time of the regional deployment with
-// rd.ID (or, when rd.ID is empty, of rd.DeploymentID in rd.Region).
+// message, definition, start and update times of the regional deployment
+// with rd.ID (or, when rd.ID is empty, of rd.DeploymentID in rd.Region).
 func (t *sqlTx) UpdateRegionalDeployment(ctx context.Context, rd api.RegionalDeployment) error {
 	op := fmt.Sprintf("update regional deployment %q", rd.ID)
 	def, err := json.Marshal(rd.Definition)
 	if err != nil {
 		return fmt.Errorf("store: %s: definition: %w", op, err)
 	}
-	q := `UPDATE regional_deployments SET generation = ?, status = ?, message = ?, definition = ?, updated_at = ? WHERE `
-	args := []any{rd.Generation, rd.Status, rd.Message, string(def), t.d.ts(rd.UpdatedAt)}
+	q := `UPDATE regional_deployments SET generation = ?, status = ?, message = ?, definition = ?, updated_at = ?, started_at = ? WHERE `
+	args := []any{rd.Generation, rd.Status, rd.Message, string(def), t.d.ts(rd.UpdatedAt), t.d.tsOrNull(rd.StartedAt)}
 	if rd.ID != "" {
 		q += `id = ?`
 		args = append(args, rd.ID)
@@ -809,9 +818,9 @@ func (t *sqlTx) CreateRegion(ctx context.Context, r api.Region) error {
 	if err := need(op, "id", r.ID); err != nil {
 		return err
 	}
-	ok, err := t.insert(ctx, `INSERT INTO regions (id, name, latitude, longitude, url, status, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
-		r.ID, r.Name, r.Latitude, r.Longitude, r.URL, r.Status, t.d.ts(r.CreatedAt), t.d.ts(updatedOr(r.UpdatedAt, r.CreatedAt)))
+	ok, err := t.insert(ctx, `INSERT INTO regions (id, name, latitude, longitude, url, status, message, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+		r.ID, r.Name, r.Latitude, r.Longitude, r.URL, r.Status, r.Message, t.d.ts(r.CreatedAt), t.d.ts(updatedOr(r.UpdatedAt, r.CreatedAt)))
 	if err != nil {
 		return mapErr(op, err)
 	}
@@ -821,11 +830,11 @@ func (t *sqlTx) CreateRegion(ctx context.Context, r api.Region) error {
 	return nil
 }
 
-const regionCols = `id, name, latitude, longitude, url, status, created_at, updated_at`
+const regionCols = `id, name, latitude, longitude, url, status, message, created_at, updated_at`
 
 func scanRegion(sc interface{ Scan(...any) error }) (api.Region, error) {
 	var r api.Region
-	err := sc.Scan(&r.ID, &r.Name, &r.Latitude, &r.Longitude, &r.URL, &r.Status, scanTime{&r.CreatedAt}, scanTime{&r.UpdatedAt})
+	err := sc.Scan(&r.ID, &r.Name, &r.Latitude, &r.Longitude, &r.URL, &r.Status, &r.Message, scanTime{&r.CreatedAt}, scanTime{&r.UpdatedAt})
 	return r, err
 }
 
@@ -863,8 +872,8 @@ func (t *sqlTx) ListRegions(ctx context.Context, p Page) ([]api.Region, string, 
 // creation time.
 func (t *sqlTx) UpdateRegion(ctx context.Context, r api.Region) error {
 	return t.affected(ctx, fmt.Sprintf("update region %q", r.ID),
-		`UPDATE regions SET name = ?, latitude = ?, longitude = ?, url = ?, status = ?, updated_at = ? WHERE id = ?`,
-		r.Name, r.Latitude, r.Longitude, r.URL, r.Status, t.d.ts(r.UpdatedAt), r.ID)
+		`UPDATE regions SET name = ?, latitude = ?, longitude = ?, url = ?, status = ?, message = ?, updated_at = ? WHERE id = ?`,
+		r.Name, r.Latitude, r.Longitude, r.URL, r.Status, r.Message, t.d.ts(r.UpdatedAt), r.ID)
 }
 
 // Idempotency records.
