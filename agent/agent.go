@@ -24,7 +24,6 @@ package agent
 import (
 	"context"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -126,6 +125,9 @@ type Config struct {
 	// instance is reported (default DefaultFullReport).
 	ReportDebounce     time.Duration
 	FullReportInterval time.Duration
+	// RenewBefore is how long before its expiry the machine certificate is
+	// renewed. Default a third of its lifetime.
+	RenewBefore time.Duration
 	// ResolvConf is the content of /etc/resolv.conf inside instances.
 	// Default the host's /etc/resolv.conf.
 	ResolvConf *string
@@ -143,6 +145,7 @@ type Agent struct {
 	id    *identity
 	rc    *regionClients
 	ports *portAllocator
+	lock  *os.File // flock on DataDir/agent.lock
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -194,6 +197,17 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("agent: DataDir: %w", err)
 		}
 	}
+	lock, err := lockDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	a.lock = lock
+	started := false
+	defer func() {
+		if !started {
+			lock.Close()
+		}
+	}()
 	a.drv = cfg.Driver
 	if a.drv == nil {
 		p, err := driver.NewProcess(driver.ProcessConfig{DataDir: filepath.Join(cfg.DataDir, "instances"), Logger: cfg.Logger})
@@ -221,6 +235,7 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 	go func() { defer a.wg.Done(); a.reconcileLoop(a.ctx) }()
 	go func() { defer a.wg.Done(); a.reportLoop(a.ctx) }()
 	go func() { defer a.wg.Done(); a.renewLoop(a.ctx) }()
+	started = true
 	a.log.Info("agent started", "datacenter", cfg.Datacenter, "address", cfg.Address,
 		"millicpu", cfg.MilliCPU, "memory_mb", cfg.MemoryMB, "driver", a.drv.Name(), "region_urls", strings.Join(cfg.RegionURLs, ","))
 	return a, nil
@@ -278,7 +293,7 @@ func (c *Config) setDefaults() error {
 	if c.PortMin < 1 || c.PortMax > 65535 || c.PortMin > c.PortMax {
 		bad("PortMin..PortMax %d..%d is not a port range", c.PortMin, c.PortMax)
 	}
-	if c.RequestTimeout < 0 || c.WatchIdleTimeout < 0 || c.StopTimeout < 0 || c.ReportDebounce < 0 || c.FullReportInterval < 0 {
+	if c.RequestTimeout < 0 || c.WatchIdleTimeout < 0 || c.StopTimeout < 0 || c.ReportDebounce < 0 || c.FullReportInterval < 0 || c.RenewBefore < 0 {
 		bad("timeouts and intervals must not be negative")
 	}
 	if len(errs) > 0 {
@@ -314,6 +329,20 @@ func (c *Config) setDefaults() error {
 		c.ResolvConf = &s
 	}
 	return nil
+}
+
+// lockDir takes an exclusive lock on DataDir: two agents managing the same
+// instances would run duplicates.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "agent.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("agent: DataDir: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("agent: DataDir %s is in use by another agent: %w", dir, err)
+	}
+	return f, nil
 }
 
 // totalMemoryMB returns the machine's total memory in MiB (1024 if unknown).
@@ -356,6 +385,7 @@ func (a *Agent) Close() error {
 		a.cancel()
 		a.wg.Wait()
 		a.rc.close()
+		a.lock.Close()
 		a.log.Info("agent closed; instances left running")
 	})
 	return nil
@@ -379,6 +409,3 @@ func (a *Agent) sleep(ctx context.Context, d time.Duration) bool {
 		return true
 	}
 }
-
-// errClosed is returned by calls on a closed agent.
-var errClosed = errors.New("agent closed")

@@ -24,6 +24,7 @@ import (
 
 	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/driver"
+	"github.com/meridian-run/meridian/pki"
 	"github.com/meridian-run/meridian/pki/pkitest"
 	"github.com/meridian-run/meridian/region"
 	"github.com/meridian-run/meridian/regionapi"
@@ -102,7 +103,31 @@ type testRegion struct {
 
 func newRegion(t *testing.T, name string) *testRegion {
 	t.Helper()
-	in := pkitest.New(t, name)
+	return newRegionWith(t, name, pkitest.New(t, name))
+}
+
+// installation is a test installation whose CAs live for ttl.
+func installation(t *testing.T, regionName string, ttl time.Duration) *pkitest.Installation {
+	t.Helper()
+	now := time.Now()
+	root, err := pki.NewRoot(pkitest.TrustDomain, now, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := root.NewIntermediate(regionName, now, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	global, err := root.Issue(pki.LeafRequest{ID: pki.GlobalID(pkitest.TrustDomain), Usage: pki.UsageClient, TTL: time.Hour, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &pkitest.Installation{Root: root, Regions: map[string]*pki.CA{regionName: ca}, Global: global}
+}
+
+// newRegionWith starts region name of installation in.
+func newRegionWith(t *testing.T, name string, in *pkitest.Installation) *testRegion {
+	t.Helper()
 	srv, err := region.Start(ctxT(t, 30*time.Second), region.Config{
 		Region:  name,
 		DataDir: t.TempDir(),

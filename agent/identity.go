@@ -220,11 +220,13 @@ func (a *Agent) saveIdentity(leaf *pki.Leaf, m meta) error {
 	return nil
 }
 
-// renewLoop renews the machine certificate with a third of its lifetime
-// left, for a fresh key, and saves it.
+// renewLoop renews the machine certificate RenewBefore its expiry (a third
+// of its lifetime by default), for a fresh key, and saves it. It returns
+// when ctx ends.
 func (a *Agent) renewLoop(ctx context.Context) {
 	err := a.id.certs.Renew(ctx, pki.RenewConfig{
 		Clock:  pkiClock{a.clock},
+		Before: a.cfg.RenewBefore,
 		Logger: a.log,
 		Issue:  a.renewCert,
 		OnRenew: func(leaf *pki.Leaf) {
@@ -233,8 +235,9 @@ func (a *Agent) renewLoop(ctx context.Context) {
 			}
 		},
 	})
-	if err != nil && !errors.Is(err, context.Canceled) {
+	if !errors.Is(err, context.Canceled) {
 		a.log.Error("certificate renewal stopped", "err", err)
+		a.fatal(fmt.Errorf("agent: certificate renewal stopped: %w", err))
 	}
 }
 

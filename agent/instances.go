@@ -462,10 +462,16 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // MERIDIAN_* variables and ports), the memory limit, the host name and
 // resolv.conf.
 func (a *Agent) buildSpec(as regionapi.Assignment, ports map[int]int) (driver.Spec, error) {
+	return buildSpec(&a.cfg, as, ports, a.drv.Name() != "process")
+}
+
+// buildSpec builds the spec of an assignment for a runtime that runs
+// images, or commands only.
+func buildSpec(cfg *Config, as regionapi.Assignment, ports map[int]int, images bool) (driver.Spec, error) {
 	def := as.Definition
 	spec := driver.Spec{ID: as.ID, Command: def.Command, Args: def.Args, MemoryMB: def.InstanceType.MemoryMB,
-		Hostname: as.ID[:min(len(as.ID), 64)], ResolvConf: *a.cfg.ResolvConf}
-	if a.drv.Name() == "process" {
+		Hostname: as.ID[:min(len(as.ID), 64)], ResolvConf: *cfg.ResolvConf}
+	if !images {
 		if len(def.Command) == 0 {
 			return spec, fmt.Errorf("definition.command: empty; the process runtime runs commands, not images (image %q)", def.Image)
 		}
@@ -493,10 +499,10 @@ func (a *Agent) buildSpec(as regionapi.Assignment, ports map[int]int) (driver.Sp
 	if _, ok := vals["PATH"]; !ok {
 		set("PATH", defaultPath)
 	}
-	set("MERIDIAN_REGION", a.cfg.Region)
-	set("MERIDIAN_DATACENTER", a.cfg.Datacenter)
-	set("MERIDIAN_MACHINE", a.cfg.Name)
-	set("MERIDIAN_ADDRESS", a.cfg.Address)
+	set("MERIDIAN_REGION", cfg.Region)
+	set("MERIDIAN_DATACENTER", cfg.Datacenter)
+	set("MERIDIAN_MACHINE", cfg.Name)
+	set("MERIDIAN_ADDRESS", cfg.Address)
 	set("MERIDIAN_INSTANCE", as.ID)
 	set("MERIDIAN_ORG", as.Org)
 	set("MERIDIAN_APP", as.App)
