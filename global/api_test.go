@@ -42,6 +42,7 @@ func raw(t testing.TB, h *harness, method, path, token, contentType string, body
 func TestQuickstartDeploysExampleToEveryRegion(t *testing.T) {
 	forEachStore(t, func(t *testing.T, h *harness) {
 		ctx := ctxT(t)
+		h.openRegions("fra", "was", "sin")
 		app, err := h.acme.CreateApp(ctx, "hello", "")
 		if err != nil {
 			t.Fatal(err)
@@ -66,7 +67,7 @@ func TestQuickstartDeploysExampleToEveryRegion(t *testing.T) {
 		}
 		for _, rd := range got.Regional {
 			if rd.Status != api.StatusPending {
-				t.Errorf("%s: status %s, want PENDING (no region registered)", rd.Region, rd.Status)
+				t.Errorf("%s: status %s, want PENDING (no rollout worker: no region client)", rd.Region, rd.Status)
 			}
 			if rd.Definition.Region != rd.Region || rd.Definition.Scaling.Min != want[rd.Region] {
 				t.Errorf("%s: regional definition region %s scaling %+v", rd.Region, rd.Definition.Region, rd.Definition.Scaling)
@@ -141,6 +142,7 @@ func TestAuthentication(t *testing.T) {
 func TestOrganizationsSeeOnlyTheirOwn(t *testing.T) {
 	forEachStore(t, func(t *testing.T, h *harness) {
 		ctx := ctxT(t)
+		h.openRegions("fra", "was", "sin")
 		if _, err := h.acme.CreateApp(ctx, "hello", ""); err != nil {
 			t.Fatal(err)
 		}
@@ -244,6 +246,7 @@ func TestBadInputIsRefusedAndNothingStored(t *testing.T) {
 func TestIdempotencyKeyNeverCreatesTwice(t *testing.T) {
 	forEachStore(t, func(t *testing.T, h *harness) {
 		ctx := ctxT(t)
+		h.openRegions("fra", "was", "sin")
 		if _, err := h.acme.CreateApp(ctx, "hello", ""); err != nil {
 			t.Fatal(err)
 		}
@@ -331,6 +334,7 @@ func TestPagination(t *testing.T) {
 func TestSecretsAreWriteOnlyAndSealed(t *testing.T) {
 	forEachStore(t, func(t *testing.T, h *harness) {
 		ctx := ctxT(t)
+		h.openRegions("fra")
 		s, err := h.acme.PutSecret(ctx, "db-password", "hunter2")
 		if err != nil {
 			t.Fatal(err)
@@ -392,6 +396,73 @@ func TestSecretsAreWriteOnlyAndSealed(t *testing.T) {
 	})
 }
 
+func TestDeployNamesOnlyOpenRegions(t *testing.T) {
+	forEachStore(t, func(t *testing.T, h *harness) {
+		ctx := ctxT(t)
+		h.openRegions("fra")
+		if _, err := h.admin.CreateRegion(ctx, api.CreateRegionRequest{ID: "par", Latitude: 48.9, Longitude: 2.3, URL: "https://127.0.0.1:1"}, ""); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.acme.CreateApp(ctx, "web", ""); err != nil {
+			t.Fatal(err)
+		}
+		doc := []byte("name: web\nregions: [fra, nyc, par]\ncommand: [web]\nports: [{port: 8080}]\nstrategy: {on_failure: explode}\n")
+		_, err := h.acme.Deploy(ctx, "web", doc, "application/yaml", "")
+		ae := mustStatus(t, err, 400)
+		want := map[string]string{
+			"regions[1]":          `region "nyc" is not registered`,
+			"regions[2]":          `region "par" is not open (status provisioning)`,
+			"strategy.on_failure": "",
+		}
+		if len(ae.Fields) != len(want) {
+			t.Fatalf("fields = %+v, want %v", ae.Fields, want)
+		}
+		for _, f := range ae.Fields {
+			msg, ok := want[f.Path]
+			if !ok || (msg != "" && f.Message != msg) {
+				t.Errorf("field %s: %q, want %q", f.Path, f.Message, msg)
+			}
+		}
+		if !strings.Contains(ae.Error(), `regions[2]: region "par" is not open (status provisioning)`) {
+			t.Errorf("error text %q does not name the closed region", ae.Error())
+		}
+		services, err := h.acme.ListServices(ctx, "web", api.ListOptions{})
+		if err != nil || len(services.Items) != 0 {
+			t.Fatalf("refused deploy stored %d services (err %v)", len(services.Items), err)
+		}
+		// A draining region is refused too; the open one is fine.
+		draining := api.RegionDraining
+		if _, err := h.admin.UpdateRegion(ctx, "par", api.UpdateRegionRequest{Status: &draining}); err != nil {
+			t.Fatal(err)
+		}
+		_, err = h.acme.Deploy(ctx, "web", []byte("name: web\nregions: [par]\ncommand: [web]\n"), "application/yaml", "")
+		ae = mustStatus(t, err, 400)
+		if len(ae.Fields) != 1 || ae.Fields[0].Message != `region "par" is not open (status draining)` {
+			t.Fatalf("draining region: %+v", ae.Fields)
+		}
+		d, err := h.acme.Deploy(ctx, "web", []byte("name: web\nregions: [fra]\ncommand: [web]\n"), "application/yaml", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Cancel: a running deployment is canceled (nothing reached a
+		// region, so it finishes at once); a finished one answers 409.
+		c, err := h.acme.CancelDeployment(ctx, d.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Status != api.StatusCanceled || c.Regional[0].Status != api.StatusCanceled || len(c.Events) < 2 {
+			t.Fatalf("canceled deployment: %s, regional %s, events %+v", c.Status, c.Regional[0].Status, c.Events)
+		}
+		_, err = h.acme.CancelDeployment(ctx, d.ID)
+		ae = mustStatus(t, err, 409)
+		if !strings.Contains(ae.Message, "already canceled") {
+			t.Fatalf("second cancel: %v", ae)
+		}
+		_, err = h.acme.CancelDeployment(ctx, "dep_nope")
+		mustStatus(t, err, 404)
+	})
+}
+
 func TestRegionRegistry(t *testing.T) {
 	forEachStore(t, func(t *testing.T, h *harness) {
 		ctx := ctxT(t)
@@ -429,6 +500,7 @@ func TestRegionRegistry(t *testing.T) {
 func TestAppDeletion(t *testing.T) {
 	forEachStore(t, func(t *testing.T, h *harness) {
 		ctx := ctxT(t)
+		h.openRegions("fra", "was", "sin")
 		if _, err := h.acme.CreateApp(ctx, "hello", ""); err != nil {
 			t.Fatal(err)
 		}

@@ -23,6 +23,7 @@ func FuzzCreateService(f *testing.F) {
 		f.Add([]byte(seed), "application/json")
 	}
 	h := newHarness(f, storetest.Open(f, "sqlite"))
+	h.openRegions("fra", "was")
 	if _, err := h.acme.CreateApp(ctxT(f), "app", ""); err != nil {
 		f.Fatal(err)
 	}

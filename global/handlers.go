@@ -374,9 +374,15 @@ func (s *Server) deployService(w http.ResponseWriter, r *http.Request) error {
 		return definitionError(err)
 	}
 	appName := r.PathValue("app")
-	return s.create(w, r, body, http.StatusCreated, func(ctx context.Context, tx store.Tx) (any, error) {
+	var touched []string
+	err = s.create(w, r, body, http.StatusCreated, func(ctx context.Context, tx store.Tx) (any, error) {
+		touched = nil
 		orgID := callerOf(ctx).orgID
 		app, err := findApp(ctx, tx, appName)
+		if err != nil {
+			return nil, err
+		}
+		org, err := tx.GetOrg(ctx, orgID)
 		if err != nil {
 			return nil, err
 		}
@@ -396,8 +402,18 @@ func (s *Server) deployService(w http.ResponseWriter, r *http.Request) error {
 			exists[e.Secret] = err == nil
 		}
 		opts.SecretExists = func(name string) bool { return exists[name] }
+		var fields spec.Errors
 		if err := spec.Validate(def, opts); err != nil {
-			return nil, definitionError(err)
+			if !errors.As(err, &fields) {
+				return nil, definitionError(err)
+			}
+		}
+		regionErrs, err := checkRegionsOpen(ctx, tx, def.Regions)
+		if err != nil {
+			return nil, err
+		}
+		if fields = append(fields, regionErrs...); len(fields) > 0 {
+			return nil, definitionError(fields)
 		}
 		regional, err := spec.Derive(def, opts)
 		if err != nil {
@@ -415,9 +431,122 @@ func (s *Server) deployService(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return nil, storeErr(err, "deployment")
 		}
+		if touched, err = s.afterDeploy(ctx, tx, org.Name, stored); err != nil {
+			return nil, err
+		}
 		s.log.Info("deployment created", "app", app.Name, "service", def.Name, "version", stored.Version, "id", stored.ID)
 		return stored, nil
 	})
+	if err == nil {
+		s.engine.nudge(touched...)
+	}
+	return err
+}
+
+// checkRegionsOpen refuses regions that are not registered and open: new
+// deployments name only open regions.
+func checkRegionsOpen(ctx context.Context, tx store.Tx, names []string) ([]api.FieldError, error) {
+	regions, err := allRegions(ctx, tx)
+	if err != nil {
+		return nil, err
+	}
+	byID := map[string]api.Region{}
+	for _, r := range regions {
+		byID[r.ID] = r
+	}
+	var out []api.FieldError
+	for i, name := range names {
+		r, ok := byID[name]
+		switch {
+		case !ok:
+			out = append(out, api.FieldError{Path: fmt.Sprintf("regions[%d]", i), Message: fmt.Sprintf("region %q is not registered", name)})
+		case r.Status != api.RegionOpen:
+			out = append(out, api.FieldError{Path: fmt.Sprintf("regions[%d]", i), Message: fmt.Sprintf("region %q is not open (status %s)", name, r.Status)})
+		}
+	}
+	return out, nil
+}
+
+// afterDeploy records a new deployment's first event, supersedes the
+// service's running deployments, and stops the service in the regions the
+// new definition dropped. It returns the regions given new operations.
+func (s *Server) afterDeploy(ctx context.Context, tx store.Tx, orgName string, d api.Deployment) ([]string, error) {
+	now := s.cfg.Now().UTC()
+	if err := tx.AddDeploymentEvent(ctx, d.ID, api.DeploymentEvent{At: now, Type: api.EventCreated,
+		Message: fmt.Sprintf("version %d created for %s", d.Version, strings.Join(d.Definition.Regions, ", "))}); err != nil {
+		return nil, err
+	}
+	active, err := tx.ListActiveDeployments(ctx, d.ServiceID)
+	if err != nil {
+		return nil, err
+	}
+	why := fmt.Sprintf("superseded by version %d (%s)", d.Version, d.ID)
+	for _, a := range active {
+		if a.ID == d.ID {
+			continue
+		}
+		old, err := tx.GetDeployment(ctx, d.OrgID, a.ID)
+		if err != nil {
+			return nil, err
+		}
+		for _, rd := range old.Regional {
+			if terminal(rd.Status) {
+				continue
+			}
+			rd.Status, rd.Message, rd.UpdatedAt = api.StatusCanceled, why, now
+			if err := tx.UpdateRegionalDeployment(ctx, rd); err != nil {
+				return nil, err
+			}
+		}
+		ops, err := tx.ListRegionOps(ctx, store.OpFilter{DeploymentID: old.ID, State: store.OpPending})
+		if err != nil {
+			return nil, err
+		}
+		for _, op := range ops {
+			if op.Purpose != store.PurposeRollout {
+				continue // reverts still put regions back on a healthy version
+			}
+			op.State, op.Message, op.UpdatedAt = store.OpSuperseded, why, now
+			if err := tx.UpdateRegionOp(ctx, op); err != nil {
+				return nil, err
+			}
+		}
+		status := api.StatusSuperseded
+		if old.Status == api.StatusCanceled {
+			status, why = api.StatusCanceled, old.Message+"; "+why
+		}
+		if err := tx.SetDeploymentState(ctx, old.ID, status, why, false, now); err != nil {
+			return nil, err
+		}
+		if err := tx.AddDeploymentEvent(ctx, old.ID, api.DeploymentEvent{At: now, Type: api.EventSuperseded, Message: why}); err != nil {
+			return nil, err
+		}
+		if err := tx.AddDeploymentEvent(ctx, d.ID, api.DeploymentEvent{At: now, Type: api.EventSuperseded,
+			Message: fmt.Sprintf("supersedes version %d (%s), which was %s", old.Version, old.ID, old.Status)}); err != nil {
+			return nil, err
+		}
+	}
+	key := serviceKey(orgName, d.App, d.Service)
+	srs, err := tx.ServiceRegions(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	var touched []string
+	for _, sr := range srs {
+		if sr.Deleted || slices.Contains(d.Definition.Regions, sr.Region) {
+			continue
+		}
+		op, err := s.engine.newOp(ctx, tx, key, sr.Region, store.PurposeRemove, d.ID, d.OrgID, nil, nil)
+		if err != nil {
+			return nil, err
+		}
+		touched = append(touched, sr.Region)
+		if err := tx.AddDeploymentEvent(ctx, d.ID, api.DeploymentEvent{At: now, Region: sr.Region, Type: api.EventRemoved,
+			Message: fmt.Sprintf("region %s is no longer in the definition: stopping the service there (generation %d)", sr.Region, op.Generation)}); err != nil {
+			return nil, err
+		}
+	}
+	return touched, nil
 }
 
 func (s *Server) listServices(w http.ResponseWriter, r *http.Request) error {
@@ -448,14 +577,118 @@ func (s *Server) getService(w http.ResponseWriter, r *http.Request) error {
 	})
 }
 
+// deleteService deletes a service's rows and writes a deletion, with a new
+// generation, for every region it may run in; the regions' operation
+// workers send them until each region has answered, however long a region
+// stays down.
 func (s *Server) deleteService(w http.ResponseWriter, r *http.Request) error {
-	return s.remove(w, r, func(ctx context.Context, tx store.Tx) error {
+	var touched []string
+	err := s.remove(w, r, func(ctx context.Context, tx store.Tx) error {
+		touched = nil
 		svc, err := findService(ctx, tx, r.PathValue("app"), r.PathValue("service"))
 		if err != nil {
 			return err
 		}
+		org, err := tx.GetOrg(ctx, svc.OrgID)
+		if err != nil {
+			return err
+		}
+		key := serviceKey(org.Name, svc.App, svc.Name)
+		srs, err := tx.ServiceRegions(ctx, key)
+		if err != nil {
+			return err
+		}
+		for _, sr := range srs {
+			if sr.Deleted {
+				continue
+			}
+			if _, err := s.engine.newOp(ctx, tx, key, sr.Region, store.PurposeDelete, "", svc.OrgID, nil, nil); err != nil {
+				return err
+			}
+			touched = append(touched, sr.Region)
+		}
 		return storeErr(tx.DeleteService(ctx, svc.OrgID, svc.AppID, svc.Name), "service")
 	})
+	if err == nil {
+		s.log.Info("service deleted", "app", r.PathValue("app"), "service", r.PathValue("service"), "regions", touched)
+		s.engine.nudge(touched...)
+	}
+	return err
+}
+
+// cancelDeployment cancels a running deployment: regions not reached yet
+// are canceled, and regions that got the new version are reverted to their
+// previous deployment.
+func (s *Server) cancelDeployment(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	id := r.PathValue("id")
+	var out api.Deployment
+	var touched []string
+	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		touched = nil
+		d, err := tx.GetDeployment(ctx, callerOf(ctx).orgID, id)
+		if err != nil {
+			return storeErr(err, fmt.Sprintf("deployment %q", id))
+		}
+		active, err := tx.ListActiveDeployments(ctx, d.ServiceID)
+		if err != nil {
+			return err
+		}
+		running := slices.ContainsFunc(active, func(a store.ActiveDeployment) bool { return a.ID == d.ID })
+		if d.Status == api.StatusCanceled {
+			return errConflict("deployment %s (version %d) is already canceled", d.ID, d.Version)
+		}
+		if !running || (d.Status != api.StatusPending && d.Status != api.StatusProgressing) {
+			return errConflict("deployment %s (version %d) already finished as %s; a finished deployment cannot be canceled (deploy again to change the service)",
+				d.ID, d.Version, d.Status)
+		}
+		org, err := tx.GetOrg(ctx, d.OrgID)
+		if err != nil {
+			return err
+		}
+		ro := &rollout{d: &driver{e: s.engine, orgNm: org.Name}, ctx: ctx, tx: tx, now: s.cfg.Now().UTC(), dep: d,
+			key: serviceKey(org.Name, d.App, d.Service)}
+		if ro.ops, err = tx.ListRegionOps(ctx, store.OpFilter{DeploymentID: d.ID}); err != nil {
+			return err
+		}
+		for i, rd := range d.Regional {
+			switch rd.Status {
+			case api.StatusPending:
+				if err := ro.save(i, api.StatusCanceled, "canceled before it reached the region"); err != nil {
+					return err
+				}
+			case api.StatusApplying, api.StatusProgressing, api.StatusHealthy:
+				if err := ro.revert(i, api.StatusCanceled, "canceled"); err != nil {
+					return err
+				}
+			}
+		}
+		touched = ro.touched
+		msg := "canceled by the user"
+		if len(touched) > 0 {
+			msg += "; reverting " + strings.Join(touched, ", ")
+		}
+		if err := tx.SetDeploymentState(ctx, d.ID, api.StatusCanceled, msg, len(touched) > 0, ro.now); err != nil {
+			return err
+		}
+		if err := ro.event("", api.EventCanceled, "%s", msg); err != nil {
+			return err
+		}
+		out, err = tx.GetDeployment(ctx, d.OrgID, d.ID)
+		if err != nil {
+			return err
+		}
+		out.Events, err = tx.ListDeploymentEvents(ctx, d.ID)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	s.log.Info("deployment canceled", "deployment", id, "reverting", touched)
+	s.engine.nudge(touched...)
+	s.engine.nudgeDeployment(id)
+	writeJSON(w, http.StatusOK, out)
+	return nil
 }
 
 func (s *Server) listDeployments(w http.ResponseWriter, r *http.Request) error {
@@ -472,7 +705,11 @@ func (s *Server) getDeployment(w http.ResponseWriter, r *http.Request) error {
 	return get(s, w, r, func(ctx context.Context, tx store.Tx) (api.Deployment, error) {
 		id := r.PathValue("id")
 		d, err := tx.GetDeployment(ctx, callerOf(ctx).orgID, id)
-		return d, storeErr(err, fmt.Sprintf("deployment %q", id))
+		if err != nil {
+			return d, storeErr(err, fmt.Sprintf("deployment %q", id))
+		}
+		d.Events, err = tx.ListDeploymentEvents(ctx, id)
+		return d, err
 	})
 }
 

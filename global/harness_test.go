@@ -61,6 +61,22 @@ func (h *harness) newOrg(name string) *api.Client {
 	return api.NewClient(h.srv.URL(), tok.Value)
 }
 
+// openRegions registers regions and opens them through the API, without a
+// region server behind them: for tests where no rollout reaches a region.
+func (h *harness) openRegions(ids ...string) {
+	h.t.Helper()
+	ctx := context.Background()
+	open := api.RegionOpen
+	for _, id := range ids {
+		if _, err := h.admin.CreateRegion(ctx, api.CreateRegionRequest{ID: id, Latitude: 1, Longitude: 2, URL: "https://127.0.0.1:1"}, ""); err != nil {
+			h.t.Fatalf("register region %s: %v", id, err)
+		}
+		if _, err := h.admin.UpdateRegion(ctx, id, api.UpdateRegionRequest{Status: &open}); err != nil {
+			h.t.Fatalf("open region %s: %v", id, err)
+		}
+	}
+}
+
 // mustStatus asserts err is an API error with the given status and code.
 func mustStatus(t testing.TB, err error, status int) *api.Error {
 	t.Helper()

@@ -45,6 +45,7 @@ func (s *Server) routes() []route {
 		tooLarge = http.StatusRequestEntityTooLarge
 		media    = http.StatusUnsupportedMediaType
 		unproc   = http.StatusUnprocessableEntity
+		unavail  = http.StatusServiceUnavailable
 	)
 	write := []int{bad, unauth, forbid, conflict, tooLarge, media, unproc}
 	read := []int{bad, unauth, forbid, notFound}
@@ -92,8 +93,14 @@ func (s *Server) routes() []route {
 			Auth: authOrg, Status: 204, Errors: read, handler: s.deleteService},
 		{Method: "GET", Path: "/v1/apps/{app}/services/{service}/deployments", ID: "listDeployments", Summary: "List a service's deployments, newest first.",
 			Auth: authOrg, Response: typeOf[api.List[api.Deployment]](), Status: 200, Errors: read, handler: s.listDeployments},
-		{Method: "GET", Path: "/v1/deployments/{id}", ID: "getDeployment", Summary: "Get a deployment with its regional deployments.",
+		{Method: "GET", Path: "/v1/deployments/{id}", ID: "getDeployment", Summary: "Get a deployment with its regional deployments and its rollout's events.",
 			Auth: authOrg, Response: typeOf[api.Deployment](), Status: 200, Errors: read, handler: s.getDeployment},
+		{Method: "POST", Path: "/v1/deployments/{id}/cancel", ID: "cancelDeployment", Summary: "Cancel a running deployment: regions it reached are reverted to their previous deployment. A finished deployment answers 409.",
+			Auth: authOrg, Response: typeOf[api.Deployment](), Status: 200, Errors: append(read, conflict), handler: s.cancelDeployment},
+		{Method: "GET", Path: "/v1/apps/{app}/services/{service}/instances", ID: "getServiceInstances", Summary: "List a service's instances in the regions it runs in; regions that do not answer are listed in unreachable.",
+			Auth: authOrg, Response: typeOf[api.InstanceList](), Status: 200, Errors: read, handler: s.serviceInstances},
+		{Method: "GET", Path: "/v1/instances", ID: "getInstances", Summary: "List the organization's instances in every open or draining region, asked concurrently; regions that do not answer in time are listed in unreachable.",
+			Auth: authOrg, Response: typeOf[api.InstanceList](), Status: 200, Errors: read, handler: s.listInstances},
 
 		{Method: "PUT", Path: "/v1/secrets/{name}", ID: "putSecret", Summary: "Create or replace a secret. Its value is write-only and encrypted at rest.",
 			Auth: authOrg, Request: typeOf[api.PutSecretRequest](), Response: typeOf[api.Secret](), Status: 200,
@@ -113,6 +120,10 @@ func (s *Server) routes() []route {
 		{Method: "PATCH", Path: "/v1/regions/{id}", ID: "updateRegion", Summary: "Update a region's name, location, URL or status (admin).",
 			Auth: authAdmin, Request: typeOf[api.UpdateRegionRequest](), Response: typeOf[api.Region](), Status: 200,
 			Errors: append(write, notFound), handler: s.updateRegion},
+		{Method: "POST", Path: "/v1/regions/{id}/test", ID: "testRegion", Summary: "Run a region's smoke test (admin): a small deployment there, deleted afterwards. Answers when it is over: the region is open when it passed, back to provisioning with the reason in message when it failed.",
+			Auth: authAdmin, Response: typeOf[api.Region](), Status: 200, Errors: append(read, conflict, unavail), handler: s.testRegion},
+		{Method: "POST", Path: "/v1/regions/{id}/drain", ID: "drainRegion", Summary: "Mark a region draining (admin) and say what that does: new deployments refuse it; running instances stay until their services are redeployed without it or deleted.",
+			Auth: authAdmin, Response: typeOf[api.RegionDrain](), Status: 200, Errors: read, handler: s.drainRegion},
 	}
 }
 

@@ -6,6 +6,15 @@
 // The package follows etcd's embed style: Start(ctx, cfg) returns a running
 // Server; Ready, Err and Close manage it. The binary and the tests use the
 // same entry point.
+//
+// Start also launches the rollout workers. Each new deployment is rolled
+// out region by region under its strategy: generations are allocated per
+// (service, region) and written with the operation that carries them
+// before any region is called, region operations are sent over mutual TLS
+// and retried with backoff until the region answers, and the deployment's
+// status is computed from its regions. Leases in the store keep two
+// replicas from driving one deployment; a restarted replica resumes from
+// the store.
 package global
 
 import (
@@ -15,6 +24,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -22,6 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/spec"
 	"github.com/meridian-run/meridian/store"
 )
@@ -48,6 +59,51 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+
+	// RegionHTTP calls the regions: an *http.Client whose transport
+	// presents the global control plane's certificate (mutual TLS). Without
+	// it no rollout worker runs: deployments stay PENDING and the calls
+	// that need a region answer 503.
+	RegionHTTP *http.Client
+	// RolloutPoll is how often rollout workers look at the store and at
+	// the regions (default 1s).
+	RolloutPoll time.Duration
+	// RegionTimeout bounds each call to a region (default 10s).
+	RegionTimeout time.Duration
+	// RetryMin and RetryMax bound the backoff between attempts at a region
+	// call that failed (defaults 250ms and 15s).
+	RetryMin, RetryMax time.Duration
+	// Owner names this replica in the leases that keep two replicas from
+	// driving the same rollout (default host name, pid and a random
+	// suffix).
+	Owner string
+	// LeaseTTL is how long a lease outlives its holder's last renewal
+	// (default 30s); leases are released at Close.
+	LeaseTTL time.Duration
+	// SmokeDefinition is the workload of a region's smoke test (POST
+	// /v1/regions/{id}/test). Its name and regions are set by the test.
+	// Default: DefaultSmokeDefinition().
+	SmokeDefinition *api.Definition
+	// SmokeTimeout bounds a smoke test (default 45s).
+	SmokeTimeout time.Duration
+	// OnRegionCall, when set, is called after every apply or delete call
+	// to a region (for tests and audits); it must not block.
+	OnRegionCall func(RegionCall)
+}
+
+// DefaultSmokeDefinition is the smoke test's default workload: the
+// meridian binary's hidden `smoke` command (an HTTP server on $PORT), one
+// instance, checked over TCP on port 8080.
+func DefaultSmokeDefinition() api.Definition {
+	limit := 1
+	return api.Definition{
+		Name:         "smoke",
+		Type:         api.TypeWeb,
+		Command:      []string{"meridian", "smoke"},
+		Ports:        []api.Port{{Port: 8080, Protocol: "http"}},
+		Scalings:     []api.Scaling{{Min: 1, Max: 1}},
+		HealthChecks: []api.HealthCheck{{Port: 8080, TCP: &api.TCPCheck{}, GracePeriod: "10s", Interval: "1s", Timeout: "500ms", RestartLimit: &limit}},
+	}
 }
 
 // Server is a running global control plane.
@@ -59,9 +115,13 @@ type Server struct {
 	http    *http.Server
 	handler http.Handler
 	metrics *metrics
+	engine  *engine
 	ready   chan struct{}
 	errc    chan error
 	once    sync.Once
+
+	smokeMu sync.Mutex
+	smoking map[string]bool // regions whose smoke test runs here
 }
 
 // DefaultDomain is the apps' host suffix when none is configured.
@@ -98,16 +158,44 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:7700"
 	}
+	if cfg.RolloutPoll <= 0 {
+		cfg.RolloutPoll = time.Second
+	}
+	if cfg.RegionTimeout <= 0 {
+		cfg.RegionTimeout = 10 * time.Second
+	}
+	if cfg.RetryMin <= 0 {
+		cfg.RetryMin = 250 * time.Millisecond
+	}
+	if cfg.RetryMax < cfg.RetryMin {
+		cfg.RetryMax = max(15*time.Second, cfg.RetryMin)
+	}
+	if cfg.Owner == "" {
+		host, _ := os.Hostname()
+		cfg.Owner = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), newID("g")[2:10])
+	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = 30 * time.Second
+	}
+	if cfg.SmokeDefinition == nil {
+		d := DefaultSmokeDefinition()
+		cfg.SmokeDefinition = &d
+	}
+	if cfg.SmokeTimeout <= 0 {
+		cfg.SmokeTimeout = 45 * time.Second
+	}
 	s := &Server{
 		cfg:    cfg,
 		log:    cfg.Logger.With("component", "global"),
 		sealer: sealer,
-		ready:  make(chan struct{}),
-		errc:   make(chan error, 1),
+		ready:   make(chan struct{}),
+		errc:    make(chan error, 1),
+		smoking: map[string]bool{},
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.metrics = newMetrics(reg)
+	s.engine = newEngine(s, reg)
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
 		mux.Handle(rt.Method+" "+rt.Path, s.instrument(rt, rt.handler))
@@ -137,8 +225,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		close(s.errc)
 	}()
+	s.engine.start()
 	close(s.ready)
-	s.log.Info("global control plane serving", "addr", ln.Addr().String())
+	s.log.Info("global control plane serving", "addr", ln.Addr().String(), "owner", cfg.Owner)
 	return s, nil
 }
 
@@ -157,11 +246,14 @@ func (s *Server) Ready() <-chan struct{} { return s.ready }
 // Err reports a fatal serving error; it is closed when the server stops.
 func (s *Server) Err() <-chan error { return s.errc }
 
-// Close stops the server gracefully, waiting up to 5 s for requests in
-// flight.
+// Close stops the rollout workers (releasing their leases, so another
+// replica resumes at once) and the API, waiting up to 5 s for requests in
+// flight. Rollout state is in the store: a new server on the same store
+// resumes where this one stopped.
 func (s *Server) Close() error {
 	var err error
 	s.once.Do(func() {
+		s.engine.stop()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		err = s.http.Shutdown(ctx)
