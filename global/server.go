@@ -185,9 +185,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.SmokeTimeout = 45 * time.Second
 	}
 	s := &Server{
-		cfg:    cfg,
-		log:    cfg.Logger.With("component", "global"),
-		sealer: sealer,
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "global"),
+		sealer:  sealer,
 		ready:   make(chan struct{}),
 		errc:    make(chan error, 1),
 		smoking: map[string]bool{},
