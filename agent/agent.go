@@ -98,6 +98,10 @@ type Config struct {
 	// DataDir/instances (its shim is /proc/self/exe: call
 	// driver.MaybeRunShim first thing in main).
 	Driver driver.Driver
+	// ShimPath is the shim binary of the default driver (default
+	// /proc/self/exe). A small dedicated shim (driver/meridian-shim) keeps
+	// each instance's overhead lower than re-executing a large binary.
+	ShimPath string
 	// Logger receives the agent's logs. Nil discards them.
 	Logger *slog.Logger
 	// Clock drives heartbeats, reports, backoffs, renewals and health
@@ -210,7 +214,8 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 	}()
 	a.drv = cfg.Driver
 	if a.drv == nil {
-		p, err := driver.NewProcess(driver.ProcessConfig{DataDir: filepath.Join(cfg.DataDir, "instances"), Logger: cfg.Logger})
+		p, err := driver.NewProcess(driver.ProcessConfig{DataDir: filepath.Join(cfg.DataDir, "instances"),
+			ShimPath: cfg.ShimPath, Logger: cfg.Logger})
 		if err != nil {
 			return nil, fmt.Errorf("agent: %w", err)
 		}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/meridian-run/meridian/api"
+	"github.com/meridian-run/meridian/driver"
 	"github.com/meridian-run/meridian/regionapi"
 )
 
@@ -44,6 +45,22 @@ func TestFailover(t *testing.T) {
 	}
 	for _, a := range agents {
 		for _, in := range a.Instances() {
+			// The instance type's memory limit is enforced where cgroups allow.
+			if p, ok := a.Driver().(*driver.Process); ok {
+				on, why := p.MemoryLimits()
+				if !on {
+					t.Logf("memory limits not enforced here: %v", why)
+				}
+				if on {
+					h, err := p.Recover(ctxT(t, 5*time.Second), in.ID)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if st, err := h.Stats(); err != nil || st.MemoryLimit != 256<<20 {
+						t.Errorf("instance %s memory limit %d, want 256 MiB (%v)", in.ID, st.MemoryLimit, err)
+					}
+				}
+			}
 			if in.State != regionapi.StateRunning || !in.Healthy || in.Ports["8080"] < a.cfg.PortMin || in.Ports["8080"] > a.cfg.PortMax {
 				t.Errorf("agent %s: instance %+v", a.Machine(), in)
 			}

@@ -1,0 +1,20 @@
+// Command agentproc is the process agentrss measures: a Meridian machine
+// agent (role "agent"), which is also its instances' shim and their tiny
+// HTTP workload (role "workload"). It links the agent and its driver only,
+// none of the region's code.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/meridian-run/meridian/bench/agentrss/procmode"
+	"github.com/meridian-run/meridian/driver"
+)
+
+func main() {
+	driver.MaybeRunShim()
+	procmode.Maybe()
+	fmt.Fprintf(os.Stderr, "agentproc: set %s to agent or workload\n", procmode.RoleEnv)
+	os.Exit(2)
+}
