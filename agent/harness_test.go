@@ -366,14 +366,23 @@ func ids(is []regionapi.InstanceStatus) []string {
 }
 
 // linkProxy is a TCP link between an agent and its region that the test
-// can cut (every connection closed, new ones refused) and restore.
+// can cut (every connection reset, new ones refused), blackhole (every
+// connection, old or new, stays open but never carries a byte again, as
+// across a long partition) and restore (new connections work again).
 type linkProxy struct {
 	ln     net.Listener
 	target string
 
 	mu      sync.Mutex
-	blocked bool
-	conns   map[net.Conn]struct{}
+	blocked bool // cut: refuse
+	holes   bool // blackhole: accept and swallow
+	conns   map[*proxied]struct{}
+}
+
+// proxied is one proxied connection pair.
+type proxied struct {
+	c, u net.Conn
+	dead atomic.Bool // blackholed: swallow everything
 }
 
 func newLinkProxy(t *testing.T, target string) *linkProxy {
@@ -381,7 +390,7 @@ func newLinkProxy(t *testing.T, target string) *linkProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &linkProxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p := &linkProxy{ln: ln, target: target, conns: map[*proxied]struct{}{}}
 	t.Cleanup(func() { ln.Close(); p.cut() })
 	go p.serve()
 	return p
@@ -395,23 +404,24 @@ func (p *linkProxy) serve() {
 		if err != nil {
 			return
 		}
-		p.mu.Lock()
-		blocked := p.blocked
-		p.mu.Unlock()
-		if blocked {
-			c.Close()
-			continue
-		}
 		go p.pipe(c)
 	}
 }
 
 func (p *linkProxy) pipe(c net.Conn) {
+	p.mu.Lock()
+	blocked := p.blocked
+	p.mu.Unlock()
+	if blocked {
+		c.Close()
+		return
+	}
 	u, err := net.Dial("tcp", p.target)
 	if err != nil {
 		c.Close()
 		return
 	}
+	pc := &proxied{c: c, u: u}
 	p.mu.Lock()
 	if p.blocked {
 		p.mu.Unlock()
@@ -419,32 +429,59 @@ func (p *linkProxy) pipe(c net.Conn) {
 		u.Close()
 		return
 	}
-	p.conns[c], p.conns[u] = struct{}{}, struct{}{}
+	pc.dead.Store(p.holes)
+	p.conns[pc] = struct{}{}
 	p.mu.Unlock()
 	done := make(chan struct{}, 2)
-	go func() { io.Copy(u, c); done <- struct{}{} }()
-	go func() { io.Copy(c, u); done <- struct{}{} }()
+	copyLive := func(dst, src net.Conn) {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 && !pc.dead.Load() {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		done <- struct{}{}
+	}
+	go copyLive(u, c)
+	go copyLive(c, u)
 	<-done
 	c.Close()
 	u.Close()
 	p.mu.Lock()
-	delete(p.conns, c)
-	delete(p.conns, u)
+	delete(p.conns, pc)
 	p.mu.Unlock()
 }
 
-// cut closes every connection and refuses new ones until restore.
+// cut resets every connection and refuses new ones until restore.
 func (p *linkProxy) cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.blocked = true
-	for c := range p.conns {
-		c.Close()
+	for pc := range p.conns {
+		pc.c.Close()
+		pc.u.Close()
+	}
+}
+
+// blackhole silences every connection for good, and the new ones until
+// restore.
+func (p *linkProxy) blackhole() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.holes = true
+	for pc := range p.conns {
+		pc.dead.Store(true)
 	}
 }
 
 func (p *linkProxy) restore() {
 	p.mu.Lock()
-	p.blocked = false
+	p.blocked, p.holes = false, false
 	p.mu.Unlock()
 }

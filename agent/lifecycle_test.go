@@ -68,8 +68,9 @@ func (e *events) firstFailed() (event, bool) {
 func TestCrashLoop(t *testing.T) {
 	r := newRegion(t, "fra")
 	var ev events
+	agents := map[string]*testAgent{}
 	for _, m := range []string{"m1", "m2"} {
-		r.startAgent(t, m, "dc1", func(c *Config) { c.OnInstance = ev.hook(m) })
+		agents[m] = r.startAgent(t, m, "dc1", func(c *Config) { c.OnInstance = ev.hook(m) })
 	}
 	limit := 2
 	def := helloDef("fra", 1)
@@ -110,6 +111,13 @@ func TestCrashLoop(t *testing.T) {
 			}
 		}
 		return gone && elsewhere
+	})
+	// Its machine cleans it up.
+	a := agents[failed.machine]
+	eventually(t, 10*time.Second, "failed instance removed from its machine", func() (bool, string) {
+		listed, _ := a.Driver().List(context.Background())
+		has := slices.ContainsFunc(a.Instances(), func(in Instance) bool { return in.ID == failed.ID })
+		return !has && !slices.Contains(listed, failed.ID), fmt.Sprintf("instances %v, driver %v", a.Instances(), listed)
 	})
 }
 
@@ -229,13 +237,21 @@ func TestAgentRestart(t *testing.T) {
 
 // TestComeBack: a machine cut off from its region keeps its instance
 // running; the region replaces it on another machine; when the link comes
-// back the machine stops its stale instance.
+// back the machine stops its stale instance. The link fails by resets, or
+// by going silent (a blackhole: the agent's watchdog and request timeouts
+// must notice).
 func TestComeBack(t *testing.T) {
+	t.Run("reset", func(t *testing.T) { testComeBack(t, (*linkProxy).cut) })
+	t.Run("blackhole", func(t *testing.T) { testComeBack(t, (*linkProxy).blackhole) })
+}
+
+func testComeBack(t *testing.T, partition func(*linkProxy)) {
 	r := newRegion(t, "fra")
 	link := newLinkProxy(t, r.srv.Addr())
 	a := r.startAgent(t, "m1", "dc1", func(c *Config) {
 		c.RegionURLs = []string{link.URL()}
 		c.RequestTimeout = time.Second
+		c.WatchIdleTimeout = 3 * time.Second
 	})
 	key := r.apply(t, "web", 1, "dep-1", helloDef("fra", 1), nil)
 	ss := r.waitService(t, key, 30*time.Second, "healthy on m1", func(ss regionapi.ServiceStatus) bool {
@@ -245,7 +261,7 @@ func TestComeBack(t *testing.T) {
 	stale := healthyInstances(ss)[0]
 	b := r.startAgent(t, "m2", "dc1", nil)
 
-	link.cut()
+	partition(link)
 	r.waitService(t, key, 30*time.Second, "replaced on m2", func(ss regionapi.ServiceStatus) bool {
 		h := healthyInstances(ss)
 		return len(h) == 1 && h[0].Machine == "m2"
