@@ -646,7 +646,7 @@ func (s *Server) cancelDeployment(w http.ResponseWriter, r *http.Request) error 
 		if err != nil {
 			return err
 		}
-		ro := &rollout{d: &driver{e: s.engine, orgNm: org.Name}, ctx: ctx, tx: tx, now: s.cfg.Now().UTC(), dep: d,
+		ro := &rollout{d: &depDriver{e: s.engine, orgNm: org.Name}, ctx: ctx, tx: tx, now: s.cfg.Now().UTC(), dep: d,
 			key: serviceKey(org.Name, d.App, d.Service)}
 		if ro.ops, err = tx.ListRegionOps(ctx, store.OpFilter{DeploymentID: d.ID}); err != nil {
 			return err

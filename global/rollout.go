@@ -29,20 +29,22 @@ type observation struct {
 	err    error
 }
 
-// driver drives one deployment's rollout while its replica holds the
+// depDriver drives one deployment's rollout while its replica holds the
 // deployment's lease. Everything it decides is written in one transaction
 // per step, fenced by the lease; region calls go through operations.
-type driver struct {
+type depDriver struct {
 	e      *engine
 	id     string
 	orgID  string
 	lease  string
 	orgNm  string
 	failed map[string]map[string]bool // region -> instance ids seen failed
+	// announced is set once the timeline says which replica drives.
+	announced bool
 }
 
 func (e *engine) drive(a store.ActiveDeployment, kicked chan struct{}) {
-	d := &driver{e: e, id: a.ID, orgID: a.OrgID, lease: "deployment:" + a.ID, failed: map[string]map[string]bool{}}
+	d := &depDriver{e: e, id: a.ID, orgID: a.OrgID, lease: "deployment:" + a.ID, failed: map[string]map[string]bool{}}
 	e.log.Info("driving deployment", "deployment", a.ID, "owner", e.s.cfg.Owner)
 	for {
 		done, err := d.step(e.ctx)
@@ -72,7 +74,7 @@ func (e *engine) drive(a store.ActiveDeployment, kicked chan struct{}) {
 
 // step observes the regions the deployment is progressing in, then decides
 // and writes its next state. It reports whether the rollout is over.
-func (d *driver) step(ctx context.Context) (bool, error) {
+func (d *depDriver) step(ctx context.Context) (bool, error) {
 	e := d.e
 	var dep api.Deployment
 	err := e.s.cfg.Store.View(ctx, func(tx store.Tx) error {
@@ -115,6 +117,11 @@ func (d *driver) step(ctx context.Context) (bool, error) {
 			over = true
 			return nil
 		}
+		if !d.announced {
+			if err := st.event("", api.EventProgress, "rollout driven by replica %s", e.s.cfg.Owner); err != nil {
+				return err
+			}
+		}
 		if err := st.advance(obs); err != nil {
 			return err
 		}
@@ -124,13 +131,14 @@ func (d *driver) step(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	d.announced = true
 	e.nudge(touched...)
 	return over, nil
 }
 
 // observe reads the service's status in every region where the deployment
 // is progressing, concurrently, each bounded by the region timeout.
-func (d *driver) observe(ctx context.Context, dep api.Deployment) map[string]observation {
+func (d *depDriver) observe(ctx context.Context, dep api.Deployment) map[string]observation {
 	e := d.e
 	out := map[string]observation{}
 	var mu sync.Mutex
@@ -170,7 +178,7 @@ func (d *driver) observe(ctx context.Context, dep api.Deployment) map[string]obs
 
 // rollout is one step's view of a deployment inside a write transaction.
 type rollout struct {
-	d       *driver
+	d       *depDriver
 	ctx     context.Context
 	tx      store.Tx
 	now     time.Time
@@ -182,7 +190,7 @@ type rollout struct {
 	over    bool
 }
 
-func (d *driver) load(ctx context.Context, tx store.Tx) (*rollout, error) {
+func (d *depDriver) load(ctx context.Context, tx store.Tx) (*rollout, error) {
 	dep, err := tx.GetDeployment(ctx, d.orgID, d.id)
 	if err != nil {
 		return nil, err

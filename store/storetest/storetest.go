@@ -45,26 +45,42 @@ func Each(t *testing.T, fn func(t *testing.T, st store.Store)) {
 // PostgreSQL, its schema dropped) when the test ends.
 func Open(t testing.TB, kind string) store.Store {
 	t.Helper()
+	return OpenShared(t, kind, 1)[0]
+}
+
+// OpenShared returns n stores opened separately on one fresh, empty
+// database of the given kind, as n replicas of the global control plane
+// would open it.
+func OpenShared(t testing.TB, kind string, n int) []store.Store {
+	t.Helper()
 	ctx := context.Background()
-	var st store.Store
+	var loc string
 	var err error
 	switch kind {
 	case "sqlite":
-		st, err = store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "global.db"))
+		loc = filepath.Join(t.TempDir(), "global.db")
 	case "postgres":
-		var dsn string
-		dsn, err = freshSchema(t)
-		if err == nil {
-			st, err = store.OpenPostgres(ctx, dsn)
-		}
+		loc, err = freshSchema(t)
 	default:
 		t.Fatalf("storetest: unknown store kind %q", kind)
 	}
 	if err != nil {
 		t.Fatalf("storetest: open %s: %v", kind, err)
 	}
-	t.Cleanup(func() { st.Close() })
-	return st
+	out := make([]store.Store, n)
+	for i := range out {
+		if kind == "sqlite" {
+			out[i], err = store.OpenSQLite(ctx, loc)
+		} else {
+			out[i], err = store.OpenPostgres(ctx, loc)
+		}
+		if err != nil {
+			t.Fatalf("storetest: open %s: %v", kind, err)
+		}
+		st := out[i]
+		t.Cleanup(func() { st.Close() })
+	}
+	return out
 }
 
 // freshSchema creates a schema of its own for one test and returns a DSN
