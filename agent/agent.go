@@ -135,6 +135,11 @@ type Config struct {
 	// ResolvConf is the content of /etc/resolv.conf inside instances.
 	// Default the host's /etc/resolv.conf.
 	ResolvConf *string
+	// InstancePath is the PATH of instances whose definition sets none,
+	// where their commands are looked up. Default: the agent's own PATH
+	// (so a command installed beside the agent is found), else a standard
+	// system PATH.
+	InstancePath string
 	// OnInstance, when set, is called after every state change of an
 	// instance (for metrics, events and tests); it must not block.
 	OnInstance func(Instance)
@@ -327,6 +332,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.FullReportInterval == 0 {
 		c.FullReportInterval = DefaultFullReport
+	}
+	if c.InstancePath == "" {
+		c.InstancePath = os.Getenv("PATH")
+	}
+	if c.InstancePath == "" {
+		c.InstancePath = defaultPath
 	}
 	if c.ResolvConf == nil {
 		b, _ := os.ReadFile("/etc/resolv.conf")

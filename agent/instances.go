@@ -497,7 +497,11 @@ func buildSpec(cfg *Config, as regionapi.Assignment, ports map[int]int, images b
 		set(e.Key, v)
 	}
 	if _, ok := vals["PATH"]; !ok {
-		set("PATH", defaultPath)
+		path := cfg.InstancePath
+		if path == "" {
+			path = defaultPath
+		}
+		set("PATH", path)
 	}
 	set("MERIDIAN_REGION", cfg.Region)
 	set("MERIDIAN_DATACENTER", cfg.Datacenter)

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -63,8 +65,9 @@ func newAdminToken() string {
 
 func newGlobalCmd(g *globals) *cobra.Command {
 	var (
-		listen, stateDir, storeURL, adminToken, keyFile, domain, catalogue, logLevel, logFormat string
-		maxScale                                                                                int
+		listen, stateDir, storeURL, adminToken, keyFile, domain, catalogue, logLevel, logFormat, pkiDir string
+		maxScale                                                                                        int
+		rolloutPoll                                                                                     time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "global",
@@ -128,9 +131,17 @@ postgres://... for PostgreSQL in production.`,
 				return fmt.Errorf("--store: %w", err)
 			}
 			defer st.Close()
+			var regionHTTP *http.Client
+			if pkiDir != "" {
+				if regionHTTP, err = globalRegionClient(pkiDir); err != nil {
+					return fmt.Errorf("--pki: %w", err)
+				}
+			} else {
+				log.Warn("no --pki: without the global certificate no region can be reached; deployments stay PENDING")
+			}
 			srv, err := global.Start(ctx, global.Config{
 				Listen: listen, Store: st, AdminToken: adminToken, SecretKey: key,
-				Domain: domain, Spec: opts, Logger: log,
+				Domain: domain, Spec: opts, Logger: log, RegionHTTP: regionHTTP, RolloutPoll: rolloutPoll,
 			})
 			if err != nil {
 				return err
@@ -153,6 +164,8 @@ postgres://... for PostgreSQL in production.`,
 	f.StringVar(&keyFile, "secret-key-file", "", "file with the base64 32-byte key that seals secrets (default STATE_DIR/secret.key, generated if absent)")
 	f.StringVar(&domain, "domain", global.DefaultDomain, "suffix of apps' public host names: <app>.<org>.<domain>")
 	f.StringVar(&catalogue, "instance-types", "", "YAML file with the instance type catalogue (default: the built-in catalogue)")
+	f.StringVar(&pkiDir, "pki", "", "PKI directory holding the global certificate for calling regions (from `meridian pki global`)")
+	f.DurationVar(&rolloutPoll, "rollout-poll", time.Second, "how often rollout workers look at the store and the regions")
 	f.IntVar(&maxScale, "max-scale", spec.DefaultMaxScale, "most instances a service may ask for in one region")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")

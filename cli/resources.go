@@ -89,10 +89,21 @@ var (
 	}
 )
 
-// withClient wraps a client command's body.
+// withClient wraps an organization command's body.
 func withClient(g *globals, fn func(ctx context.Context, c *api.Client, args []string) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		c, err := g.client()
+		if err != nil {
+			return err
+		}
+		return fn(cmd.Context(), c, args)
+	}
+}
+
+// withAdmin wraps an operator command's body.
+func withAdmin(g *globals, fn func(ctx context.Context, c *api.Client, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		c, err := g.adminClient()
 		if err != nil {
 			return err
 		}
@@ -119,7 +130,7 @@ func subNames(cmd *cobra.Command) []string {
 func newOrgsCmd(g *globals) *cobra.Command {
 	var idem string
 	create := &cobra.Command{Use: "create NAME", Short: "Create an organization (admin token)", Args: args(1, "NAME"),
-		RunE: withClient(g, func(ctx context.Context, c *api.Client, a []string) error {
+		RunE: withAdmin(g, func(ctx context.Context, c *api.Client, a []string) error {
 			o, err := c.CreateOrg(ctx, a[0], idem)
 			if err != nil {
 				return err
@@ -128,7 +139,7 @@ func newOrgsCmd(g *globals) *cobra.Command {
 		})}
 	create.Flags().StringVar(&idem, "idempotency-key", "", "key that makes a retried create safe")
 	ls := &cobra.Command{Use: "ls", Short: "List organizations (admin token)", Args: args(0),
-		RunE: withClient(g, func(ctx context.Context, c *api.Client, _ []string) error {
+		RunE: withAdmin(g, func(ctx context.Context, c *api.Client, _ []string) error {
 			items, err := api.All(func(o api.ListOptions) (api.List[api.Organization], error) { return c.ListOrgs(ctx, o) })
 			if err != nil {
 				return err
@@ -136,7 +147,7 @@ func newOrgsCmd(g *globals) *cobra.Command {
 			return printList(g, items, orgCols)
 		})}
 	get := &cobra.Command{Use: "get NAME", Short: "Show an organization (admin token)", Args: args(1, "NAME"),
-		RunE: withClient(g, func(ctx context.Context, c *api.Client, a []string) error {
+		RunE: withAdmin(g, func(ctx context.Context, c *api.Client, a []string) error {
 			o, err := c.GetOrg(ctx, a[0])
 			if err != nil {
 				return err
@@ -149,23 +160,32 @@ func newOrgsCmd(g *globals) *cobra.Command {
 func newTokensCmd(g *globals) *cobra.Command {
 	var org, name string
 	create := &cobra.Command{Use: "create", Short: "Create an API token: with --org and the admin token for that organization, else another token of your organization", Args: args(0),
-		RunE: withClient(g, func(ctx context.Context, c *api.Client, _ []string) error {
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
 			var t api.Token
-			var err error
 			if org != "" {
-				t, err = c.CreateOrgToken(ctx, org, name, "")
+				c, err := g.adminClient()
+				if err != nil {
+					return err
+				}
+				if t, err = c.CreateOrgToken(ctx, org, name, ""); err != nil {
+					return err
+				}
 			} else {
-				t, err = c.CreateToken(ctx, name, "")
-			}
-			if err != nil {
-				return err
+				c, err := g.client()
+				if err != nil {
+					return err
+				}
+				if t, err = c.CreateToken(ctx, name, ""); err != nil {
+					return err
+				}
 			}
 			if g.output == "table" {
 				fmt.Fprintf(g.stdout, "token %s (%s) created; it is shown only once:\n%s\n", t.ID, t.Name, t.Value)
 				return nil
 			}
 			return printValue(g, t)
-		})}
+		}}
 	create.Flags().StringVar(&org, "org", "", "organization to create the token for (admin token)")
 	create.Flags().StringVar(&name, "name", "", "a name to recognise the token by")
 	ls := &cobra.Command{Use: "ls", Short: "List your organization's tokens", Args: args(0),
@@ -226,8 +246,10 @@ func contentTypeOf(path string, doc []byte) string {
 
 func newDeployCmd(g *globals) *cobra.Command {
 	var file, app, idem string
+	var wait bool
+	var timeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "deploy -f FILE [--app APP]",
+		Use:   "deploy -f FILE [--app APP] [--wait]",
 		Short: "Create or update a service from a deployment definition; the app is created if missing",
 		Args:  args(0),
 		RunE: withClient(g, func(ctx context.Context, c *api.Client, _ []string) error {
@@ -256,13 +278,18 @@ func newDeployCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if g.output != "table" {
+			if g.output != "table" && !wait {
 				return printValue(g, d)
 			}
 			fmt.Fprintf(g.stdout, "deployment %s: %s/%s version %d, %s\n", d.ID, d.App, d.Service, d.Version, d.Status)
+			if wait {
+				return waitDeployment(ctx, g, c, d.ID, timeout)
+			}
 			return printList(g, d.Regional, regionalCols)
 		}),
 	}
+	cmd.Flags().BoolVar(&wait, "wait", false, "follow the rollout region by region; exit 0 only when HEALTHY")
+	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "with --wait, how long to follow the rollout")
 	cmd.Flags().StringVarP(&file, "file", "f", "", "definition file (YAML or JSON), or - for standard input")
 	cmd.Flags().StringVar(&app, "app", "", "app to deploy into (default $MERIDIAN_APP, else the service's name)")
 	cmd.Flags().StringVar(&idem, "idempotency-key", "", "key that makes a retried deploy safe")
@@ -326,7 +353,16 @@ func newServicesCmd(g *globals) *cobra.Command {
 				return err
 			}
 			fmt.Fprintln(g.stdout)
-			return printList(g, d.Regional, regionalCols)
+			if err := printList(g, d.Regional, regionalCols); err != nil {
+				return err
+			}
+			insts, err := c.ServiceInstances(ctx, a, args[0])
+			if err != nil {
+				return err
+			}
+			warnUnreachable(g, insts.Unreachable)
+			fmt.Fprintln(g.stdout)
+			return printList(g, insts.Items, instanceCols)
 		})}
 	rm := &cobra.Command{Use: "rm NAME --app APP", Short: "Delete a service", Args: args(1, "NAME"),
 		RunE: withClient(g, func(ctx context.Context, c *api.Client, args []string) error {
@@ -376,9 +412,16 @@ func newDeploymentsCmd(g *globals) *cobra.Command {
 				return err
 			}
 			fmt.Fprintln(g.stdout)
-			return printList(g, d.Regional, regionalCols)
+			if err := printList(g, d.Regional, regionalCols); err != nil {
+				return err
+			}
+			if len(d.Events) > 0 {
+				fmt.Fprintln(g.stdout)
+				return printList(g, d.Events, eventCols)
+			}
+			return nil
 		})}
-	return group("deployments", "Inspect deployments", ls, get)
+	return group("deployments", "Inspect and cancel deployments", ls, get, newCancelCmd(g))
 }
 
 func newSecretsCmd(g *globals) *cobra.Command {
@@ -447,7 +490,7 @@ func newRegionsCmd(g *globals) *cobra.Command {
 			return printOne(g, r, regionCols)
 		})}
 	add := &cobra.Command{Use: "add ID --url URL --lat LAT --lon LON", Short: "Register a region (admin token); it starts as provisioning", Args: args(1, "ID"),
-		RunE: withClient(g, func(ctx context.Context, c *api.Client, a []string) error {
+		RunE: withAdmin(g, func(ctx context.Context, c *api.Client, a []string) error {
 			r, err := c.CreateRegion(ctx, api.CreateRegionRequest{ID: a[0], Name: name, Latitude: lat, Longitude: lon, URL: url}, "")
 			if err != nil {
 				return err
@@ -459,7 +502,7 @@ func newRegionsCmd(g *globals) *cobra.Command {
 	add.Flags().Float64Var(&lat, "lat", 0, "latitude")
 	add.Flags().Float64Var(&lon, "lon", 0, "longitude")
 	update := &cobra.Command{Use: "update ID [--status S] [--url URL] [--name N] [--lat LAT] [--lon LON]", Short: "Change a region (admin token)", Args: args(1, "ID")}
-	update.RunE = withClient(g, func(ctx context.Context, c *api.Client, a []string) error {
+	update.RunE = withAdmin(g, func(ctx context.Context, c *api.Client, a []string) error {
 		var req api.UpdateRegionRequest
 		fl := update.Flags()
 		if fl.Changed("status") {
@@ -488,5 +531,5 @@ func newRegionsCmd(g *globals) *cobra.Command {
 	update.Flags().StringVar(&name, "name", "", "display name")
 	update.Flags().Float64Var(&lat, "lat", 0, "latitude")
 	update.Flags().Float64Var(&lon, "lon", 0, "longitude")
-	return group("regions", "Inspect and manage the region registry", ls, get, add, update)
+	return group("regions", "Inspect and manage the region registry", append([]*cobra.Command{ls, get, add, update}, newRegionLifecycleCmds(g)...)...)
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
@@ -19,6 +20,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/meridian-run/meridian/api"
+	"github.com/meridian-run/meridian/dev"
 )
 
 // UsageError is a mistake in how the command was called: exit code 2.
@@ -35,22 +37,55 @@ type globals struct {
 	stdout, stderr     io.Writer
 }
 
-// client returns an API client from --api/--token or MERIDIAN_API and
-// MERIDIAN_TOKEN.
+// devStateDir is where the CLI looks for a running `meridian dev`.
+func devStateDir() string {
+	if d := os.Getenv("MERIDIAN_STATE_DIR"); d != "" {
+		return d
+	}
+	return filepath.Join(".meridian", "dev")
+}
+
+// client returns an API client for organization calls: the API from --api,
+// else MERIDIAN_API, else a running `meridian dev`'s dev.json (in
+// $MERIDIAN_STATE_DIR or .meridian/dev), else http://127.0.0.1:7700; the
+// token from --token, else MERIDIAN_TOKEN, else dev.json.
 func (g *globals) client() (*api.Client, error) {
-	base := g.api
+	return g.clientWith(os.Getenv("MERIDIAN_TOKEN"), func(i dev.Info) string { return i.Token })
+}
+
+// adminClient is client for operator calls: the token from --token, else
+// MERIDIAN_ADMIN_TOKEN, else MERIDIAN_TOKEN, else dev.json's admin token.
+func (g *globals) adminClient() (*api.Client, error) {
+	env := os.Getenv("MERIDIAN_ADMIN_TOKEN")
+	if env == "" {
+		env = os.Getenv("MERIDIAN_TOKEN")
+	}
+	return g.clientWith(env, func(i dev.Info) string { return i.AdminToken })
+}
+
+func (g *globals) clientWith(envToken string, devToken func(dev.Info) string) (*api.Client, error) {
+	base, tok := g.api, g.token
 	if base == "" {
 		base = os.Getenv("MERIDIAN_API")
 	}
-	tok := g.token
 	if tok == "" {
-		tok = os.Getenv("MERIDIAN_TOKEN")
+		tok = envToken
+	}
+	if base == "" || tok == "" {
+		if info, err := dev.ReadInfo(devStateDir()); err == nil {
+			if base == "" {
+				base = info.API
+			}
+			if tok == "" {
+				tok = devToken(info)
+			}
+		}
 	}
 	if base == "" {
 		base = "http://127.0.0.1:7700"
 	}
 	if tok == "" {
-		return nil, usagef("no API token: pass --token or set MERIDIAN_TOKEN")
+		return nil, usagef("no API token: pass --token, set MERIDIAN_TOKEN, or run `meridian dev` here")
 	}
 	return api.NewClient(base, tok), nil
 }
@@ -92,6 +127,9 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 		newRegionsCmd(g),
 		newPKICmd(g),
 		newRegionCmd(g),
+		newAgentCmd(g),
+		newDevCmd(g),
+		newInstancesCmd(g),
 		newSmokeCmd(g),
 	)
 	return root

@@ -5,12 +5,16 @@
 // the region then replaces the instance elsewhere). Every state transition
 // is reported through Config.OnState.
 //
-// Health: checks start after their grace period (counted from the
-// instance's start) and run every interval, each bounded by its timeout. The
-// instance becomes healthy when every check has passed once; a check that
-// fails FailureThreshold (default 3) times in a row marks it unhealthy, and
-// it is stopped and restarted. An instance without checks is healthy once
-// started.
+// Health: checks run from the instance's start, each bounded by its
+// timeout. During a check's grace period (counted from the start) its
+// failures do not count and it is retried every StartupPoll (at most its
+// interval), so an instance is healthy as soon as it answers, not only once
+// the grace period is over (as Nomad's check_restart grace and Kubernetes'
+// startup probes behave). The instance becomes healthy when every check has
+// passed once; then checks run every interval, and a check that fails
+// FailureThreshold (default 3) times in a row after its grace period marks
+// the instance unhealthy, and it is stopped and restarted. An instance
+// without checks is healthy once started.
 //
 // Restarts: the first waits BackoffMin (default 1s), each next one twice as
 // long up to BackoffMax (default 30s). An instance that stayed healthy for
@@ -420,6 +424,10 @@ type checkResult struct {
 	err error
 }
 
+// StartupPoll is how often a check that has not passed yet is retried
+// during its grace period (at most its interval).
+const StartupPoll = 250 * time.Millisecond
+
 // runInstance watches one run of the instance: its exit, its health
 // checks, Stop and ctx. It returns how the run ended, the reason of an
 // ended run, the exit status, and since when the instance was healthy.
@@ -435,8 +443,10 @@ func (s *Supervisor) runInstance(ctx context.Context, h driver.Handle, restarts 
 	if adopted {
 		age = max(now.Sub(h.StartedAt()), 0)
 	}
+	graceEnd := make([]time.Time, len(s.checks))
 	for i, c := range s.checks {
-		states[i].next = now.Add(max(c.grace-age, 0))
+		graceEnd[i] = now.Add(max(c.grace-age, 0))
+		states[i].next = now
 	}
 	if len(s.checks) == 0 {
 		healthySince = now
@@ -496,6 +506,11 @@ func (s *Supervisor) runInstance(ctx context.Context, h driver.Handle, restarts 
 				st.next = now.Add(s.checks[i].interval)
 				if err == nil {
 					st.fails, st.passed = 0, true
+					continue
+				}
+				if now.Before(graceEnd[i]) {
+					// Not counted: the instance may still be starting.
+					st.next = now.Add(min(s.checks[i].interval, StartupPoll))
 					continue
 				}
 				st.fails++

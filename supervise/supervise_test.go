@@ -225,14 +225,22 @@ func TestHTTPHealthFailureRestartsWithReason(t *testing.T) {
 	errc := run(context.Background(), s)
 	rec.expect(t, StateStarting, HealthUnknown, 0)
 	first := rec.expect(t, StateRunning, HealthUnknown, 0)
-	clk.waitTimer(t, 5*time.Second)
-	if n := hits.Load(); n != 0 {
-		t.Fatalf("%d checks during the grace period", n)
+	// During the 5s grace period the check is retried every StartupPoll and
+	// its failures do not count.
+	for elapsed := time.Duration(0); elapsed < 5*time.Second; elapsed += StartupPoll {
+		clk.waitTimer(t, StartupPoll)
+		clk.Advance(StartupPoll)
 	}
-	clk.Advance(5 * time.Second)
+	rec.quiet(t)
+	if n := hits.Load(); n < int32(5*time.Second/StartupPoll) {
+		t.Fatalf("%d checks during the grace period, want one every %s", n, StartupPoll)
+	}
+	graceHits := hits.Load()
+	// After it, failures count: the first was at the end of the grace
+	// period; two more at the interval make the threshold.
 	for i := 1; i < DefaultFailureThreshold; i++ {
 		clk.waitTimer(t, time.Second) // the next check, after a failure
-		if n := hits.Load(); n != int32(i) {
+		if n := hits.Load() - graceHits; n != int32(i) {
 			t.Fatalf("%d checks after %d rounds", n, i)
 		}
 		clk.Advance(time.Second)
@@ -259,8 +267,8 @@ func TestHTTPHealthFailureRestartsWithReason(t *testing.T) {
 	if second.Pid == first.Pid {
 		t.Fatal("same pid after restart")
 	}
-	clk.waitTimer(t, 5*time.Second)
-	clk.Advance(5 * time.Second)
+	// Checks run from the start: a passing instance is healthy at once,
+	// within its grace period.
 	rec.expect(t, StateRunning, HealthHealthy, 1)
 
 	if err := s.Stop(context.Background()); err != nil {
@@ -306,14 +314,8 @@ func TestTCPCheckGracePeriodHealthyThenUnhealthy(t *testing.T) {
 	errc := run(context.Background(), s)
 	rec.expect(t, StateStarting, HealthUnknown, 0)
 	rec.expect(t, StateRunning, HealthUnknown, 0)
-	clk.waitTimer(t, 10*time.Second)
-	clk.Advance(9 * time.Second)
-	clk.waitTimer(t, 10*time.Second) // still waiting for the grace period
-	rec.quiet(t)
-	if n := accepted.Load(); n != 0 {
-		t.Fatalf("%d connections during the grace period", n)
-	}
-	clk.Advance(time.Second)
+	// Checks run from the start: the listener answers, so the instance is
+	// healthy at once, within its grace period.
 	rec.expect(t, StateRunning, HealthHealthy, 0)
 	// The check connected (the kernel completes the handshake before our
 	// Accept runs, so wait for it).
@@ -323,6 +325,19 @@ func TestTCPCheckGracePeriodHealthyThenUnhealthy(t *testing.T) {
 		}
 	}
 
+	// Through the 10s grace period the check keeps passing every interval.
+	for range 5 {
+		clk.waitTimer(t, 2*time.Second)
+		clk.Advance(2 * time.Second)
+	}
+	// Six checks have connected (at 0, 2, 4, 6, 8 and 10s) before the
+	// listener goes away.
+	for deadline := time.Now().Add(10 * time.Second); accepted.Load() < 6; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d checks connected through the grace period, want 6", accepted.Load())
+		}
+	}
+	rec.quiet(t)
 	ln.Close()
 	for range DefaultFailureThreshold {
 		clk.waitTimer(t, 2*time.Second)

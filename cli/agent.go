@@ -1,0 +1,110 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meridian-run/meridian/agent"
+	"github.com/meridian-run/meridian/pki"
+)
+
+func newAgentCmd(g *globals) *cobra.Command {
+	var (
+		cfg                                           agent.Config
+		caFile, logLevel, logFormat, joinTokenFileArg string
+	)
+	cmd := &cobra.Command{
+		Use:   "agent --region ID --region-url URL --join-token TOKEN --ca-file ROOT.pem --datacenter DC --name NAME",
+		Short: "Run the machine agent: join a region, run the instances it assigns, report them",
+		Args:  args(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(logLevel, logFormat, os.Stderr)
+			if err != nil {
+				return err
+			}
+			for flag, v := range map[string]string{"--region": cfg.Region, "--datacenter": cfg.Datacenter, "--name": cfg.Name, "--ca-file": caFile} {
+				if v == "" {
+					return usagef("%s is required", flag)
+				}
+			}
+			if len(cfg.RegionURLs) == 0 {
+				return usagef("--region-url is required (repeat it for each region server)")
+			}
+			if cfg.JoinToken == "" {
+				cfg.JoinToken = os.Getenv("MERIDIAN_JOIN_TOKEN")
+			}
+			if cfg.JoinToken == "" && joinTokenFileArg != "" {
+				b, err := os.ReadFile(joinTokenFileArg)
+				if err != nil {
+					return fmt.Errorf("--join-token-file: %w", err)
+				}
+				cfg.JoinToken = string(trimNL(b))
+			}
+			if cfg.Roots, err = pki.LoadRoots(caFile); err != nil {
+				return fmt.Errorf("--ca-file: %w", err)
+			}
+			cfg.Logger = log
+			if cfg.ShimPath == "" {
+				cfg.ShimPath = defaultShim()
+			}
+			a, err := agent.Start(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "meridian agent %s (%s/%s) running\n", cfg.Name, cfg.Region, cfg.Datacenter)
+			select {
+			case <-cmd.Context().Done():
+				log.Info("shutting down; instances keep running and are re-adopted on restart")
+				return a.Close()
+			case err := <-a.Err():
+				a.Close()
+				return err
+			}
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Region, "region", "", "the machine's region id")
+	f.StringArrayVar(&cfg.RegionURLs, "region-url", nil, "a region server's API URL (repeatable)")
+	f.StringVar(&cfg.JoinToken, "join-token", "", "join token (first start only; default $MERIDIAN_JOIN_TOKEN)")
+	f.StringVar(&joinTokenFileArg, "join-token-file", "", "read the join token from a file")
+	f.StringVar(&caFile, "ca-file", "", "the installation's root certificate (PEM)")
+	f.StringVar(&cfg.TrustDomain, "trust-domain", "meridian.local", "the installation's trust domain")
+	f.StringVar(&cfg.Datacenter, "datacenter", "", "the machine's data center, e.g. fra1")
+	f.StringVar(&cfg.Name, "name", "", "the machine's id in the region")
+	f.IntVar(&cfg.MilliCPU, "millicpu", 0, "CPU offered to instances in millicores (default: 1000 per core)")
+	f.IntVar(&cfg.MemoryMB, "memory-mb", 0, "memory offered to instances in MB (default: the machine's total)")
+	f.StringVar(&cfg.Address, "address", "127.0.0.1", "IP address instances listen on and are reached at")
+	f.StringVar(&cfg.DataDir, "data-dir", ".meridian/agent", "data directory (identity, instance state, logs)")
+	f.IntVar(&cfg.PortMin, "port-min", agent.DefaultPortMin, "lowest host port assigned to instances")
+	f.IntVar(&cfg.PortMax, "port-max", agent.DefaultPortMax, "highest host port assigned to instances")
+	f.StringVar(&cfg.ShimPath, "shim", "", "instance shim binary (default: meridian-shim next to this binary, else this binary)")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	return cmd
+}
+
+// defaultShim is the small meridian-shim binary next to this executable
+// when it exists: every instance runs one shim, and the small binary keeps
+// that to a few MB (re-executing meridian itself costs its whole package
+// initialisation per instance). Empty means re-executing meridian.
+func defaultShim() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	p := filepath.Join(filepath.Dir(exe), "meridian-shim")
+	if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+		return p
+	}
+	return ""
+}
+
+func trimNL(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return b
+}

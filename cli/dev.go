@@ -1,0 +1,71 @@
+package cli
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meridian-run/meridian/dev"
+)
+
+func newDevCmd(g *globals) *cobra.Command {
+	var stateDir, topology, apiListen string
+	cmd := &cobra.Command{
+		Use:   "dev [--state-dir DIR] [--topology FILE]",
+		Short: "Run a whole installation on this machine: global, regions and agents as separate processes",
+		Long: `Start the global control plane, every region of the topology (default:
+examples/dev-topology.yaml, built in) and their agents as separate processes,
+with PKI and tokens generated in the state directory. DIR/dev.json lists
+every component's address and PID once all are up; the CLI finds the
+installation from it. Ctrl-C stops everything.`,
+		Args: args(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			topo := dev.DefaultTopology()
+			if topology != "" {
+				var err error
+				if topo, err = dev.LoadTopology(topology); err != nil {
+					return fmt.Errorf("--topology: %w", err)
+				}
+			}
+			start := time.Now()
+			env, err := dev.Start(cmd.Context(), dev.Config{StateDir: stateDir, Topology: topo, APIListen: apiListen,
+				Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+			if err != nil {
+				return err
+			}
+			defer env.Close()
+			info := env.Info()
+			regions, agents := 0, 0
+			for _, c := range info.Components {
+				switch c.Role {
+				case "region":
+					regions++
+				case "agent":
+					agents++
+				}
+			}
+			fmt.Fprintf(g.stdout, `meridian dev is up in %.1fs: global, %d regions, %d machines (logs in %s/logs)
+
+  API:    %s
+  token:  %s   (organization %q; the CLI reads it from %s/dev.json)
+
+Try:
+  meridian deploy -f examples/hello/meridian.yaml --wait
+  meridian instances ls
+  meridian regions ls
+
+Ctrl-C stops everything.
+`, time.Since(start).Seconds(), regions, agents, info.StateDir, info.API, info.Token, info.Organization, info.StateDir)
+			<-cmd.Context().Done()
+			fmt.Fprintln(g.stdout, "stopping...")
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&stateDir, "state-dir", devStateDir(), "directory for PKI, tokens, data, logs and dev.json")
+	cmd.Flags().StringVar(&topology, "topology", "", "topology file (default: examples/dev-topology.yaml, built in)")
+	cmd.Flags().StringVar(&apiListen, "api-listen", "127.0.0.1:7700", "global API address (a free port is taken when this one is busy)")
+	return cmd
+}
