@@ -47,7 +47,15 @@ func (c memCgroups) create(id string, limitBytes uint64) (string, error) {
 		return "", fmt.Errorf("create cgroup %s: %w", p, err)
 	}
 	v := []byte(strconv.FormatUint(limitBytes, 10))
-	if err := os.WriteFile(filepath.Join(p, "memory.limit_in_bytes"), v, 0); err != nil {
+	err := os.WriteFile(filepath.Join(p, "memory.limit_in_bytes"), v, 0)
+	if errors.Is(err, syscall.EINVAL) {
+		// A cgroup left by an earlier run of this instance may bound
+		// memory+swap below the new limit, and the kernel keeps the memory
+		// limit at most the memory+swap one: raise that first.
+		_ = os.WriteFile(filepath.Join(p, "memory.memsw.limit_in_bytes"), v, 0)
+		err = os.WriteFile(filepath.Join(p, "memory.limit_in_bytes"), v, 0)
+	}
+	if err != nil {
 		_ = removeCgroup(p)
 		return "", fmt.Errorf("set memory.limit_in_bytes of %s: %w", p, err)
 	}
