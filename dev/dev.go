@@ -226,10 +226,15 @@ func (e *Env) start(ctx context.Context) error {
 		return fmt.Errorf("dev: admin token: %w", err)
 	}
 	apiAddr := e.cfg.APIListen
-	if ln, err := net.Listen("tcp", apiAddr); err == nil {
+	if ln, err := net.Listen("tcp", apiAddr); err == nil && !strings.HasSuffix(apiAddr, ":0") {
 		ln.Close()
-	} else if apiAddr, err = freeAddr(); err != nil {
-		return err
+	} else {
+		if ln != nil {
+			ln.Close()
+		}
+		if apiAddr, err = freeAddr(); err != nil {
+			return err
+		}
 	}
 	e.info = Info{API: "http://" + apiAddr, AdminToken: admin, Domain: t.Domain, Organization: t.Organization,
 		StateDir: e.cfg.StateDir, PKIDir: pkiDir}
