@@ -78,7 +78,7 @@ func TestRollouts(t *testing.T) {
 	var v1, v2 api.Deployment
 	t.Run("DeployToThreeRegions", func(t *testing.T) {
 		doc := helloDoc{name: "hello", regions: all, version: "v1", base: 2, counts: map[string]int{"was": 3},
-			strategy: "{canary_regions: [fra], max_parallel_regions: 1, health_deadline: 20s}"}
+			strategy: "{canary_regions: [fra], max_parallel_regions: 1, health_deadline: 30s}"}
 		var err error
 		v1, err = acme.Deploy(ctx, "shop", doc.yaml(), "application/yaml", "")
 		if err != nil {
@@ -142,7 +142,7 @@ func TestRollouts(t *testing.T) {
 
 	t.Run("FailLocal", func(t *testing.T) {
 		doc := helloDoc{name: "hello", regions: all, version: "v2", base: 2, sick: []string{"sin"},
-			strategy: "{on_failure: fail_local, health_deadline: 20s}"}
+			strategy: "{on_failure: fail_local, health_deadline: 30s}"}
 		var err error
 		v2, err = acme.Deploy(ctx, "shop", doc.yaml(), "application/yaml", "")
 		if err != nil {
@@ -167,7 +167,7 @@ func TestRollouts(t *testing.T) {
 
 	t.Run("RollbackAll", func(t *testing.T) {
 		doc := helloDoc{name: "hello", regions: all, version: "v3", base: 2, sick: []string{"was"},
-			strategy: "{on_failure: rollback_all, health_deadline: 20s}"}
+			strategy: "{on_failure: rollback_all, health_deadline: 30s}"}
 		v3, err := acme.Deploy(ctx, "shop", doc.yaml(), "application/yaml", "")
 		if err != nil {
 			t.Fatal(err)
@@ -188,7 +188,7 @@ func TestRollouts(t *testing.T) {
 
 	t.Run("CanaryFailureStopsTheRollout", func(t *testing.T) {
 		doc := helloDoc{name: "hello", regions: all, version: "v4", base: 2, sick: []string{"fra"},
-			strategy: "{canary_regions: [fra], max_parallel_regions: 1, health_deadline: 20s}"}
+			strategy: "{canary_regions: [fra], max_parallel_regions: 1, health_deadline: 30s}"}
 		v4, err := acme.Deploy(ctx, "shop", doc.yaml(), "application/yaml", "")
 		if err != nil {
 			t.Fatal(err)
@@ -261,7 +261,7 @@ func TestRollouts(t *testing.T) {
 			d, err := acme.GetDeployment(ctx, v6.ID)
 			return err == nil && perRegion(d)["fra"] == api.StatusProgressing, describe(d)
 		})
-		good := helloDoc{name: "hello", regions: all, version: "v7", base: 2, strategy: "{health_deadline: 20s}"}
+		good := helloDoc{name: "hello", regions: all, version: "v7", base: 2, strategy: "{health_deadline: 30s}"}
 		v7, err := acme.Deploy(ctx, "shop", good.yaml(), "application/yaml", "")
 		if err != nil {
 			t.Fatal(err)
@@ -288,7 +288,7 @@ func TestRollouts(t *testing.T) {
 	})
 
 	t.Run("DeleteCatchesUpWithARegionThatWasDown", func(t *testing.T) {
-		doc := helloDoc{name: "tmp", regions: []string{"fra", "sin"}, version: "t1", strategy: "{health_deadline: 20s}"}
+		doc := helloDoc{name: "tmp", regions: []string{"fra", "sin"}, version: "t1", strategy: "{health_deadline: 30s}"}
 		d, err := acme.Deploy(ctx, "shop", doc.yaml(), "application/yaml", "")
 		if err != nil {
 			t.Fatal(err)
@@ -353,7 +353,7 @@ func TestRollouts(t *testing.T) {
 	})
 
 	t.Run("RedeployWithoutARegionStopsItThere", func(t *testing.T) {
-		doc := helloDoc{name: "hello", regions: []string{"fra", "was"}, version: "v8", base: 2, strategy: "{health_deadline: 20s}"}
+		doc := helloDoc{name: "hello", regions: []string{"fra", "was"}, version: "v8", base: 2, strategy: "{health_deadline: 30s}"}
 		v8, err := acme.Deploy(ctx, "shop", doc.yaml(), "application/yaml", "")
 		if err != nil {
 			t.Fatal(err)

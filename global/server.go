@@ -102,7 +102,7 @@ func DefaultSmokeDefinition() api.Definition {
 		Command:      []string{"meridian", "smoke"},
 		Ports:        []api.Port{{Port: 8080, Protocol: "http"}},
 		Scalings:     []api.Scaling{{Min: 1, Max: 1}},
-		HealthChecks: []api.HealthCheck{{Port: 8080, TCP: &api.TCPCheck{}, GracePeriod: "10s", Interval: "1s", Timeout: "500ms", RestartLimit: &limit}},
+		HealthChecks: []api.HealthCheck{{Port: 8080, TCP: &api.TCPCheck{}, GracePeriod: "2s", Interval: "1s", Timeout: "500ms", RestartLimit: &limit}},
 	}
 }
 

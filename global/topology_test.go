@@ -104,6 +104,13 @@ var portBlock atomic.Int32
 
 func newTopology(t testing.TB, names ...string) *topology {
 	t.Helper()
+	return newTopologyWith(t, nil, names...)
+}
+
+// newTopologyWith is newTopology with a hook on every instance change the
+// agents announce.
+func newTopologyWith(t testing.TB, onInstance func(region string, in agent.Instance), names ...string) *topology {
+	t.Helper()
 	tp := &topology{in: pkitest.New(t, names...), regions: map[string]*region.Server{}, links: map[string]*linkproxy.Proxy{},
 		direct: map[string]*regionapi.Client{}, agents: map[string]*agent.Agent{}}
 	var mu sync.Mutex
@@ -148,14 +155,14 @@ func newTopology(t testing.TB, names ...string) *topology {
 	for _, name := range names {
 		srv := tp.regions[name]
 		eventually(t, 30*time.Second, "region "+name+" leads", func() (bool, string) { return srv.IsLeader(), "not leading" })
-		tp.startAgent(t, name)
+		tp.startAgent(t, name, onInstance)
 	}
 	return tp
 }
 
 // startAgent joins one machine to a region and waits until it is ready;
 // its instances are killed when the test ends.
-func (tp *topology) startAgent(t testing.TB, name string) {
+func (tp *topology) startAgent(t testing.TB, name string, onInstance func(string, agent.Instance)) {
 	t.Helper()
 	srv := tp.regions[name]
 	tok, err := srv.CreateJoinToken(context.Background(), time.Hour, 1)
@@ -170,6 +177,11 @@ func (tp *topology) startAgent(t testing.TB, name string) {
 		Logger: testLogger().With("test_machine", name+"1-a"), RequestTimeout: 5 * time.Second,
 		StopTimeout: 2 * time.Second, RestartBackoffMin: 100 * time.Millisecond, RestartBackoffMax: 300 * time.Millisecond,
 		ReportDebounce: 50 * time.Millisecond,
+		OnInstance: func(in agent.Instance) {
+			if onInstance != nil {
+				onInstance(name, in)
+			}
+		},
 	})
 	if err != nil {
 		t.Fatalf("start agent of %s: %v", name, err)
@@ -259,7 +271,7 @@ func rolloutConfig(t testing.TB, st store.Store, tp *topology, owner string, rec
 	smoke := api.Definition{Command: []string{helloPath}, Ports: []api.Port{{Port: 8080}},
 		Env:          []api.EnvVar{{Key: "VERSION", Value: "smoke"}},
 		Scalings:     []api.Scaling{{Min: 1, Max: 1}},
-		HealthChecks: []api.HealthCheck{{Port: 8080, TCP: &api.TCPCheck{}, GracePeriod: "0s", Interval: "300ms", Timeout: "200ms"}}}
+		HealthChecks: []api.HealthCheck{{Port: 8080, TCP: &api.TCPCheck{}, GracePeriod: "100ms", Interval: "300ms", Timeout: "200ms"}}}
 	return Config{
 		Listen: "127.0.0.1:0", Store: st, AdminToken: testAdminToken, SecretKey: key,
 		Logger:     testLogger().With("test_global", owner),
@@ -301,7 +313,7 @@ type helloDoc struct {
 	counts   map[string]int // per-region override; default 1
 	base     int
 	sick     []string // regions where HEALTHY=false
-	limit    int      // restart limit
+	limit    int      // restart limit (0: an unhealthy instance fails at once)
 	strategy string   // YAML flow mapping
 }
 
@@ -323,11 +335,8 @@ func (h helloDoc) yaml() []byte {
 		fmt.Fprintf(&b, "  - {min: %d, max: %d, scopes: [\"region:%s\"]}\n", h.counts[r], h.counts[r], r)
 	}
 	limit := h.limit
-	if limit == 0 {
-		limit = 1
-	}
 	fmt.Fprintf(&b, "instance_types: [{type: nano}]\n")
-	fmt.Fprintf(&b, "health_checks: [{port: 8080, http: {path: /healthz}, grace_period: 0s, interval: 400ms, timeout: 300ms, restart_limit: %d}]\n", limit)
+	fmt.Fprintf(&b, "health_checks: [{port: 8080, http: {path: /healthz}, grace_period: 100ms, interval: 400ms, timeout: 300ms, restart_limit: %d}]\n", limit)
 	if h.strategy != "" {
 		fmt.Fprintf(&b, "strategy: %s\n", h.strategy)
 	}
