@@ -239,6 +239,20 @@ func (e *engine) scan() {
 		if active, err = tx.ListActiveDeployments(ctx, ""); err != nil {
 			return err
 		}
+		// Skip the deployments another live replica drives: trying their
+		// leases would only cost write transactions.
+		now := e.s.cfg.Now()
+		free := active[:0]
+		for _, a := range active {
+			owner, err := tx.LeaseOwner(ctx, "deployment:"+a.ID, now)
+			if err != nil {
+				return err
+			}
+			if owner == "" || owner == e.s.cfg.Owner {
+				free = append(free, a)
+			}
+		}
+		active = free
 		regions, err = allRegions(ctx, tx)
 		return err
 	})

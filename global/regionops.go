@@ -55,16 +55,23 @@ func (e *engine) opWorker(region string, kicked chan struct{}) {
 	tries := map[string]int{}
 	lastErr := map[string]string{}
 	for {
-		if e.acquire(e.ctx, lease) {
-			var ops []store.RegionOp
-			err := e.s.cfg.Store.View(e.ctx, func(tx store.Tx) error {
-				var err error
-				ops, err = tx.ListRegionOps(e.ctx, store.OpFilter{State: store.OpPending, Region: region})
-				return err
-			})
-			if err != nil && e.ctx.Err() == nil {
-				e.log.Warn("listing region operations", "region", region, "err", err)
-			}
+		// Read first: the lease (a write) is only taken while there is
+		// something to send.
+		var ops []store.RegionOp
+		err := e.s.cfg.Store.View(e.ctx, func(tx store.Tx) error {
+			var err error
+			ops, err = tx.ListRegionOps(e.ctx, store.OpFilter{State: store.OpPending, Region: region})
+			return err
+		})
+		if err != nil && e.ctx.Err() == nil {
+			e.log.Warn("listing region operations", "region", region, "err", err)
+		}
+		if len(ops) == 0 {
+			clear(next)
+			clear(tries)
+			clear(lastErr)
+		}
+		if len(ops) > 0 && e.acquire(e.ctx, lease) {
 			pending := map[string]bool{}
 			for _, op := range ops {
 				pending[op.ID] = true
