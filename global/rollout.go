@@ -392,7 +392,7 @@ func (r *rollout) progressing(i int, ob observation) error {
 		seen = map[string]bool{}
 		r.d.failed[rd.Region] = seen
 	}
-	for _, in := range ss.Instances {
+	for _, in := range append(ss.Instances, ss.Failures...) {
 		if in.DeploymentID == r.dep.ID && in.State == regionapi.StateFailed {
 			seen[in.ID] = true
 		}
@@ -425,7 +425,12 @@ func (r *rollout) progressing(i int, ob observation) error {
 // and why, from the region's status.
 func instanceReasons(ss regionapi.ServiceStatus, depID string) string {
 	var parts []string
-	for _, in := range ss.Instances {
+	seen := map[string]bool{}
+	for _, in := range append(ss.Instances, ss.Failures...) {
+		if seen[in.ID] {
+			continue
+		}
+		seen[in.ID] = true
 		if in.DeploymentID != depID || (in.Healthy && in.State == regionapi.StateRunning) {
 			continue
 		}

@@ -17,6 +17,7 @@ import (
 //	machines/<id>              machineRecord: a machine that joined
 //	alive/<id>                 bound to the machine's lease: present while it heartbeats
 //	tokens/<id>                tokenRecord: a join token (hash, expiry, uses, revoked)
+//	failed/<service>/<id>      regionapi.InstanceStatus of an instance replaced past its restart limit, kept until the next apply
 //	pending                    the leader's last unplaced demand, with reasons
 //	leader/                    the scheduler's election
 type keys struct{ root string }
@@ -36,6 +37,9 @@ func (k keys) machine(id string) string        { return k.root + "machines/" + i
 func (k keys) alivePrefix() string             { return k.root + "alive/" }
 func (k keys) alive(id string) string          { return k.root + "alive/" + id }
 func (k keys) token(id string) string          { return k.root + "tokens/" + id }
+func (k keys) failedPrefix() string            { return k.root + "failed/" }
+func (k keys) failedSvc(svc string) string     { return k.root + "failed/" + svc + "/" }
+func (k keys) failed(svc, id string) string    { return k.root + "failed/" + svc + "/" + id }
 func (k keys) pending() string                 { return k.root + "pending" }
 func (k keys) leader() string                  { return k.root + "leader" }
 func (k keys) last(full, prefix string) string { return strings.TrimPrefix(full, prefix) }

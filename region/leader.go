@@ -286,6 +286,10 @@ func (s *Server) scheduleOnce(ctx context.Context, e *concurrency.Election, last
 			continue
 		}
 		ops = append(ops, clientv3.OpDelete(s.keys.assign(a.Machine, a.ID)), clientv3.OpDelete(s.keys.status(a.ID)))
+		if stop.Reason == sched.ReasonFailed {
+			v := &view{state: st}
+			ops = append(ops, clientv3.OpPut(s.keys.failed(a.Service, a.ID), mustJSON(v.instance(a))))
+		}
 	}
 	unchanged := []clientv3.Cmp{
 		leader,

@@ -346,3 +346,57 @@ func TestThreeServerRegionSurvivesLeaderLoss(t *testing.T) {
 	})
 	_ = context.Background
 }
+
+// TestFailedInstancesAreRemembered: an instance reported failed past its
+// restart limit is replaced, and the service's status keeps it under
+// Failures (with its reason) until the next apply.
+func TestFailedInstancesAreRemembered(t *testing.T) {
+	in := pkitest.New(t, "fra")
+	s := single(t, in, "fra", nil)
+	ctx := ctxT(t)
+	gc := regionapi.NewClient(s.URL(), in.GlobalClient(t))
+	a := joinMachine(t, in, s, "fra1-a", "fra1", 4000, 4096)
+	b := joinMachine(t, in, s, "fra1-b", "fra1", 4000, 4096)
+	stop := make(chan struct{})
+	defer close(stop)
+	a.keepAlive(t, stop)
+	b.keepAlive(t, stop)
+	if _, err := gc.Apply(ctx, testApply("fra", 1, "dep-1", 1)); err != nil {
+		t.Fatal(err)
+	}
+	var m *fakeMachine
+	eventually(t, 10*time.Second, "placed", func() (bool, string) {
+		switch {
+		case len(a.assignments(t)) == 1:
+			m = a
+		case len(b.assignments(t)) == 1:
+			m = b
+		}
+		return m != nil, ""
+	})
+	id := m.assignments(t)[0].ID
+	if err := m.client.Report(ctx, regionapi.StatusReport{Instances: []regionapi.InstanceReport{{ID: id,
+		State: regionapi.StateFailed, Restarts: 3, Message: "health check http :8080/healthz: status 500"}}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "failure remembered after the replacement", func() (bool, string) {
+		st, err := gc.Status(ctx, "acme.web.api")
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, i := range st.Instances {
+			if i.ID == id {
+				return false, "failed instance still listed"
+			}
+		}
+		return len(st.Failures) == 1 && st.Failures[0].ID == id && st.Failures[0].State == regionapi.StateFailed &&
+			strings.Contains(st.Failures[0].Message, "status 500") && len(st.Instances) == 1, st.Message
+	})
+	if _, err := gc.Apply(ctx, testApply("fra", 2, "dep-2", 1)); err != nil {
+		t.Fatal(err)
+	}
+	st, err := gc.Status(ctx, "acme.web.api")
+	if err != nil || len(st.Failures) != 0 {
+		t.Fatalf("failures after a new apply: %+v, %v", st.Failures, err)
+	}
+}

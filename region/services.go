@@ -115,7 +115,8 @@ func (s *Server) applyService(w http.ResponseWriter, r *http.Request) error {
 			Version: a.Version, Definition: d, Secrets: a.Secrets}
 		txn, err := s.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(s.keys.svc(key)), "=", modRev)).
-			Then(clientv3.OpPut(s.keys.svc(key), mustJSON(rec)), clientv3.OpPut(s.keys.spec(a.DeploymentID), mustJSON(spec))).
+			Then(clientv3.OpPut(s.keys.svc(key), mustJSON(rec)), clientv3.OpPut(s.keys.spec(a.DeploymentID), mustJSON(spec)),
+				clientv3.OpDelete(s.keys.failedSvc(key), clientv3.WithPrefix())).
 			Commit()
 		if err != nil {
 			return fmt.Errorf("write service: %w", err)
@@ -160,7 +161,7 @@ func (s *Server) deleteService(w http.ResponseWriter, r *http.Request) error {
 		rec.Generation, rec.Deleted, rec.UpdatedAt = gen, true, s.cfg.Now().UTC()
 		txn, err := s.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(s.keys.svc(key)), "=", modRev)).
-			Then(clientv3.OpPut(s.keys.svc(key), mustJSON(rec))).Commit()
+			Then(clientv3.OpPut(s.keys.svc(key), mustJSON(rec)), clientv3.OpDelete(s.keys.failedSvc(key), clientv3.WithPrefix())).Commit()
 		if err != nil {
 			return fmt.Errorf("write service: %w", err)
 		}
@@ -175,7 +176,8 @@ func (s *Server) deleteService(w http.ResponseWriter, r *http.Request) error {
 // view is a read of services, instances and machines for the API.
 type view struct {
 	*state
-	pending map[string][]regionapi.Pending
+	pending  map[string][]regionapi.Pending
+	failures map[string][]regionapi.InstanceStatus
 }
 
 func (s *Server) readView(ctx context.Context) (*view, error) {
@@ -183,7 +185,18 @@ func (s *Server) readView(ctx context.Context) (*view, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &view{state: st, pending: map[string][]regionapi.Pending{}}
+	v := &view{state: st, pending: map[string][]regionapi.Pending{}, failures: map[string][]regionapi.InstanceStatus{}}
+	fresp, err := s.cli.Get(ctx, s.keys.failedPrefix(), clientv3.WithPrefix(), clientv3.WithRev(st.rev))
+	if err != nil {
+		return nil, fmt.Errorf("read failures: %w", err)
+	}
+	for _, kv := range fresp.Kvs {
+		var is regionapi.InstanceStatus
+		if err := json.Unmarshal(kv.Value, &is); err != nil {
+			return nil, fmt.Errorf("failure record %s: %w", kv.Key, err)
+		}
+		v.failures[is.Service] = append(v.failures[is.Service], is)
+	}
 	resp, err := s.cli.Get(ctx, s.keys.pending(), clientv3.WithRev(st.rev))
 	if err != nil {
 		return nil, fmt.Errorf("read pending: %w", err)
@@ -234,6 +247,11 @@ func (v *view) serviceStatus(key string) (regionapi.ServiceStatus, bool) {
 	}
 	ss := regionapi.ServiceStatus{Service: key, Generation: rec.Generation, DeploymentID: rec.DeploymentID,
 		Version: rec.Version, Wanted: rec.Count, Instances: []regionapi.InstanceStatus{}, Pending: v.pending[key]}
+	for _, f := range v.failures[key] {
+		if f.DeploymentID == rec.DeploymentID {
+			ss.Failures = append(ss.Failures, f)
+		}
+	}
 	old := 0
 	for _, a := range v.assigns {
 		if a.Service != key {

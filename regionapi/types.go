@@ -99,6 +99,11 @@ type ServiceStatus struct {
 	Message      string           `json:"message,omitempty"`
 	Instances    []InstanceStatus `json:"instances"`
 	Pending      []Pending        `json:"pending,omitempty"`
+	// Failures lists the instances of the wanted deployment that failed
+	// past their restart limit and were replaced, since it was applied
+	// (the region keeps them, so a rollout sees every failure even when
+	// the replacement is quick).
+	Failures []InstanceStatus `json:"failures,omitempty"`
 }
 
 // Machine is a machine of the region with its capacity and usage.
