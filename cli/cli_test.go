@@ -128,6 +128,15 @@ func TestNewcomerFlow(t *testing.T) {
 	}
 	t.Setenv("MERIDIAN_TOKEN", tok.Value)
 
+	// Deploys name only open regions: register and open the example's.
+	for _, r := range []string{"fra", "was", "sin"} {
+		if code, _, errOut := run(t, append([]string{"regions", "add", r, "--url", "https://127.0.0.1:7801", "--lat", "1", "--lon", "2"}, admin...)...); code != 0 {
+			t.Fatalf("regions add %s: %d %s", r, code, errOut)
+		}
+		if code, _, errOut := run(t, append([]string{"regions", "open", r}, admin...)...); code != 0 {
+			t.Fatalf("regions open %s: %d %s", r, code, errOut)
+		}
+	}
 	if code, _, errOut := run(t, "apps", "create", "hello"); code != 0 {
 		t.Fatalf("apps create: %d %s", code, errOut)
 	}
@@ -176,11 +185,14 @@ func TestNewcomerFlow(t *testing.T) {
 	if code, out, _ := run(t, "secrets", "ls"); code != 0 || !strings.Contains(out, "db") || strings.Contains(out, "pw") {
 		t.Fatalf("secrets ls: %d\n%s", code, out)
 	}
-	if code, _, errOut := run(t, append([]string{"regions", "add", "fra", "--url", "https://127.0.0.1:7801", "--lat", "50.1", "--lon", "8.7"}, admin...)...); code != 0 {
+	if code, _, errOut := run(t, append([]string{"regions", "add", "par", "--url", "https://127.0.0.1:7801", "--lat", "48.9", "--lon", "2.4"}, admin...)...); code != 0 {
 		t.Fatalf("regions add: %d %s", code, errOut)
 	}
-	if code, out, _ := run(t, append([]string{"regions", "update", "fra", "--status", "open", "-o", "json"}, admin...)...); code != 0 || !strings.Contains(out, `"open"`) {
+	if code, out, _ := run(t, append([]string{"regions", "update", "par", "--status", "open", "-o", "json"}, admin...)...); code != 0 || !strings.Contains(out, `"open"`) {
 		t.Fatalf("regions update: %d %s", code, out)
+	}
+	if code, _, errOut := run(t, append([]string{"regions", "add", "par", "--url", "ftp://x"}, admin...)...); code != 1 || !strings.Contains(errOut, "url") {
+		t.Fatalf("regions add with a bad url: %d %s", code, errOut)
 	}
 	if code, out, _ := run(t, "regions", "ls"); code != 0 || !strings.Contains(out, "fra") {
 		t.Fatalf("regions ls: %d %s", code, out)
