@@ -2,7 +2,12 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: test check fmt vet staticcheck build bench clean
+.PHONY: run test check fmt vet staticcheck build bench clean
+
+## run: build, start a whole installation (meridian dev: global, 3 regions,
+## 12 machines) and deploy the bundled example; Ctrl-C stops everything.
+run: build
+	./bin/meridian dev --deploy examples/hello/meridian.yaml
 
 ## test: every check, then every test with the race detector.
 test: check

@@ -8,11 +8,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/dev"
 )
 
 func newDevCmd(g *globals) *cobra.Command {
 	var stateDir, topology, apiListen string
+	var deploys []string
 	cmd := &cobra.Command{
 		Use:   "dev [--state-dir DIR] [--topology FILE]",
 		Short: "Run a whole installation on this machine: global, regions and agents as separate processes",
@@ -59,6 +61,21 @@ Try:
 
 Ctrl-C stops everything.
 `, time.Since(start).Seconds(), regions, agents, info.StateDir, info.API, info.Token, info.Organization, info.StateDir)
+			c := api.NewClient(info.API, info.Token)
+			for _, f := range deploys {
+				fmt.Fprintf(g.stdout, "deploying %s\n", f)
+				if err := deployFile(cmd.Context(), g, c, f, "", "", true, 5*time.Minute); err != nil {
+					fmt.Fprintf(g.stderr, "error: %v\n", err)
+				}
+			}
+			if len(deploys) > 0 {
+				if list, err := c.ListApps(cmd.Context(), api.ListOptions{}); err == nil {
+					for _, a := range list.Items {
+						fmt.Fprintf(g.stdout, "app %s: public host %s (served by the edge, in a later release)\n", a.Name, a.Host)
+					}
+				}
+				fmt.Fprintln(g.stdout, "\nmeridian instances ls   # where each instance runs, its state and host port")
+			}
 			<-cmd.Context().Done()
 			fmt.Fprintln(g.stdout, "stopping...")
 			return nil
@@ -66,6 +83,7 @@ Ctrl-C stops everything.
 	}
 	cmd.Flags().StringVar(&stateDir, "state-dir", devStateDir(), "directory for PKI, tokens, data, logs and dev.json")
 	cmd.Flags().StringVar(&topology, "topology", "", "topology file (default: examples/dev-topology.yaml, built in)")
+	cmd.Flags().StringArrayVar(&deploys, "deploy", nil, "once up, deploy this definition file and follow its rollout (repeatable)")
 	cmd.Flags().StringVar(&apiListen, "api-listen", "127.0.0.1:7700", "global API address (a free port is taken when this one is busy)")
 	return cmd
 }

@@ -253,39 +253,7 @@ func newDeployCmd(g *globals) *cobra.Command {
 		Short: "Create or update a service from a deployment definition; the app is created if missing",
 		Args:  args(0),
 		RunE: withClient(g, func(ctx context.Context, c *api.Client, _ []string) error {
-			doc, err := readDefinitionFile(file)
-			if err != nil {
-				return err
-			}
-			def, err := spec.Parse(doc)
-			if err != nil {
-				return definitionErrors{err}
-			}
-			if app == "" {
-				app = os.Getenv("MERIDIAN_APP")
-			}
-			if app == "" {
-				app = def.Name
-			}
-			if _, err := c.GetApp(ctx, app); isStatus(err, http.StatusNotFound) {
-				if _, err := c.CreateApp(ctx, app, ""); err != nil && !isStatus(err, http.StatusConflict) {
-					return fmt.Errorf("creating app %q: %w", app, err)
-				}
-			} else if err != nil {
-				return err
-			}
-			d, err := c.Deploy(ctx, app, doc, contentTypeOf(file, doc), idem)
-			if err != nil {
-				return err
-			}
-			if g.output != "table" && !wait {
-				return printValue(g, d)
-			}
-			fmt.Fprintf(g.stdout, "deployment %s: %s/%s version %d, %s\n", d.ID, d.App, d.Service, d.Version, d.Status)
-			if wait {
-				return waitDeployment(ctx, g, c, d.ID, timeout)
-			}
-			return printList(g, d.Regional, regionalCols)
+			return deployFile(ctx, g, c, file, app, idem, wait, timeout)
 		}),
 	}
 	cmd.Flags().BoolVar(&wait, "wait", false, "follow the rollout region by region; exit 0 only when HEALTHY")
@@ -294,6 +262,44 @@ func newDeployCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&app, "app", "", "app to deploy into (default $MERIDIAN_APP, else the service's name)")
 	cmd.Flags().StringVar(&idem, "idempotency-key", "", "key that makes a retried deploy safe")
 	return cmd
+}
+
+// deployFile sends a definition file to app (created when missing; by
+// default named after the service) and, with wait, follows the rollout.
+func deployFile(ctx context.Context, g *globals, c *api.Client, file, app, idem string, wait bool, timeout time.Duration) error {
+	doc, err := readDefinitionFile(file)
+	if err != nil {
+		return err
+	}
+	def, err := spec.Parse(doc)
+	if err != nil {
+		return definitionErrors{err}
+	}
+	if app == "" {
+		app = os.Getenv("MERIDIAN_APP")
+	}
+	if app == "" {
+		app = def.Name
+	}
+	if _, err := c.GetApp(ctx, app); isStatus(err, http.StatusNotFound) {
+		if _, err := c.CreateApp(ctx, app, ""); err != nil && !isStatus(err, http.StatusConflict) {
+			return fmt.Errorf("creating app %q: %w", app, err)
+		}
+	} else if err != nil {
+		return err
+	}
+	d, err := c.Deploy(ctx, app, doc, contentTypeOf(file, doc), idem)
+	if err != nil {
+		return err
+	}
+	if g.output != "table" && !wait {
+		return printValue(g, d)
+	}
+	fmt.Fprintf(g.stdout, "deployment %s: %s/%s version %d, %s\n", d.ID, d.App, d.Service, d.Version, d.Status)
+	if wait {
+		return waitDeployment(ctx, g, c, d.ID, timeout)
+	}
+	return printList(g, d.Regional, regionalCols)
 }
 
 func isStatus(err error, status int) bool {

@@ -221,7 +221,9 @@ func (e *Env) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("dev: pki: %w", err)
 	}
-	admin, err := readOrCreate(e.path("admin.token"), func() string { return randomToken("mra_") })
+	// The admin token lives in global's state dir, where `meridian global`
+	// reads it (never on a command line, where ps would show it).
+	admin, err := readOrCreate(e.path("global", "admin.token"), func() string { return randomToken("mra_") })
 	if err != nil {
 		return fmt.Errorf("dev: admin token: %w", err)
 	}
@@ -241,7 +243,7 @@ func (e *Env) start(ctx context.Context) error {
 
 	// The global control plane.
 	if err := e.spawn(Component{Role: "global", Address: e.info.API, DataDir: e.path("global"), Args: []string{"global",
-		"--state-dir", e.path("global"), "--listen", apiAddr, "--admin-token", admin, "--domain", t.Domain,
+		"--state-dir", e.path("global"), "--listen", apiAddr, "--domain", t.Domain,
 		"--pki", pkiDir, "--rollout-poll", "250ms"}}); err != nil {
 		return err
 	}
