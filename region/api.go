@@ -113,6 +113,11 @@ func (s *Server) wrap(name string, who int, h handler) http.Handler {
 		}
 		if err := h(w, r.WithContext(ctx)); err != nil {
 			var ae *api.Error
+			if r.Context().Err() != nil {
+				// The caller went away (an agent closing, a canceled call).
+				s.log.Debug("request abandoned by its caller", "route", name, "err", err)
+				return
+			}
 			if !errors.As(err, &ae) {
 				s.log.Error("request failed", "route", name, "err", err)
 				ae = apiErr(http.StatusInternalServerError, api.CodeInternal, "internal error: %v", err)
