@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/meridian-run/meridian/testutil"
 	"testing"
 	"time"
 
@@ -52,7 +53,7 @@ func TestFailover(t *testing.T) {
 					t.Logf("memory limits not enforced here: %v", why)
 				}
 				if on {
-					h, err := p.Recover(ctxT(t, 5*time.Second), in.ID)
+					h, err := p.Recover(testutil.Context(t, 5*time.Second), in.ID)
 					if err != nil {
 						t.Fatal(err)
 					}

@@ -5,12 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/meridian-run/meridian/testutil"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -23,7 +22,6 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/meridian-run/meridian/api"
-	"github.com/meridian-run/meridian/driver"
 	"github.com/meridian-run/meridian/pki"
 	"github.com/meridian-run/meridian/pki/pkitest"
 	"github.com/meridian-run/meridian/region"
@@ -34,63 +32,7 @@ import (
 var helloPath string
 
 func TestMain(m *testing.M) {
-	driver.MaybeRunShim()
-	dir, err := os.MkdirTemp("", "agent-test-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	helloPath = filepath.Join(dir, "hello")
-	if out, err := exec.Command("go", "build", "-o", helloPath, "../examples/hello").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building examples/hello: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-func testLogger() *slog.Logger {
-	level := slog.LevelWarn
-	if os.Getenv("MERIDIAN_TEST_DEBUG") != "" {
-		level = slog.LevelDebug
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func ctxT(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// eventually polls cond every 25ms until it holds or the deadline passes.
-func eventually(t testing.TB, within time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	last := ""
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		last = state
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true within %s; last state: %s", what, within, last)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	os.Exit(testutil.Main(m, map[string]*string{"examples/hello": &helloPath}))
 }
 
 // testRegion is a real one-server region with an embedded etcd member.
@@ -128,31 +70,31 @@ func installation(t *testing.T, regionName string, ttl time.Duration) *pkitest.I
 // newRegionWith starts region name of installation in.
 func newRegionWith(t *testing.T, name string, in *pkitest.Installation) *testRegion {
 	t.Helper()
-	srv, err := region.Start(ctxT(t, 30*time.Second), region.Config{
+	srv, err := region.Start(testutil.Context(t, 30*time.Second), region.Config{
 		Region:  name,
 		DataDir: t.TempDir(),
 		Listen:  "127.0.0.1:0",
 		CA:      in.Regions[name],
-		Etcd: region.EtcdConfig{ClientURL: "https://127.0.0.1:" + strconv.Itoa(freePort(t)),
-			PeerURL: "https://127.0.0.1:" + strconv.Itoa(freePort(t))},
+		Etcd: region.EtcdConfig{ClientURL: "https://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t)),
+			PeerURL: "https://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))},
 		EtcdTuning:       func(c *embed.Config) { c.TickMs, c.ElectionMs = 50, 500 },
 		LeaseTTL:         2 * time.Second,
 		ScheduleInterval: time.Second,
-		Logger:           testLogger().With("test_region", name),
+		Logger:           testutil.Logger().With("test_region", name),
 	})
 	if err != nil {
 		t.Fatalf("start region %s: %v", name, err)
 	}
 	t.Cleanup(func() { srv.Close() })
 	r := &testRegion{name: name, in: in, srv: srv, global: regionapi.NewClient(srv.URL(), in.GlobalClient(t))}
-	eventually(t, 20*time.Second, "region leads", func() (bool, string) { return srv.IsLeader(), "not leading" })
+	testutil.Eventually(t, 20*time.Second, "region leads", func() (bool, string) { return srv.IsLeader(), "not leading" })
 	return r
 }
 
 // token creates a join token.
 func (r *testRegion) token(t *testing.T, ttl time.Duration, uses int) regionapi.JoinToken {
 	t.Helper()
-	tok, err := r.srv.CreateJoinToken(ctxT(t, 10*time.Second), ttl, uses)
+	tok, err := r.srv.CreateJoinToken(testutil.Context(t, 10*time.Second), ttl, uses)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +119,7 @@ func (r *testRegion) agentConfig(t *testing.T, name, dc string) Config {
 		DataDir:           filepath.Join(t.TempDir(), name),
 		PortMin:           lo,
 		PortMax:           lo + 39,
-		Logger:            testLogger().With("test_machine", name),
+		Logger:            testutil.Logger().With("test_machine", name),
 		RequestTimeout:    5 * time.Second,
 		StopTimeout:       2 * time.Second,
 		RestartBackoffMin: 100 * time.Millisecond,
@@ -208,7 +150,7 @@ func (r *testRegion) startAgent(t *testing.T, name, dc string, tweak func(*Confi
 // instances are killed when the test ends.
 func startWith(t *testing.T, cfg Config) *testAgent {
 	t.Helper()
-	a, err := Start(ctxT(t, 20*time.Second), cfg)
+	a, err := Start(testutil.Context(t, 20*time.Second), cfg)
 	if err != nil {
 		t.Fatalf("start agent %s: %v", cfg.Name, err)
 	}
@@ -255,7 +197,7 @@ func helloDef(regionName string, count int, env ...api.ResolvedEnv) api.Regional
 // apply applies a service of org acme, app shop.
 func (r *testRegion) apply(t *testing.T, service string, gen int64, dep string, def api.RegionalDefinition, secrets map[string]string) string {
 	t.Helper()
-	_, err := r.global.Apply(ctxT(t, 10*time.Second), regionapi.Apply{Generation: gen, Org: "acme", App: "shop", Service: service,
+	_, err := r.global.Apply(testutil.Context(t, 10*time.Second), regionapi.Apply{Generation: gen, Org: "acme", App: "shop", Service: service,
 		DeploymentID: dep, Version: int(gen), Definition: def, Secrets: secrets})
 	if err != nil {
 		t.Fatalf("apply %s: %v", service, err)
@@ -267,9 +209,9 @@ func (r *testRegion) apply(t *testing.T, service string, gen int64, dep string, 
 func (r *testRegion) waitService(t *testing.T, key string, within time.Duration, what string, cond func(regionapi.ServiceStatus) bool) regionapi.ServiceStatus {
 	t.Helper()
 	var ss regionapi.ServiceStatus
-	eventually(t, within, what, func() (bool, string) {
+	testutil.Eventually(t, within, what, func() (bool, string) {
 		var err error
-		ss, err = r.global.Status(ctxT(t, 5*time.Second), key)
+		ss, err = r.global.Status(testutil.Context(t, 5*time.Second), key)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -317,7 +259,7 @@ func get(t *testing.T, is regionapi.InstanceStatus) helloAnswer {
 	if port == 0 {
 		t.Fatalf("instance %s reports no host port for 8080: %v", is.ID, is.Ports)
 	}
-	ctx := ctxT(t, 5*time.Second)
+	ctx := testutil.Context(t, 5*time.Second)
 	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+net.JoinHostPort(is.Address, strconv.Itoa(port))+"/", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

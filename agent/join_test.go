@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/meridian-run/meridian/testutil"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,7 +17,7 @@ import (
 // machines lists the ids of the region's machines.
 func (r *testRegion) machines(t *testing.T) []string {
 	t.Helper()
-	ms, err := r.global.Machines(ctxT(t, 5*time.Second))
+	ms, err := r.global.Machines(testutil.Context(t, 5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +33,7 @@ func TestJoin(t *testing.T) {
 
 	t.Run("valid token", func(t *testing.T) {
 		a := r.startAgent(t, "m-ok", "fra1", nil)
-		ms, err := r.global.Machines(ctxT(t, 5*time.Second))
+		ms, err := r.global.Machines(testutil.Context(t, 5*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -45,8 +46,8 @@ func TestJoin(t *testing.T) {
 		if m := ms[i]; m.Datacenter != "fra1" || m.MilliCPU != 4000 || m.MemoryMB != 4096 || m.Address != "127.0.0.1" {
 			t.Errorf("registered as %+v", m)
 		}
-		eventually(t, 10*time.Second, "machine ready (heartbeating)", func() (bool, string) {
-			ms, err := r.global.Machines(ctxT(t, 5*time.Second))
+		testutil.Eventually(t, 10*time.Second, "machine ready (heartbeating)", func() (bool, string) {
+			ms, err := r.global.Machines(testutil.Context(t, 5*time.Second))
 			if err != nil {
 				return false, err.Error()
 			}
@@ -84,12 +85,12 @@ func TestJoin(t *testing.T) {
 		}, want: "unknown join token"},
 		{name: "expired", token: func(t *testing.T) string {
 			tok := r.token(t, time.Millisecond, 1)
-			eventually(t, 5*time.Second, "token expired", func() (bool, string) { return time.Now().After(tok.ExpiresAt), "" })
+			testutil.Eventually(t, 5*time.Second, "token expired", func() (bool, string) { return time.Now().After(tok.ExpiresAt), "" })
 			return tok.Value
 		}, want: "expired at"},
 		{name: "revoked", token: func(t *testing.T) string {
 			tok := r.token(t, time.Hour, 1)
-			if err := r.srv.RevokeJoinToken(ctxT(t, 5*time.Second), tok.ID); err != nil {
+			if err := r.srv.RevokeJoinToken(testutil.Context(t, 5*time.Second), tok.ID); err != nil {
 				t.Fatal(err)
 			}
 			return tok.Value
@@ -117,7 +118,7 @@ func TestJoin(t *testing.T) {
 				cfg.Region = c.region
 			}
 			cfg.JoinToken = c.token(t)
-			a, err := Start(ctxT(t, 10*time.Second), cfg)
+			a, err := Start(testutil.Context(t, 10*time.Second), cfg)
 			if err == nil {
 				a.Close()
 				t.Fatal("join accepted")
@@ -137,7 +138,7 @@ func TestJoin(t *testing.T) {
 
 	t.Run("no token and no identity", func(t *testing.T) {
 		cfg := r.agentConfig(t, "m-none", "fra1")
-		_, err := Start(ctxT(t, 10*time.Second), cfg)
+		_, err := Start(testutil.Context(t, 10*time.Second), cfg)
 		if err == nil || !strings.Contains(err.Error(), "JoinToken is required") {
 			t.Fatalf("error %v does not name JoinToken", err)
 		}

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"github.com/meridian-run/meridian/testutil"
 	"slices"
 	"strings"
 	"sync"
@@ -79,7 +80,7 @@ func TestCrashLoop(t *testing.T) {
 	key := r.apply(t, "crash", 1, "dep-crash", def, nil)
 
 	var failed event
-	eventually(t, 30*time.Second, "an instance reported failed", func() (bool, string) {
+	testutil.Eventually(t, 30*time.Second, "an instance reported failed", func() (bool, string) {
 		var ok bool
 		failed, ok = ev.firstFailed()
 		return ok, ev.String()
@@ -114,7 +115,7 @@ func TestCrashLoop(t *testing.T) {
 	})
 	// Its machine cleans it up.
 	a := agents[failed.machine]
-	eventually(t, 10*time.Second, "failed instance removed from its machine", func() (bool, string) {
+	testutil.Eventually(t, 10*time.Second, "failed instance removed from its machine", func() (bool, string) {
 		listed, _ := a.Driver().List(context.Background())
 		has := slices.ContainsFunc(a.Instances(), func(in Instance) bool { return in.ID == failed.ID })
 		return !has && !slices.Contains(listed, failed.ID), fmt.Sprintf("instances %v, driver %v", a.Instances(), listed)
@@ -132,7 +133,7 @@ func TestUnhealthyReason(t *testing.T) {
 	def.HealthChecks[0].RestartLimit = &limit
 	r.apply(t, "sick", 1, "dep-sick", def, nil)
 	want := "health check http :8080/healthz: status 500"
-	eventually(t, 30*time.Second, "restart reason "+want, func() (bool, string) {
+	testutil.Eventually(t, 30*time.Second, "restart reason "+want, func() (bool, string) {
 		ev.mu.Lock()
 		defer ev.mu.Unlock()
 		for _, e := range ev.log {
@@ -160,7 +161,7 @@ func TestAgentRestart(t *testing.T) {
 	// A second agent on the same DataDir is refused while the first runs.
 	dup := a.cfg
 	dup.JoinToken = ""
-	if b, err := Start(ctxT(t, 10*time.Second), dup); err == nil {
+	if b, err := Start(testutil.Context(t, 10*time.Second), dup); err == nil {
 		b.Close()
 		t.Fatal("a second agent started on the same DataDir")
 	} else if !strings.Contains(err.Error(), "in use by another agent") {
@@ -177,7 +178,7 @@ func TestAgentRestart(t *testing.T) {
 	cfg := a.cfg
 	cfg.JoinToken = ""
 	b := startWith(t, cfg)
-	eventually(t, 20*time.Second, "instances re-adopted and healthy", func() (bool, string) {
+	testutil.Eventually(t, 20*time.Second, "instances re-adopted and healthy", func() (bool, string) {
 		after := b.Instances()
 		if len(after) != len(before) {
 			return false, fmt.Sprint(after)
@@ -192,7 +193,7 @@ func TestAgentRestart(t *testing.T) {
 		}
 		return true, ""
 	})
-	listed, err := b.Driver().List(ctxT(t, 5*time.Second))
+	listed, err := b.Driver().List(testutil.Context(t, 5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,14 +218,14 @@ func TestAgentRestart(t *testing.T) {
 	// While the agent was away an instance was deleted by the region: the
 	// next agent stops it instead of adopting it for good.
 	b.Close()
-	if err := r.global.DeleteService(ctxT(t, 5*time.Second), key, 2); err != nil {
+	if err := r.global.DeleteService(testutil.Context(t, 5*time.Second), key, 2); err != nil {
 		t.Fatal(err)
 	}
 	r.waitService(t, key, 10*time.Second, "service deleted", func(ss regionapi.ServiceStatus) bool {
 		return ss.Phase == regionapi.PhaseDeleted
 	})
 	c := startWith(t, cfg)
-	eventually(t, 20*time.Second, "stale instances stopped", func() (bool, string) {
+	testutil.Eventually(t, 20*time.Second, "stale instances stopped", func() (bool, string) {
 		listed, _ := c.Driver().List(context.Background())
 		sh := shims(t)
 		n := 0
@@ -275,7 +276,7 @@ func testComeBack(t *testing.T, partition func(*linkProxy)) {
 	}
 
 	link.restore()
-	eventually(t, 30*time.Second, "m1 stops its stale instance", func() (bool, string) {
+	testutil.Eventually(t, 30*time.Second, "m1 stops its stale instance", func() (bool, string) {
 		listed, _ := a.Driver().List(context.Background())
 		return len(a.Instances()) == 0 && len(listed) == 0 && shims(t)[stale.ID] == 0,
 			fmt.Sprintf("instances %v, driver %v", a.Instances(), listed)

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"crypto"
+	"github.com/meridian-run/meridian/testutil"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -15,7 +16,7 @@ import (
 // absent): it changes only when the lease expired and was granted again.
 func (r *testRegion) aliveRevision(t *testing.T, machine string) int64 {
 	t.Helper()
-	resp, err := r.srv.Client().Get(ctxT(t, 5*time.Second), "/meridian/"+r.name+"/alive/"+machine)
+	resp, err := r.srv.Client().Get(testutil.Context(t, 5*time.Second), "/meridian/"+r.name+"/alive/"+machine)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +54,7 @@ func TestRegionFailover(t *testing.T) {
 			return len(healthyInstances(ss)) == count
 		})
 		// Let more than a lease TTL pass with one server cut off.
-		eventually(t, 10*time.Second, "a lease TTL passed", func() (bool, string) {
+		testutil.Eventually(t, 10*time.Second, "a lease TTL passed", func() (bool, string) {
 			return time.Since(cutAt) > 3*time.Second, ""
 		})
 		if got := r.aliveRevision(t, "m1"); got != alive {
@@ -75,13 +76,13 @@ func TestRenew(t *testing.T) {
 	a := r.startAgent(t, "m1", "dc1", func(c *Config) { c.RenewBefore = 24*time.Hour - 3*time.Second })
 	old := a.Certificate()
 	var alive int64
-	eventually(t, 10*time.Second, "machine alive", func() (bool, string) {
+	testutil.Eventually(t, 10*time.Second, "machine alive", func() (bool, string) {
 		alive = r.aliveRevision(t, "m1")
 		return alive != 0, "no liveness key"
 	})
 	dir := filepath.Join(a.cfg.DataDir, identityDir)
 	var saved *pki.Leaf
-	eventually(t, 15*time.Second, "certificate renewed and saved", func() (bool, string) {
+	testutil.Eventually(t, 15*time.Second, "certificate renewed and saved", func() (bool, string) {
 		var err error
 		saved, err = pki.LoadLeaf(dir, identityName)
 		if err != nil {
@@ -97,7 +98,7 @@ func TestRenew(t *testing.T) {
 	}
 	// Heartbeats go on with the new certificate.
 	hbAfter := time.Now()
-	eventually(t, 10*time.Second, "a lease TTL passed", func() (bool, string) { return time.Since(hbAfter) > 3*time.Second, "" })
+	testutil.Eventually(t, 10*time.Second, "a lease TTL passed", func() (bool, string) { return time.Since(hbAfter) > 3*time.Second, "" })
 	if got := r.aliveRevision(t, "m1"); got != alive {
 		t.Fatalf("lease lapsed after renewal (revision %d, was %d)", got, alive)
 	}

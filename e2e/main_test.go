@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/meridian-run/meridian/testutil"
 	"io"
 	"log/slog"
 	"net/http"
@@ -23,27 +24,13 @@ import (
 	"github.com/meridian-run/meridian/regionapi"
 )
 
-// binDir holds the binaries built for the tests.
-var binDir string
+// The binaries built for the tests: the meridian binary, its instance
+// shim and the demo app, side by side (agents find the demo app on PATH).
+var meridianBin, shimBin, helloBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "meridian-e2e-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binDir = dir
-	for name, pkg := range map[string]string{"meridian": "../cmd/meridian", "meridian-shim": "../driver/meridian-shim", "hello": "../examples/hello"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintf(os.Stderr, "building %s: %v\n", pkg, err)
-			os.Exit(1)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(testutil.Main(m, map[string]*string{
+		"cmd/meridian": &meridianBin, "driver/meridian-shim": &shimBin, "examples/hello": &helloBin}))
 }
 
 // installation is a running dev installation for one test.
@@ -71,7 +58,7 @@ func start(t *testing.T, topo dev.Topology) *installation {
 	stateDir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	env, err := dev.Start(ctx, dev.Config{StateDir: stateDir, Topology: topo, Binary: filepath.Join(binDir, "meridian"),
+	env, err := dev.Start(ctx, dev.Config{StateDir: stateDir, Topology: topo, Binary: meridianBin,
 		APIListen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		t.Fatalf("meridian dev: %v", err)
@@ -84,6 +71,14 @@ func start(t *testing.T, topo dev.Topology) *installation {
 		env.Close()
 	})
 	return in
+}
+
+// with returns the installation for a subtest, so helpers fail the
+// subtest rather than its parent.
+func (in *installation) with(t *testing.T) *installation {
+	c := *in
+	c.t = t
+	return &c
 }
 
 // dumpLogs prints the tail of every component's log after a failure.
@@ -105,7 +100,7 @@ func (in *installation) cli(args ...string) (int, string, string) {
 	in.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "meridian"), args...)
+	cmd := exec.CommandContext(ctx, meridianBin, args...)
 	cmd.Env = append(os.Environ(), "MERIDIAN_STATE_DIR="+in.info.StateDir, "MERIDIAN_API=", "MERIDIAN_TOKEN=")
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -147,22 +142,31 @@ func (in *installation) instances() []api.Instance {
 // hello asks an instance of the demo app where it runs.
 func hello(t *testing.T, i api.Instance) map[string]string {
 	t.Helper()
+	m, err := tryHello(i)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// tryHello is hello for an instance that may be going away meanwhile.
+func tryHello(i api.Instance) (map[string]string, error) {
 	port := i.Ports["8080"]
 	if port == 0 {
-		t.Fatalf("instance %s has no host port for 8080: %+v", i.ID, i.Ports)
+		return nil, fmt.Errorf("instance %s has no host port for 8080: %+v", i.ID, i.Ports)
 	}
 	c := &http.Client{Timeout: 5 * time.Second}
 	resp, err := c.Get("http://" + i.Address + ":" + strconv.Itoa(port) + "/")
 	if err != nil {
-		t.Fatalf("GET / of %s: %v", i.ID, err)
+		return nil, fmt.Errorf("GET / of %s: %w", i.ID, err)
 	}
 	defer resp.Body.Close()
 	var m map[string]string
 	b, _ := io.ReadAll(resp.Body)
 	if err := json.Unmarshal(b, &m); err != nil {
-		t.Fatalf("GET / of %s: %v: %s", i.ID, err, b)
+		return nil, fmt.Errorf("GET / of %s: %w: %s", i.ID, err, b)
 	}
-	return m
+	return m, nil
 }
 
 // component finds a component of dev.json.
@@ -182,7 +186,7 @@ func (in *installation) kill(c dev.Component) {
 	if err := syscall.Kill(c.PID, syscall.SIGKILL); err != nil {
 		in.t.Fatalf("kill %s %d: %v", c.Role, c.PID, err)
 	}
-	eventually(in.t, 10*time.Second, "process gone", func() (bool, string) {
+	testutil.Eventually(in.t, 10*time.Second, "process gone", func() (bool, string) {
 		b, err := os.ReadFile("/proc/" + strconv.Itoa(c.PID) + "/stat")
 		return err != nil || strings.Contains(string(b), ") Z "), "still running"
 	})
@@ -195,9 +199,9 @@ func (in *installation) restart(c dev.Component) *exec.Cmd {
 	if err != nil {
 		in.t.Fatal(err)
 	}
-	cmd := exec.Command(filepath.Join(binDir, "meridian"), c.Args...)
+	cmd := exec.Command(meridianBin, c.Args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), "PATH="+binDir+":"+os.Getenv("PATH"))
+	cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(meridianBin)+":"+os.Getenv("PATH"))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		in.t.Fatal(err)
@@ -251,21 +255,6 @@ func shimPids(ids ...string) map[string]int {
 		}
 	}
 	return out
-}
-
-func eventually(t *testing.T, within time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	last := ""
-	for time.Now().Before(deadline) {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		last = state
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s: not true within %s; last: %s", what, within, last)
 }
 
 func syscallKill(t *testing.T, pid int) {

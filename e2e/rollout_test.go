@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"github.com/meridian-run/meridian/testutil"
 	"os"
 	"regexp"
 	"strings"
@@ -71,13 +72,20 @@ func TestFailedRegion(t *testing.T) {
 	if code, out, errOut := in.cli("deploy", "-f", good, "--wait"); code != 0 {
 		t.Fatalf("v1: exit %d\n%s\n%s", code, out, errOut)
 	}
-	versions := func() map[string]map[string]int {
+	// versions counts the healthy instances per region and version they
+	// answer with; an instance stopping meanwhile is skipped (the caller
+	// polls).
+	versions := func(in *installation) map[string]map[string]int {
 		got := map[string]map[string]int{}
 		for _, i := range in.instances() {
 			if i.Health != api.HealthHealthy {
 				continue
 			}
-			v := hello(t, i)["version"]
+			where, err := tryHello(i)
+			if err != nil {
+				continue
+			}
+			v := where["version"]
 			if got[i.Region] == nil {
 				got[i.Region] = map[string]int{}
 			}
@@ -88,6 +96,7 @@ func TestFailedRegion(t *testing.T) {
 	bad := `  - {key: HEALTHY, value: "false", scopes: ["region:sin"]}`
 
 	t.Run("fail_local", func(t *testing.T) {
+		in := in.with(t)
 		def := in.writeDefinition("v2", helloDef("web", "v2", bad, "{type: all_at_once, on_failure: fail_local, health_deadline: 60s}"))
 		code, out, _ := in.cli("deploy", "-f", def, "--wait")
 		if code == 0 {
@@ -108,13 +117,14 @@ func TestFailedRegion(t *testing.T) {
 		if !strings.Contains(why, "sin") || !regexp.MustCompile(`health check http :8080/healthz: status 500`).MatchString(why) {
 			t.Fatalf("the reason does not say which check failed where:\n%s", why)
 		}
-		eventually(t, 30*time.Second, "fra and was on v2, sin back on v1", func() (bool, string) {
-			v := versions()
+		testutil.Eventually(t, 30*time.Second, "fra and was on v2, sin back on v1", func() (bool, string) {
+			v := versions(in)
 			return v["fra"]["v2"] == 2 && v["was"]["v2"] == 3 && v["sin"]["v1"] == 2 && v["sin"]["v2"] == 0, fmt.Sprint(v)
 		})
 	})
 
 	t.Run("rollback_all", func(t *testing.T) {
+		in := in.with(t)
 		def := in.writeDefinition("v3", helloDef("web", "v3", bad, "{type: all_at_once, on_failure: rollback_all, health_deadline: 60s}"))
 		code, out, _ := in.cli("deploy", "-f", def, "--wait")
 		if code == 0 {
@@ -129,8 +139,8 @@ func TestFailedRegion(t *testing.T) {
 			t.Fatalf("status %s (%s), want ERROR naming sin", d.Status, reasonOf(d))
 		}
 		// Every region is back on what it ran before: v2 in fra and was, v1 in sin.
-		eventually(t, 30*time.Second, "every region reverted", func() (bool, string) {
-			v := versions()
+		testutil.Eventually(t, 30*time.Second, "every region reverted", func() (bool, string) {
+			v := versions(in)
 			return v["fra"]["v2"] == 2 && v["was"]["v2"] == 3 && v["sin"]["v1"] == 2 && v["fra"]["v3"]+v["was"]["v3"]+v["sin"]["v3"] == 0, fmt.Sprint(v)
 		})
 	})
@@ -159,7 +169,7 @@ func TestGlobalKilledMidRollout(t *testing.T) {
 	}
 	id := regexp.MustCompile(`dep_[a-z0-9]+`).FindString(out)
 	// Wait until the canary is applied, then kill global.
-	eventually(t, 30*time.Second, "canary applied", func() (bool, string) {
+	testutil.Eventually(t, 30*time.Second, "canary applied", func() (bool, string) {
 		d, err := in.client().GetDeployment(t.Context(), id)
 		if err != nil {
 			return false, err.Error()
@@ -174,7 +184,7 @@ func TestGlobalKilledMidRollout(t *testing.T) {
 	g := in.component("global", "", "")
 	in.kill(g)
 	in.restart(g)
-	eventually(t, 90*time.Second, "rollout resumed to HEALTHY", func() (bool, string) {
+	testutil.Eventually(t, 90*time.Second, "rollout resumed to HEALTHY", func() (bool, string) {
 		d, err := in.client().GetDeployment(t.Context(), id)
 		if err != nil {
 			return false, err.Error()
@@ -241,7 +251,7 @@ func TestRegionsHealWhileGlobalIsDown(t *testing.T) {
 	}
 	died := time.Now()
 	fra := in.region("fra")
-	eventually(t, 30*time.Second, "fra replaced the lost instance in its data center", func() (bool, string) {
+	testutil.Eventually(t, 30*time.Second, "fra replaced the lost instance in its data center", func() (bool, string) {
 		st, err := fra.Status(t.Context(), "demo.web.web")
 		if err != nil {
 			return false, err.Error()

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/meridian-run/meridian/testutil"
 	"io"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/store"
@@ -41,7 +43,7 @@ func raw(t testing.TB, h *harness, method, path, token, contentType string, body
 
 func TestQuickstartDeploysExampleToEveryRegion(t *testing.T) {
 	forEachStore(t, func(t *testing.T, h *harness) {
-		ctx := ctxT(t)
+		ctx := testutil.Context(t, time.Minute)
 		h.openRegions("fra", "was", "sin")
 		app, err := h.acme.CreateApp(ctx, "hello", "")
 		if err != nil {
@@ -122,7 +124,7 @@ func TestAuthentication(t *testing.T) {
 			}
 		}
 		// A revoked token stops working.
-		ctx := ctxT(t)
+		ctx := testutil.Context(t, time.Minute)
 		tok, err := h.acme.CreateToken(ctx, "ci", "")
 		if err != nil {
 			t.Fatal(err)
@@ -141,7 +143,7 @@ func TestAuthentication(t *testing.T) {
 
 func TestOrganizationsSeeOnlyTheirOwn(t *testing.T) {
 	forEachStore(t, func(t *testing.T, h *harness) {
-		ctx := ctxT(t)
+		ctx := testutil.Context(t, time.Minute)
 		h.openRegions("fra", "was", "sin")
 		if _, err := h.acme.CreateApp(ctx, "hello", ""); err != nil {
 			t.Fatal(err)
@@ -179,7 +181,7 @@ func TestOrganizationsSeeOnlyTheirOwn(t *testing.T) {
 
 func TestBadInputIsRefusedAndNothingStored(t *testing.T) {
 	forEachStore(t, func(t *testing.T, h *harness) {
-		ctx := ctxT(t)
+		ctx := testutil.Context(t, time.Minute)
 		if _, err := h.acme.CreateApp(ctx, "hello", ""); err != nil {
 			t.Fatal(err)
 		}
@@ -245,7 +247,7 @@ func TestBadInputIsRefusedAndNothingStored(t *testing.T) {
 
 func TestIdempotencyKeyNeverCreatesTwice(t *testing.T) {
 	forEachStore(t, func(t *testing.T, h *harness) {
-		ctx := ctxT(t)
+		ctx := testutil.Context(t, time.Minute)
 		h.openRegions("fra", "was", "sin")
 		if _, err := h.acme.CreateApp(ctx, "hello", ""); err != nil {
 			t.Fatal(err)
@@ -295,7 +297,7 @@ func TestIdempotencyKeyNeverCreatesTwice(t *testing.T) {
 
 func TestPagination(t *testing.T) {
 	forEachStore(t, func(t *testing.T, h *harness) {
-		ctx := ctxT(t)
+		ctx := testutil.Context(t, time.Minute)
 		for i := range 7 {
 			if _, err := h.acme.CreateApp(ctx, fmt.Sprintf("app%d", i), ""); err != nil {
 				t.Fatal(err)
@@ -333,7 +335,7 @@ func TestPagination(t *testing.T) {
 
 func TestSecretsAreWriteOnlyAndSealed(t *testing.T) {
 	forEachStore(t, func(t *testing.T, h *harness) {
-		ctx := ctxT(t)
+		ctx := testutil.Context(t, time.Minute)
 		h.openRegions("fra")
 		s, err := h.acme.PutSecret(ctx, "db-password", "hunter2")
 		if err != nil {
@@ -398,7 +400,7 @@ func TestSecretsAreWriteOnlyAndSealed(t *testing.T) {
 
 func TestDeployNamesOnlyOpenRegions(t *testing.T) {
 	forEachStore(t, func(t *testing.T, h *harness) {
-		ctx := ctxT(t)
+		ctx := testutil.Context(t, time.Minute)
 		h.openRegions("fra")
 		if _, err := h.admin.CreateRegion(ctx, api.CreateRegionRequest{ID: "par", Latitude: 48.9, Longitude: 2.3, URL: "https://127.0.0.1:1"}, ""); err != nil {
 			t.Fatal(err)
@@ -465,7 +467,7 @@ func TestDeployNamesOnlyOpenRegions(t *testing.T) {
 
 func TestRegionRegistry(t *testing.T) {
 	forEachStore(t, func(t *testing.T, h *harness) {
-		ctx := ctxT(t)
+		ctx := testutil.Context(t, time.Minute)
 		r, err := h.admin.CreateRegion(ctx, api.CreateRegionRequest{ID: "fra", Name: "Frankfurt", Latitude: 50.1, Longitude: 8.7, URL: "https://127.0.0.1:7801"}, "")
 		if err != nil {
 			t.Fatal(err)
@@ -499,7 +501,7 @@ func TestRegionRegistry(t *testing.T) {
 
 func TestAppDeletion(t *testing.T) {
 	forEachStore(t, func(t *testing.T, h *harness) {
-		ctx := ctxT(t)
+		ctx := testutil.Context(t, time.Minute)
 		h.openRegions("fra", "was", "sin")
 		if _, err := h.acme.CreateApp(ctx, "hello", ""); err != nil {
 			t.Fatal(err)

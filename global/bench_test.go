@@ -3,6 +3,7 @@ package global
 import (
 	"context"
 	"fmt"
+	"github.com/meridian-run/meridian/testutil"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -92,7 +93,7 @@ func BenchmarkDeployLatency(b *testing.B) {
 			}()
 			st := storetest.Open(b, "sqlite")
 			cfg := rolloutConfig(b, st, tp, "bench", &calls{})
-			cfg.OnRegionCall, cfg.RolloutPoll, cfg.Logger = nil, tc.poll, testLogger()
+			cfg.OnRegionCall, cfg.RolloutPoll, cfg.Logger = nil, tc.poll, testutil.Logger()
 			g := startGlobal(b, cfg)
 			h := &harness{t: b, srv: g, st: st, admin: api.NewClient(g.URL(), testAdminToken)}
 			tp.register(b, h.admin)

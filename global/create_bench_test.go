@@ -3,6 +3,7 @@ package global
 import (
 	"bytes"
 	"fmt"
+	"github.com/meridian-run/meridian/testutil"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -23,7 +24,7 @@ func BenchmarkCreateService(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/clients=%d", kind, clients), func(b *testing.B) {
 				h := newHarness(b, storetest.Open(b, kind))
 				h.openRegions("fra", "was", "sin")
-				ctx := ctxT(b)
+				ctx := testutil.Context(b, time.Minute)
 				if _, err := h.acme.CreateApp(ctx, "bench", ""); err != nil {
 					b.Fatal(err)
 				}

@@ -2,9 +2,11 @@ package global
 
 import (
 	"bytes"
+	"github.com/meridian-run/meridian/testutil"
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/meridian-run/meridian/store/storetest"
 )
@@ -24,7 +26,7 @@ func FuzzCreateService(f *testing.F) {
 	}
 	h := newHarness(f, storetest.Open(f, "sqlite"))
 	h.openRegions("fra", "was")
-	if _, err := h.acme.CreateApp(ctxT(f), "app", ""); err != nil {
+	if _, err := h.acme.CreateApp(testutil.Context(f, time.Minute), "app", ""); err != nil {
 		f.Fatal(err)
 	}
 	handler := h.srv.Handler()

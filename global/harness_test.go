@@ -102,12 +102,6 @@ func readExample(t testing.TB) []byte {
 	return b
 }
 
-func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 func forEachStore(t *testing.T, fn func(t *testing.T, h *harness)) {
 	storetest.Each(t, func(t *testing.T, st store.Store) { fn(t, newHarness(t, st)) })
 }

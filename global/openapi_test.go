@@ -3,10 +3,12 @@ package global
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/meridian-run/meridian/testutil"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/meridian-run/meridian/store/storetest"
 )
@@ -17,7 +19,7 @@ import (
 // documented schema (no undocumented fields, required ones present).
 func TestOpenAPIDocumentHoldsAgainstRoutes(t *testing.T) {
 	h := newHarness(t, storetest.Open(t, "sqlite"))
-	ctx := ctxT(t)
+	ctx := testutil.Context(t, time.Minute)
 	h.openRegions("fra", "was", "sin")
 	if _, err := h.acme.CreateApp(ctx, "hello", ""); err != nil {
 		t.Fatal(err)

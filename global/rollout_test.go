@@ -3,6 +3,7 @@ package global
 import (
 	"context"
 	"fmt"
+	"github.com/meridian-run/meridian/testutil"
 	"maps"
 	"strings"
 	"testing"
@@ -66,7 +67,7 @@ func TestRollouts(t *testing.T) {
 			}
 		}
 		for _, name := range all {
-			eventually(t, 20*time.Second, "smoke service deleted in "+name, func() (bool, string) {
+			testutil.Eventually(t, 20*time.Second, "smoke service deleted in "+name, func() (bool, string) {
 				ss, err := tp.status(t, name, "meridian-system.smoke."+name)
 				return err == nil && ss.Phase == regionapi.PhaseDeleted, fmt.Sprint(ss, err)
 			})
@@ -222,7 +223,7 @@ func TestRollouts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 20*time.Second, "v5 progressing in fra", func() (bool, string) {
+		testutil.Eventually(t, 20*time.Second, "v5 progressing in fra", func() (bool, string) {
 			d, err := acme.GetDeployment(ctx, v5.ID)
 			return err == nil && perRegion(d)["fra"] == api.StatusProgressing, describe(d)
 		})
@@ -235,7 +236,7 @@ func TestRollouts(t *testing.T) {
 			t.Fatalf("canceled: %s", describe(c))
 		}
 		c = waitDeployment(t, acme, v5.ID, 20*time.Second)
-		eventually(t, 20*time.Second, "v5 done reverting", func() (bool, string) {
+		testutil.Eventually(t, 20*time.Second, "v5 done reverting", func() (bool, string) {
 			d, err := acme.GetDeployment(ctx, v5.ID)
 			return err == nil && hasEvent(d, "fra", api.EventReverted, "version 2") && hasEvent(d, "", api.EventFinished), describe(d)
 		})
@@ -257,7 +258,7 @@ func TestRollouts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 20*time.Second, "v6 progressing", func() (bool, string) {
+		testutil.Eventually(t, 20*time.Second, "v6 progressing", func() (bool, string) {
 			d, err := acme.GetDeployment(ctx, v6.ID)
 			return err == nil && perRegion(d)["fra"] == api.StatusProgressing, describe(d)
 		})
@@ -315,12 +316,12 @@ func TestRollouts(t *testing.T) {
 			t.Fatal(err)
 		}
 		tkey := "acme.shop.tmp"
-		eventually(t, 20*time.Second, "tmp deleted in fra", func() (bool, string) {
+		testutil.Eventually(t, 20*time.Second, "tmp deleted in fra", func() (bool, string) {
 			ss, err := tp.status(t, "fra", tkey)
 			return err == nil && ss.Phase == regionapi.PhaseDeleted, fmt.Sprint(ss, err)
 		})
 		var pending store.RegionOp
-		eventually(t, 20*time.Second, "the deletion in sin retried", func() (bool, string) {
+		testutil.Eventually(t, 20*time.Second, "the deletion in sin retried", func() (bool, string) {
 			var ops []store.RegionOp
 			g.cfg.Store.View(ctx, func(tx store.Tx) (err error) {
 				ops, err = tx.ListRegionOps(ctx, store.OpFilter{ServiceKey: tkey, Region: "sin", State: store.OpPending})
@@ -336,11 +337,11 @@ func TestRollouts(t *testing.T) {
 			t.Fatalf("sin changed while unreachable: %+v %v", ss, err)
 		}
 		tp.links["sin"].Heal()
-		eventually(t, 30*time.Second, "sin caught up with the deletion", func() (bool, string) {
+		testutil.Eventually(t, 30*time.Second, "sin caught up with the deletion", func() (bool, string) {
 			ss, err := tp.status(t, "sin", tkey)
 			return err == nil && ss.Phase == regionapi.PhaseDeleted && ss.Generation == pending.Generation, fmt.Sprint(ss, err)
 		})
-		eventually(t, 10*time.Second, "the deletion settled", func() (bool, string) {
+		testutil.Eventually(t, 10*time.Second, "the deletion settled", func() (bool, string) {
 			var op store.RegionOp
 			g.cfg.Store.View(ctx, func(tx store.Tx) (err error) {
 				op, err = tx.GetRegionOp(ctx, pending.ID)
@@ -361,7 +362,7 @@ func TestRollouts(t *testing.T) {
 		if v8 = waitDeployment(t, acme, v8.ID, 60*time.Second); v8.Status != api.StatusHealthy {
 			t.Fatalf("v8: %s", describe(v8))
 		}
-		eventually(t, 20*time.Second, "hello stopped in sin", func() (bool, string) {
+		testutil.Eventually(t, 20*time.Second, "hello stopped in sin", func() (bool, string) {
 			ss, err := tp.status(t, "sin", key)
 			return err == nil && ss.Phase == regionapi.PhaseDeleted, fmt.Sprint(ss, err)
 		})
@@ -429,7 +430,7 @@ func testResume(t *testing.T, tp *topology, kind string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "the rollout past its first region", func() (bool, string) {
+	testutil.Eventually(t, 30*time.Second, "the rollout past its first region", func() (bool, string) {
 		d, err = org.GetDeployment(ctx, d.ID)
 		s := perRegion(d)
 		return err == nil && s["fra"] == api.StatusHealthy && s["was"] != api.StatusPending, describe(d)

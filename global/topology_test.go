@@ -5,12 +5,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"log/slog"
-	"net"
+	"github.com/meridian-run/meridian/testutil"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,7 +20,6 @@ import (
 
 	"github.com/meridian-run/meridian/agent"
 	"github.com/meridian-run/meridian/api"
-	"github.com/meridian-run/meridian/driver"
 	"github.com/meridian-run/meridian/linkproxy"
 	"github.com/meridian-run/meridian/pki/pkitest"
 	"github.com/meridian-run/meridian/region"
@@ -35,58 +31,7 @@ import (
 var helloPath string
 
 func TestMain(m *testing.M) {
-	// The agents' process driver re-executes this binary as its shim.
-	driver.MaybeRunShim()
-	dir, err := os.MkdirTemp("", "global-test-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	helloPath = filepath.Join(dir, "hello")
-	if out, err := exec.Command("go", "build", "-o", helloPath, "../examples/hello").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building examples/hello: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-func testLogger() *slog.Logger {
-	level := slog.LevelWarn
-	if os.Getenv("MERIDIAN_TEST_DEBUG") != "" {
-		level = slog.LevelDebug
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// eventually polls cond every 50ms until it holds or the deadline passes.
-func eventually(t testing.TB, within time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	last := ""
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		last = state
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true within %s; last state: %s", what, within, last)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	os.Exit(testutil.Main(m, map[string]*string{"examples/hello": &helloPath}))
 }
 
 // topology is real regions (one embedded etcd member each), each with one
@@ -123,12 +68,12 @@ func newTopologyWith(t testing.TB, onInstance func(region string, in agent.Insta
 				DataDir: t.TempDir(),
 				Listen:  "127.0.0.1:0",
 				CA:      tp.in.Regions[name],
-				Etcd: region.EtcdConfig{ClientURL: "https://127.0.0.1:" + strconv.Itoa(freePort(t)),
-					PeerURL: "https://127.0.0.1:" + strconv.Itoa(freePort(t))},
+				Etcd: region.EtcdConfig{ClientURL: "https://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t)),
+					PeerURL: "https://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))},
 				EtcdTuning:       func(c *embed.Config) { c.TickMs, c.ElectionMs = 50, 500 },
 				LeaseTTL:         2 * time.Second,
 				ScheduleInterval: time.Second,
-				Logger:           testLogger().With("test_region", name),
+				Logger:           testutil.Logger().With("test_region", name),
 			})
 			if err != nil {
 				errs <- fmt.Errorf("start region %s: %w", name, err)
@@ -154,7 +99,7 @@ func newTopologyWith(t testing.TB, onInstance func(region string, in agent.Insta
 	}
 	for _, name := range names {
 		srv := tp.regions[name]
-		eventually(t, 30*time.Second, "region "+name+" leads", func() (bool, string) { return srv.IsLeader(), "not leading" })
+		testutil.Eventually(t, 30*time.Second, "region "+name+" leads", func() (bool, string) { return srv.IsLeader(), "not leading" })
 		tp.startAgent(t, name, onInstance)
 	}
 	return tp
@@ -174,7 +119,7 @@ func (tp *topology) startAgent(t testing.TB, name string, onInstance func(string
 		Region: name, RegionURLs: []string{srv.URL()}, JoinToken: tok.Value, Roots: tp.in.Root.Pool(),
 		TrustDomain: pkitest.TrustDomain, Datacenter: name + "1", Name: name + "1-a",
 		MilliCPU: 4000, MemoryMB: 4096, DataDir: t.TempDir(), PortMin: lo, PortMax: lo + 59,
-		Logger: testLogger().With("test_machine", name+"1-a"), RequestTimeout: 5 * time.Second,
+		Logger: testutil.Logger().With("test_machine", name+"1-a"), RequestTimeout: 5 * time.Second,
 		StopTimeout: 2 * time.Second, RestartBackoffMin: 100 * time.Millisecond, RestartBackoffMax: 300 * time.Millisecond,
 		ReportDebounce: 50 * time.Millisecond,
 		OnInstance: func(in agent.Instance) {
@@ -274,7 +219,7 @@ func rolloutConfig(t testing.TB, st store.Store, tp *topology, owner string, rec
 		HealthChecks: []api.HealthCheck{{Port: 8080, TCP: &api.TCPCheck{}, GracePeriod: "100ms", Interval: "300ms", Timeout: "200ms"}}}
 	return Config{
 		Listen: "127.0.0.1:0", Store: st, AdminToken: testAdminToken, SecretKey: key,
-		Logger:     testLogger().With("test_global", owner),
+		Logger:     testutil.Logger().With("test_global", owner),
 		RegionHTTP: tp.in.GlobalClient(t), RolloutPoll: 100 * time.Millisecond, RegionTimeout: 2 * time.Second,
 		RetryMin: 100 * time.Millisecond, RetryMax: time.Second, Owner: owner, LeaseTTL: 5 * time.Second,
 		SmokeDefinition: &smoke, SmokeTimeout: 30 * time.Second, OnRegionCall: rec.hook,
@@ -348,7 +293,7 @@ func (h helloDoc) yaml() []byte {
 func waitDeployment(t testing.TB, c *api.Client, id string, within time.Duration) api.Deployment {
 	t.Helper()
 	var d api.Deployment
-	eventually(t, within, "deployment "+id+" finished", func() (bool, string) {
+	testutil.Eventually(t, within, "deployment "+id+" finished", func() (bool, string) {
 		var err error
 		d, err = c.GetDeployment(context.Background(), id)
 		if err != nil {
@@ -384,7 +329,7 @@ func perRegion(d api.Deployment) map[string]string {
 func (tp *topology) onDeployment(t testing.TB, regionName, key, depID string, within time.Duration) regionapi.ServiceStatus {
 	t.Helper()
 	var ss regionapi.ServiceStatus
-	eventually(t, within, fmt.Sprintf("%s runs %s healthy in %s", key, depID, regionName), func() (bool, string) {
+	testutil.Eventually(t, within, fmt.Sprintf("%s runs %s healthy in %s", key, depID, regionName), func() (bool, string) {
 		var err error
 		ss, err = tp.status(t, regionName, key)
 		if err != nil {

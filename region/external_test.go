@@ -1,6 +1,7 @@
 package region
 
 import (
+	"github.com/meridian-run/meridian/testutil"
 	"net"
 	"net/url"
 	"os"
@@ -39,8 +40,8 @@ func TestExternalEtcd(t *testing.T) {
 	cfg := embed.NewConfig()
 	cfg.Name = "external"
 	cfg.Dir = filepath.Join(dir, "data")
-	cu, _ := url.Parse("https://127.0.0.1:" + itoa(freePort(t)))
-	pu, _ := url.Parse("http://127.0.0.1:" + itoa(freePort(t)))
+	cu, _ := url.Parse("https://127.0.0.1:" + itoa(testutil.FreePort(t)))
+	pu, _ := url.Parse("http://127.0.0.1:" + itoa(testutil.FreePort(t)))
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
 	cfg.InitialCluster = "external=" + pu.String()
@@ -62,7 +63,7 @@ func TestExternalEtcd(t *testing.T) {
 	if s.etcd != nil {
 		t.Fatal("an etcd member was embedded although external endpoints were given")
 	}
-	ctx := ctxT(t)
+	ctx := testutil.Context(t, time.Minute)
 	gc := regionapi.NewClient(s.URL(), in.GlobalClient(t))
 	if _, err := gc.Apply(ctx, testApply("fra", 1, "dep-1", 1)); err != nil {
 		t.Fatal(err)
@@ -72,8 +73,8 @@ func TestExternalEtcd(t *testing.T) {
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatalf("service record in the external etcd: %v, %v", resp, err)
 	}
-	eventually(t, 10*time.Second, "leading on the external store", func() (bool, string) { return s.IsLeader(), "" })
+	testutil.Eventually(t, 10*time.Second, "leading on the external store", func() (bool, string) { return s.IsLeader(), "" })
 	m := joinMachine(t, in, s, "fra1-a", "fra1", 2000, 2048)
 	m.heartbeat(t)
-	eventually(t, 10*time.Second, "placed", func() (bool, string) { return len(m.assignments(t)) == 1, "" })
+	testutil.Eventually(t, 10*time.Second, "placed", func() (bool, string) { return len(m.assignments(t)) == 1, "" })
 }

@@ -2,10 +2,8 @@ package region
 
 import (
 	"context"
-	"log/slog"
-	"net"
+	"github.com/meridian-run/meridian/testutil"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -19,25 +17,6 @@ import (
 	"github.com/meridian-run/meridian/pki/pkitest"
 	"github.com/meridian-run/meridian/regionapi"
 )
-
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func testLogger() *slog.Logger {
-	level := slog.LevelWarn
-	if os.Getenv("MERIDIAN_TEST_DEBUG") != "" {
-		level = slog.LevelDebug
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-}
 
 // fastEtcd shortens the embedded member's timeouts for tests.
 func fastEtcd(c *embed.Config) {
@@ -55,8 +34,8 @@ func members(t testing.TB, region string, n int) []member {
 	for i := range ms {
 		ms[i] = member{
 			name:   region + "-" + strconv.Itoa(i+1),
-			client: "https://127.0.0.1:" + strconv.Itoa(freePort(t)),
-			peer:   "https://127.0.0.1:" + strconv.Itoa(freePort(t)),
+			client: "https://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t)),
+			peer:   "https://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t)),
 		}
 	}
 	return ms
@@ -87,7 +66,7 @@ func startRegion(t testing.TB, in *pkitest.Installation, region string, ms []mem
 		EtcdTuning:       fastEtcd,
 		LeaseTTL:         2 * time.Second,
 		ScheduleInterval: time.Second,
-		Logger:           testLogger(),
+		Logger:           testutil.Logger(),
 	}
 	if tweak != nil {
 		tweak(&cfg)
@@ -127,28 +106,6 @@ func startCluster(t testing.TB, in *pkitest.Installation, region string, n int) 
 	return out
 }
 
-// eventually polls cond every 20ms until it holds or the deadline passes.
-func eventually(t testing.TB, within time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	last := ""
-	for time.Now().Before(deadline) {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		last = state
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s: not true within %s; last state: %s", what, within, last)
-}
-
-func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // fakeMachine is a machine that speaks the agent protocol over real mutual
 // TLS, driven by the test instead of running processes.
 type fakeMachine struct {
@@ -159,7 +116,7 @@ type fakeMachine struct {
 // joinMachine joins a machine with a fresh one-time token.
 func joinMachine(t testing.TB, in *pkitest.Installation, s *Server, id, dc string, millicpu, memoryMB int) *fakeMachine {
 	t.Helper()
-	ctx := ctxT(t)
+	ctx := testutil.Context(t, time.Minute)
 	tok, err := s.CreateJoinToken(ctx, time.Hour, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -188,7 +145,7 @@ func joinMachine(t testing.TB, in *pkitest.Installation, s *Server, id, dc strin
 
 func (m *fakeMachine) heartbeat(t testing.TB) {
 	t.Helper()
-	if _, err := m.client.Heartbeat(ctxT(t), regionapi.Heartbeat{}); err != nil {
+	if _, err := m.client.Heartbeat(testutil.Context(t, time.Minute), regionapi.Heartbeat{}); err != nil {
 		t.Fatalf("heartbeat %s: %v", m.id, err)
 	}
 }
@@ -213,7 +170,7 @@ func (m *fakeMachine) keepAlive(t testing.TB, stop <-chan struct{}) {
 // stream's snapshot.
 func (m *fakeMachine) assignments(t testing.TB) []regionapi.Assignment {
 	t.Helper()
-	ctx, cancel := context.WithCancel(ctxT(t))
+	ctx, cancel := context.WithCancel(testutil.Context(t, time.Minute))
 	defer cancel()
 	var out []regionapi.Assignment
 	errDone := context.Canceled
@@ -235,7 +192,7 @@ func (m *fakeMachine) reportHealthy(t testing.TB) {
 		rep.Instances = append(rep.Instances, regionapi.InstanceReport{ID: a.ID, State: regionapi.StateRunning, Healthy: true,
 			Ports: map[string]int{"8080": 20000}})
 	}
-	if err := m.client.Report(ctxT(t), rep); err != nil {
+	if err := m.client.Report(testutil.Context(t, time.Minute), rep); err != nil {
 		t.Fatal(err)
 	}
 }

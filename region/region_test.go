@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"github.com/meridian-run/meridian/testutil"
 	"io"
 	"net/http"
 	"strconv"
@@ -30,7 +31,7 @@ func TestApplyIsIdempotentAndRefusesStaleGenerations(t *testing.T) {
 	in := pkitest.New(t, "fra")
 	s := single(t, in, "fra", nil)
 	c := regionapi.NewClient(s.URL(), in.GlobalClient(t))
-	ctx := ctxT(t)
+	ctx := testutil.Context(t, time.Minute)
 
 	res, err := c.Apply(ctx, testApply("fra", 2, "dep-2", 1))
 	if err != nil || !res.Applied {
@@ -64,7 +65,7 @@ func TestApplyIsIdempotentAndRefusesStaleGenerations(t *testing.T) {
 		}
 	}
 	// With no machines, the instance is pending with a reason.
-	eventually(t, 10*time.Second, "pending reason", func() (bool, string) {
+	testutil.Eventually(t, 10*time.Second, "pending reason", func() (bool, string) {
 		st, err := c.Status(ctx, "acme.web.api")
 		if err != nil {
 			return false, err.Error()
@@ -78,7 +79,7 @@ func TestApplyIsIdempotentAndRefusesStaleGenerations(t *testing.T) {
 func TestRegionServesMutualTLSOnly(t *testing.T) {
 	in := pkitest.New(t, "fra", "was")
 	s := single(t, in, "fra", nil)
-	ctx := ctxT(t)
+	ctx := testutil.Context(t, time.Minute)
 
 	// Plaintext never reaches a handler.
 	resp, err := http.Get("http://" + s.Addr() + "/v1/services")
@@ -134,7 +135,7 @@ func TestJoinTokens(t *testing.T) {
 	clock := &now
 	s := single(t, in, "fra", func(c *Config) { c.Now = func() time.Time { return *clock } })
 	was := single(t, in, "was", nil)
-	ctx := ctxT(t)
+	ctx := testutil.Context(t, time.Minute)
 	anon := regionapi.NewClient(s.URL(), &http.Client{Transport: &http.Transport{
 		TLSClientConfig: pki.ClientConfig(nil, in.Root.Pool(), pki.AllowKinds(pki.KindServer))}})
 	key, _ := pki.GenerateKey()
@@ -200,7 +201,7 @@ func TestJoinTokens(t *testing.T) {
 func TestSchedulingAndLiveness(t *testing.T) {
 	in := pkitest.New(t, "fra")
 	s := single(t, in, "fra", nil)
-	ctx := ctxT(t)
+	ctx := testutil.Context(t, time.Minute)
 	gc := regionapi.NewClient(s.URL(), in.GlobalClient(t))
 	a := joinMachine(t, in, s, "fra1-a", "fra1", 4000, 4096)
 	b := joinMachine(t, in, s, "fra1-b", "fra1", 4000, 4096)
@@ -212,18 +213,28 @@ func TestSchedulingAndLiveness(t *testing.T) {
 	defer close(stopB)
 	defer close(stopC)
 
+	testutil.Eventually(t, 10*time.Second, "every machine ready", func() (bool, string) {
+		ms, err := gc.Machines(ctx)
+		ready := 0
+		for _, m := range ms {
+			if m.Ready {
+				ready++
+			}
+		}
+		return err == nil && ready == 3, itoa(ready)
+	})
 	apply := testApply("fra", 1, "dep-1", 2)
 	apply.Definition.Datacenters = []string{"fra1"}
 	if _, err := gc.Apply(ctx, apply); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "one instance on each fra1 machine", func() (bool, string) {
+	testutil.Eventually(t, 10*time.Second, "one instance on each fra1 machine", func() (bool, string) {
 		na, nb, nc := len(a.assignments(t)), len(b.assignments(t)), len(c.assignments(t))
 		return na == 1 && nb == 1 && nc == 0, strings.Join([]string{itoa(na), itoa(nb), itoa(nc)}, ",")
 	})
 	a.reportHealthy(t)
 	b.reportHealthy(t)
-	eventually(t, 10*time.Second, "service healthy", func() (bool, string) {
+	testutil.Eventually(t, 10*time.Second, "service healthy", func() (bool, string) {
 		st, err := gc.Status(ctx, "acme.web.api")
 		return err == nil && st.Phase == regionapi.PhaseHealthy && st.Healthy == 2, st.Phase + " " + st.Message
 	})
@@ -232,7 +243,7 @@ func TestSchedulingAndLiveness(t *testing.T) {
 	// Machine a stops heartbeating: after its lease (2s) its instance goes to b.
 	close(stopA)
 	died := time.Now()
-	eventually(t, 10*time.Second, "replacement on fra1-b", func() (bool, string) {
+	testutil.Eventually(t, 10*time.Second, "replacement on fra1-b", func() (bool, string) {
 		return len(b.assignments(t)) == 2, itoa(len(b.assignments(t)))
 	})
 	t.Logf("replacement placed %.1fs after the last heartbeat (lease TTL 2s)", time.Since(died).Seconds())
@@ -249,7 +260,7 @@ func TestSchedulingAndLiveness(t *testing.T) {
 	}
 	// a comes back: it gets nothing to run, and the lost record is removed.
 	a.heartbeat(t)
-	eventually(t, 10*time.Second, "stale instance stopped", func() (bool, string) {
+	testutil.Eventually(t, 10*time.Second, "stale instance stopped", func() (bool, string) {
 		st, _ := gc.Status(ctx, "acme.web.api")
 		for _, is := range st.Instances {
 			if is.ID == lost {
@@ -264,11 +275,11 @@ func TestSchedulingAndLiveness(t *testing.T) {
 	if _, err := gc.Drain(ctx, "fra1-b"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "replacements on fra1-a", func() (bool, string) {
+	testutil.Eventually(t, 10*time.Second, "replacements on fra1-a", func() (bool, string) {
 		return len(a.assignments(t)) == 2, itoa(len(a.assignments(t)))
 	})
 	a.reportHealthy(t)
-	eventually(t, 10*time.Second, "drained machine empty", func() (bool, string) {
+	testutil.Eventually(t, 10*time.Second, "drained machine empty", func() (bool, string) {
 		return len(b.assignments(t)) == 0, itoa(len(b.assignments(t)))
 	})
 	dcs, err := gc.Datacenters(ctx)
@@ -280,7 +291,7 @@ func TestSchedulingAndLiveness(t *testing.T) {
 	if err := gc.DeleteService(ctx, "acme.web.api", 2); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "service deleted", func() (bool, string) {
+	testutil.Eventually(t, 10*time.Second, "service deleted", func() (bool, string) {
 		st, err := gc.Status(ctx, "acme.web.api")
 		return err == nil && st.Phase == regionapi.PhaseDeleted, st.Phase
 	})
@@ -297,9 +308,9 @@ func itoa(n int) string { return strconv.Itoa(n) }
 func TestThreeServerRegionSurvivesLeaderLoss(t *testing.T) {
 	in := pkitest.New(t, "fra")
 	servers := startCluster(t, in, "fra", 3)
-	ctx := ctxT(t)
+	ctx := testutil.Context(t, time.Minute)
 	var leader *Server
-	eventually(t, 15*time.Second, "a leader", func() (bool, string) {
+	testutil.Eventually(t, 15*time.Second, "a leader", func() (bool, string) {
 		n := 0
 		for _, s := range servers {
 			if s.IsLeader() {
@@ -322,10 +333,10 @@ func TestThreeServerRegionSurvivesLeaderLoss(t *testing.T) {
 	if _, err := gc.Apply(ctx, testApply("fra", 1, "dep-1", 1)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "placed before failover", func() (bool, string) { return len(m.assignments(t)) == 1, "" })
+	testutil.Eventually(t, 10*time.Second, "placed before failover", func() (bool, string) { return len(m.assignments(t)) == 1, "" })
 
 	leader.Close()
-	eventually(t, 20*time.Second, "a new leader", func() (bool, string) {
+	testutil.Eventually(t, 20*time.Second, "a new leader", func() (bool, string) {
 		for _, s := range servers {
 			if s != leader && s.IsLeader() {
 				return true, ""
@@ -340,7 +351,7 @@ func TestThreeServerRegionSurvivesLeaderLoss(t *testing.T) {
 	if _, err := gc.Apply(ctx, testApply("fra", 2, "dep-2", 3)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 15*time.Second, "placement continues under the new leader", func() (bool, string) {
+	testutil.Eventually(t, 15*time.Second, "placement continues under the new leader", func() (bool, string) {
 		n := len(m.assignments(t))
 		return n >= 3, itoa(n)
 	})
@@ -353,7 +364,7 @@ func TestThreeServerRegionSurvivesLeaderLoss(t *testing.T) {
 func TestFailedInstancesAreRemembered(t *testing.T) {
 	in := pkitest.New(t, "fra")
 	s := single(t, in, "fra", nil)
-	ctx := ctxT(t)
+	ctx := testutil.Context(t, time.Minute)
 	gc := regionapi.NewClient(s.URL(), in.GlobalClient(t))
 	a := joinMachine(t, in, s, "fra1-a", "fra1", 4000, 4096)
 	b := joinMachine(t, in, s, "fra1-b", "fra1", 4000, 4096)
@@ -365,7 +376,7 @@ func TestFailedInstancesAreRemembered(t *testing.T) {
 		t.Fatal(err)
 	}
 	var m *fakeMachine
-	eventually(t, 10*time.Second, "placed", func() (bool, string) {
+	testutil.Eventually(t, 10*time.Second, "placed", func() (bool, string) {
 		switch {
 		case len(a.assignments(t)) == 1:
 			m = a
@@ -379,7 +390,7 @@ func TestFailedInstancesAreRemembered(t *testing.T) {
 		State: regionapi.StateFailed, Restarts: 3, Message: "health check http :8080/healthz: status 500"}}}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "failure remembered after the replacement", func() (bool, string) {
+	testutil.Eventually(t, 10*time.Second, "failure remembered after the replacement", func() (bool, string) {
 		st, err := gc.Status(ctx, "acme.web.api")
 		if err != nil {
 			return false, err.Error()

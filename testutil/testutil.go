@@ -1,0 +1,104 @@
+// Package testutil holds what Meridian's tests share: a TestMain that
+// builds the demo app (and serves the process driver's shim), a quiet
+// logger, free loopback ports, bounded contexts, and polling a condition
+// against a deadline instead of sleeping and hoping.
+package testutil
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meridian-run/meridian/driver"
+)
+
+// Main runs a package's tests after building the given programs of this
+// module (import paths relative to the module root, e.g.
+// "examples/hello") into a temporary directory, and returns the exit code.
+// It first serves the process driver's shim when this binary was started
+// as one (agents in tests re-execute the test binary). paths receives each
+// built program's path by its base name.
+func Main(m *testing.M, paths map[string]*string) int {
+	driver.MaybeRunShim()
+	dir, err := os.MkdirTemp("", "meridian-test-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	root, err := moduleRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	for pkg, dst := range paths {
+		out := filepath.Join(dir, filepath.Base(pkg))
+		if b, err := exec.Command("go", "build", "-o", out, filepath.Join(root, pkg)).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", pkg, err, b)
+			return 1
+		}
+		*dst = out
+	}
+	return m.Run()
+}
+
+// moduleRoot is the directory of this module's go.mod.
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	return filepath.Dir(strings.TrimSpace(string(out))), nil
+}
+
+// Logger logs warnings and errors to stderr, everything with
+// MERIDIAN_TEST_DEBUG set.
+func Logger() *slog.Logger {
+	level := slog.LevelWarn
+	if os.Getenv("MERIDIAN_TEST_DEBUG") != "" {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// FreePort returns a loopback port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// Context returns a context canceled after d or when the test ends.
+func Context(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// Eventually polls cond every 20ms until it holds, failing the test with
+// the last state cond described when it does not within the deadline.
+func Eventually(t testing.TB, within time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	last := ""
+	for time.Now().Before(deadline) {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		last = state
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s: not true within %s; last state: %s", what, within, last)
+}
