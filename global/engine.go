@@ -86,10 +86,14 @@ func (e *engine) start() {
 		e.log.Warn("no region client configured (Config.RegionHTTP): rollouts stay PENDING and region calls are refused")
 		return
 	}
-	e.wg.Add(1)
+	e.wg.Add(2)
 	go func() {
 		defer e.wg.Done()
 		e.manage()
+	}()
+	go func() {
+		defer e.wg.Done()
+		e.announcePeers()
 	}()
 }
 

@@ -271,7 +271,11 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 	if err := json.Unmarshal(resp.Kvs[0].Value, &m); err != nil {
 		return fmt.Errorf("machine record: %w", err)
 	}
-	if (hb.Address != "" && hb.Address != m.Address) || (hb.MilliCPU > 0 && hb.MilliCPU != m.MilliCPU) || (hb.MemoryMB > 0 && hb.MemoryMB != m.MemoryMB) {
+	if hb.MeshPort < 0 || hb.MeshPort > 65535 {
+		return fieldError("mesh_port", "%d is not a port", hb.MeshPort)
+	}
+	if (hb.Address != "" && hb.Address != m.Address) || (hb.MilliCPU > 0 && hb.MilliCPU != m.MilliCPU) ||
+		(hb.MemoryMB > 0 && hb.MemoryMB != m.MemoryMB) || (hb.MeshPort > 0 && hb.MeshPort != m.MeshPort) {
 		if net.ParseIP(hb.Address) == nil && hb.Address != "" {
 			return fieldError("address", "%q is not an IP address", hb.Address)
 		}
@@ -284,6 +288,9 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 			}
 			if hb.MemoryMB > 0 {
 				m.MemoryMB = hb.MemoryMB
+			}
+			if hb.MeshPort > 0 {
+				m.MeshPort = hb.MeshPort
 			}
 		}); err != nil {
 			return err

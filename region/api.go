@@ -26,8 +26,11 @@ func (s *Server) tlsConfig() *tls.Config {
 		panic(err) // the CA was checked in Start
 	}
 	admit := pki.AnyOf(
-		pki.AllOf(pki.AllowKinds(pki.KindGlobal), pki.RequireIssuer(s.cfg.CA.Root)),
+		pki.AllOf(pki.AllowKinds(pki.KindGlobal, pki.KindEdge), pki.RequireIssuer(s.cfg.CA.Root)),
 		members,
+		// Other regions' servers read this region's endpoint feed; their
+		// chains were verified against the root.
+		pki.AllowKinds(pki.KindServer),
 	)
 	cfg := pki.ServerConfig(s.certs, s.roots, admit)
 	cfg.ClientAuth = tls.VerifyClientCertIfGiven
@@ -55,9 +58,10 @@ type handler func(w http.ResponseWriter, r *http.Request) error
 
 // who may call a route.
 const (
-	anyone = iota
-	global
-	machine
+	anyone  = iota
+	global  // the global plane, or a server of this region
+	machine // a machine of this region
+	feed    // the global plane, edges, any region's servers, this region's machines
 )
 
 func (s *Server) routes() http.Handler {
@@ -75,6 +79,9 @@ func (s *Server) routes() http.Handler {
 	handle("POST /v1/machines/{id}/drain", global, s.drainMachine)
 	handle("POST /v1/join-tokens", global, s.createJoinToken)
 	handle("DELETE /v1/join-tokens/{id}", global, s.revokeJoinToken)
+
+	handle("GET /v1/feed", feed, s.serveFeed)
+	handle("PUT /v1/peers", global, s.setPeers)
 
 	handle("POST /v1/join", anyone, s.join)
 	handle("POST /v1/agent/renew", machine, s.renew)
@@ -104,6 +111,8 @@ func (s *Server) wrap(name string, who int, h handler) http.Handler {
 			case who == global && peer.ID.Kind == pki.KindGlobal:
 			case who == global && peer.ID.Kind == pki.KindServer && peer.ID.Region == s.cfg.Region:
 			case who == machine && peer.ID.Kind == pki.KindMachine && peer.ID.Region == s.cfg.Region:
+			case who == feed && (peer.ID.Kind == pki.KindGlobal || peer.ID.Kind == pki.KindEdge || peer.ID.Kind == pki.KindServer ||
+				(peer.ID.Kind == pki.KindMachine && peer.ID.Region == s.cfg.Region)):
 			default:
 				s.log.Warn("refused caller", "route", name, "peer", peer.ID.String())
 				writeErr(w, apiErr(http.StatusForbidden, api.CodeForbidden, "%s may not call %s", peer.ID, name))

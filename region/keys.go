@@ -19,6 +19,7 @@ import (
 //	tokens/<id>                tokenRecord: a join token (hash, expiry, uses, revoked)
 //	failed/<service>/<id>      regionapi.InstanceStatus of an instance replaced past its restart limit, kept until the next apply
 //	pending                    the leader's last unplaced demand, with reasons
+//	peers                      regionapi.Peers: the other open regions, as global last sent them
 //	leader/                    the scheduler's election
 type keys struct{ root string }
 
@@ -40,6 +41,7 @@ func (k keys) token(id string) string          { return k.root + "tokens/" + id 
 func (k keys) failedPrefix() string            { return k.root + "failed/" }
 func (k keys) failedSvc(svc string) string     { return k.root + "failed/" + svc + "/" }
 func (k keys) failed(svc, id string) string    { return k.root + "failed/" + svc + "/" + id }
+func (k keys) peers() string                   { return k.root + "peers" }
 func (k keys) pending() string                 { return k.root + "pending" }
 func (k keys) leader() string                  { return k.root + "leader" }
 func (k keys) last(full, prefix string) string { return strings.TrimPrefix(full, prefix) }
@@ -107,6 +109,7 @@ type machineRecord struct {
 	MilliCPU   int       `json:"millicpu"`
 	MemoryMB   int       `json:"memory_mb"`
 	Draining   bool      `json:"draining,omitempty"`
+	MeshPort   int       `json:"mesh_port,omitempty"`
 	JoinedAt   time.Time `json:"joined_at"`
 }
 

@@ -76,6 +76,7 @@ type Server struct {
 	mu      sync.Mutex
 	leading bool
 	specs   map[string]specRecord // immutable, cached by deployment id
+	feeds   *feedHub
 }
 
 // Start validates cfg, starts the embedded etcd member (unless external),
@@ -120,6 +121,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		ready:   make(chan struct{}),
 		errc:    make(chan error, 4),
 		specs:   map[string]specRecord{},
+		feeds:   newFeedHub(),
 	}
 	s.roots.AddCert(cfg.CA.Root)
 
@@ -158,7 +160,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return runCtx },
 	}
-	s.wg.Add(3)
+	s.wg.Add(5)
+	go func() { defer s.wg.Done(); s.runFeeds(runCtx) }()
+	go func() { defer s.wg.Done(); s.followPeers(runCtx) }()
 	go func() {
 		defer s.wg.Done()
 		if err := s.http.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -157,41 +157,71 @@ func (c *Client) Report(ctx context.Context, r StatusReport) error {
 	return c.do(ctx, "POST", "/v1/agent/report", r, nil)
 }
 
-// Watch streams the calling machine's assignments from after (0: start
-// with a snapshot), calling fn for each event until ctx ends, the stream
-// breaks, or fn returns an error. The caller resumes with the last
-// revision it saw.
-func (c *Client) Watch(ctx context.Context, after int64, fn func(WatchEvent) error) error {
-	path := "/v1/agent/watch?after=" + strconv.FormatInt(after, 10)
+// SetPeers tells a region about the other open regions (global plane).
+func (c *Client) SetPeers(ctx context.Context, p Peers) error {
+	return c.do(ctx, "PUT", "/v1/peers", p, nil)
+}
+
+// Feed streams a region's endpoint feed: a full Feed at once and again on
+// every change (debounced), until ctx ends, the stream breaks, or fn
+// returns an error. local asks for the region's own endpoints only (what
+// edges and peer regions read); otherwise the feed merges the peers' (what
+// agents read for the mesh).
+func (c *Client) Feed(ctx context.Context, local bool, fn func(Feed) error) error {
+	path := "/v1/feed?local=" + strconv.FormatBool(local)
+	return c.stream(ctx, path, func(line []byte) error {
+		var f Feed
+		if err := json.Unmarshal(line, &f); err != nil {
+			return fmt.Errorf("feed: decoding: %w", err)
+		}
+		if f.Region == "" {
+			return nil // keepalive
+		}
+		return fn(f)
+	})
+}
+
+// stream reads an NDJSON stream line by line.
+func (c *Client) stream(ctx context.Context, path string, fn func([]byte) error) error {
 	req, err := c.newRequest(ctx, "GET", path, nil)
 	if err != nil {
 		return err
 	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		return fmt.Errorf("watch: %w", err)
+		return fmt.Errorf("GET %s: %w", path, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
 		return readError(resp, "GET", path)
 	}
 	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	sc.Buffer(make([]byte, 64<<10), 256<<20)
 	for sc.Scan() {
 		line := sc.Bytes()
 		if len(bytes.TrimSpace(line)) == 0 {
-			continue // keepalive
+			continue
 		}
-		var ev WatchEvent
-		if err := json.Unmarshal(line, &ev); err != nil {
-			return fmt.Errorf("watch: decoding event: %w", err)
-		}
-		if err := fn(ev); err != nil {
+		if err := fn(line); err != nil {
 			return err
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return fmt.Errorf("watch: %w", err)
+		return fmt.Errorf("GET %s: %w", path, err)
 	}
-	return fmt.Errorf("watch: stream ended")
+	return fmt.Errorf("GET %s: stream ended", path)
+}
+
+// Watch streams the calling machine's assignments from after (0: start
+// with a snapshot), calling fn for each event until ctx ends, the stream
+// breaks, or fn returns an error. The caller resumes with the last
+// revision it saw.
+func (c *Client) Watch(ctx context.Context, after int64, fn func(WatchEvent) error) error {
+	return c.stream(ctx, "/v1/agent/watch?after="+strconv.FormatInt(after, 10), func(line []byte) error {
+		var ev WatchEvent
+		if err := json.Unmarshal(line, &ev); err != nil {
+			return fmt.Errorf("watch: decoding event: %w", err)
+		}
+		return fn(ev)
+	})
 }

@@ -181,6 +181,9 @@ type Heartbeat struct {
 	Address  string `json:"address,omitempty"`
 	MilliCPU int    `json:"millicpu,omitempty"`
 	MemoryMB int    `json:"memory_mb,omitempty"`
+	// MeshPort is the machine's node proxy port (mutual TLS), where other
+	// machines' proxies deliver calls to its instances.
+	MeshPort int `json:"mesh_port,omitempty"`
 }
 
 // HeartbeatResponse tells the agent its lease TTL.
@@ -234,4 +237,72 @@ type InstanceReport struct {
 // StatusReport carries an agent's instance reports.
 type StatusReport struct {
 	Instances []InstanceReport `json:"instances"`
+}
+
+// Feed is a region's endpoint feed: every service with its ports, routes
+// and endpoints (instances with where they are reachable and whether they
+// are healthy). Edges and other regions read a region's own feed (Local);
+// a region's agents read the merged feed of their region and its peers,
+// for the mesh.
+type Feed struct {
+	Region   string        `json:"region"`
+	Revision int64         `json:"revision"`
+	Services []FeedService `json:"services"`
+	// Peers holds, in a merged feed, each peer region's last feed and when
+	// it was received.
+	Peers []PeerFeed `json:"peers,omitempty"`
+}
+
+// PeerFeed is another region's feed as a region last received it.
+type PeerFeed struct {
+	Region    string    `json:"region"`
+	Latitude  float64   `json:"latitude"`
+	Longitude float64   `json:"longitude"`
+	Received  time.Time `json:"received"`
+	// Connected is false while the peer's feed is gone; its endpoints stay
+	// listed (stale) and are used while they answer.
+	Connected bool          `json:"connected"`
+	Services  []FeedService `json:"services"`
+}
+
+// FeedService is one service of a feed.
+type FeedService struct {
+	Key          string      `json:"key"` // org.app.service
+	Org          string      `json:"org"`
+	App          string      `json:"app"`
+	Service      string      `json:"service"`
+	DeploymentID string      `json:"deployment_id"`
+	Version      int         `json:"version"`
+	Type         string      `json:"type"`
+	Ports        []api.Port  `json:"ports"`
+	Routes       []api.Route `json:"routes"`
+	Endpoints    []Endpoint  `json:"endpoints"`
+}
+
+// Endpoint is one instance of a service as the feed reports it.
+type Endpoint struct {
+	Instance     string         `json:"instance"`
+	DeploymentID string         `json:"deployment_id"`
+	Datacenter   string         `json:"datacenter"`
+	Machine      string         `json:"machine"`
+	Address      string         `json:"address"`             // the machine's address
+	Ports        map[string]int `json:"ports"`               // declared port -> host port
+	MeshPort     int            `json:"mesh_port,omitempty"` // the machine's node proxy (mutual TLS)
+	Healthy      bool           `json:"healthy"`
+}
+
+// Peer is another region a region exchanges feeds with.
+type Peer struct {
+	ID        string  `json:"id"`
+	URL       string  `json:"url"`
+	Latitude  float64 `json:"latitude"`
+	Longitude float64 `json:"longitude"`
+}
+
+// Peers is the body of PUT /v1/peers: the other open regions, sent by the
+// global control plane and cached by the region, so feeds keep flowing
+// while global is down.
+type Peers struct {
+	Self  Peer   `json:"self"`
+	Peers []Peer `json:"peers"`
 }
