@@ -335,8 +335,12 @@ func (s *Server) assignment(ctx context.Context, a assignRecord) (regionapi.Assi
 	if err != nil {
 		return regionapi.Assignment{}, err
 	}
+	secrets, err := s.sealer.open(a.DeploymentID, sp.Secrets)
+	if err != nil {
+		return regionapi.Assignment{}, err
+	}
 	return regionapi.Assignment{ID: a.ID, Service: a.Service, Org: sp.Org, App: sp.App, ServiceName: sp.Service,
-		DeploymentID: a.DeploymentID, Version: a.Version, Definition: sp.Definition, Secrets: sp.Secrets}, nil
+		DeploymentID: a.DeploymentID, Version: a.Version, Definition: sp.Definition, Secrets: secrets}, nil
 }
 
 // watch streams the machine's assignments as NDJSON: a snapshot, then

@@ -72,7 +72,8 @@ type specRecord struct {
 	DeploymentID string                 `json:"deployment_id"`
 	Version      int                    `json:"version"`
 	Definition   api.RegionalDefinition `json:"definition"`
-	Secrets      map[string]string      `json:"secrets,omitempty"`
+	// Secrets holds the secret values, sealed (see sealer).
+	Secrets map[string][]byte `json:"sealed_secrets,omitempty"`
 }
 
 // assignRecord is an instance placed on a machine. State is "pending"

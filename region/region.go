@@ -77,6 +77,7 @@ type Server struct {
 	leading bool
 	specs   map[string]specRecord // immutable, cached by deployment id
 	feeds   *feedHub
+	sealer  *sealer
 }
 
 // Start validates cfg, starts the embedded etcd member (unless external),
@@ -124,6 +125,10 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		feeds:   newFeedHub(),
 	}
 	s.roots.AddCert(cfg.CA.Root)
+	var err error
+	if s.sealer, err = newSealer(cfg.CA.Key); err != nil {
+		return nil, err
+	}
 
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)

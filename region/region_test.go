@@ -411,3 +411,31 @@ func TestFailedInstancesAreRemembered(t *testing.T) {
 		t.Fatalf("failures after a new apply: %+v, %v", st.Failures, err)
 	}
 }
+
+// TestSecretsAreSealedInEtcd: secret values sent with an apply are stored
+// sealed, and reach the machine that runs the instance in the clear.
+func TestSecretsAreSealedInEtcd(t *testing.T) {
+	in := pkitest.New(t, "fra")
+	s := single(t, in, "fra", nil)
+	ctx := testutil.Context(t, time.Minute)
+	gc := regionapi.NewClient(s.URL(), in.GlobalClient(t))
+	m := joinMachine(t, in, s, "fra1-a", "fra1", 4000, 4096)
+	m.heartbeat(t)
+	a := testApply("fra", 1, "dep-1", 1)
+	a.Definition.Env = []api.ResolvedEnv{{Key: "DB_PASSWORD", Secret: "db"}}
+	a.Secrets = map[string]string{"db": "hunter2-plaintext"}
+	if _, err := gc.Apply(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.cli.Get(ctx, s.keys.spec("dep-1"))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("spec record: %v %v", resp, err)
+	}
+	if strings.Contains(string(resp.Kvs[0].Value), "hunter2") {
+		t.Fatal("a secret value is stored in etcd in the clear")
+	}
+	testutil.Eventually(t, 10*time.Second, "the machine gets the secret", func() (bool, string) {
+		as := m.assignments(t)
+		return len(as) == 1 && as[0].Secrets["db"] == "hunter2-plaintext", "not yet"
+	})
+}

@@ -112,7 +112,7 @@ func (s *Server) applyService(w http.ResponseWriter, r *http.Request) error {
 			MilliCPU: d.InstanceType.MilliCPU, MemoryMB: d.InstanceType.MemoryMB,
 			Datacenters: d.Datacenters, UpdatedAt: s.cfg.Now().UTC()}
 		spec := specRecord{Org: a.Org, App: a.App, Service: a.Service, DeploymentID: a.DeploymentID,
-			Version: a.Version, Definition: d, Secrets: a.Secrets}
+			Version: a.Version, Definition: d, Secrets: s.sealer.seal(a.DeploymentID, a.Secrets)}
 		txn, err := s.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(s.keys.svc(key)), "=", modRev)).
 			Then(clientv3.OpPut(s.keys.svc(key), mustJSON(rec)), clientv3.OpPut(s.keys.spec(a.DeploymentID), mustJSON(spec)),
