@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -79,6 +80,8 @@ func (s *Server) lead(ctx context.Context, sess *concurrency.Session, e *concurr
 	wch := s.cli.Watch(clientv3.WithRequireLeader(lctx), s.keys.root, clientv3.WithPrefix())
 	tick := time.NewTicker(s.cfg.ScheduleInterval)
 	defer tick.Stop()
+	gc := time.NewTicker(s.cfg.GCInterval)
+	defer gc.Stop()
 	var last string
 	for {
 		if err := s.scheduleOnce(lctx, e, &last); err != nil && lctx.Err() == nil {
@@ -89,6 +92,10 @@ func (s *Server) lead(ctx context.Context, sess *concurrency.Session, e *concurr
 			return
 		case <-sess.Done():
 			return
+		case <-gc.C:
+			if err := s.collectSpecs(lctx, e); err != nil && lctx.Err() == nil {
+				s.log.Warn("collecting unused deployment specs", "err", err)
+			}
 		case <-tick.C:
 		case resp, ok := <-wch:
 			if !ok || resp.Canceled {
@@ -319,5 +326,53 @@ func (s *Server) scheduleOnce(ctx context.Context, e *concurrency.Election, last
 	for _, stop := range plan.Stop {
 		s.log.Info("instance stopped", "instance", stop.InstanceID, "service", stop.Group, "machine", stop.Machine, "reason", stop.Reason)
 	}
+	return nil
+}
+
+// collectSpecs deletes the specs of deployments no service wants and no
+// instance runs any more, in a transaction that checks nothing changed.
+func (s *Server) collectSpecs(ctx context.Context, e *concurrency.Election) error {
+	st, err := s.load(ctx)
+	if err != nil {
+		return err
+	}
+	used := map[string]bool{}
+	for _, r := range st.services {
+		used[r.DeploymentID] = true
+	}
+	for _, a := range st.assigns {
+		used[a.DeploymentID] = true
+	}
+	resp, err := s.cli.Get(ctx, s.keys.spec(""), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithRev(st.rev))
+	if err != nil {
+		return fmt.Errorf("read specs: %w", err)
+	}
+	var ops []clientv3.Op
+	var gone []string
+	for _, kv := range resp.Kvs {
+		dep := strings.TrimPrefix(string(kv.Key), s.keys.spec(""))
+		if !used[dep] {
+			ops = append(ops, clientv3.OpDelete(string(kv.Key)))
+			gone = append(gone, dep)
+		}
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	ops = ops[:min(len(ops), maxOpsPerTxn)]
+	txn, err := s.cli.Txn(ctx).If(
+		clientv3.Compare(clientv3.CreateRevision(e.Key()), "=", e.Rev()),
+		clientv3.Compare(clientv3.ModRevision(s.keys.svcPrefix()), "<", st.rev+1).WithPrefix(),
+		clientv3.Compare(clientv3.ModRevision(s.keys.assignPrefix()), "<", st.rev+1).WithPrefix(),
+	).Then(ops...).Commit()
+	if err != nil || !txn.Succeeded {
+		return err
+	}
+	s.mu.Lock()
+	for _, dep := range gone[:len(ops)] {
+		delete(s.specs, dep)
+	}
+	s.mu.Unlock()
+	s.log.Info("deleted unused deployment specs", "count", len(ops))
 	return nil
 }

@@ -49,6 +49,9 @@ type Config struct {
 	// ScheduleInterval is how often the leader re-plans without a change
 	// (default 5s); it re-plans at once on every change.
 	ScheduleInterval time.Duration
+	// GCInterval is how often the leader deletes the specs of deployments
+	// nothing uses any more (default 1m).
+	GCInterval time.Duration
 	// Logger receives the component's logs.
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
@@ -103,6 +106,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if cfg.ScheduleInterval == 0 {
 		cfg.ScheduleInterval = 5 * time.Second
+	}
+	if cfg.GCInterval == 0 {
+		cfg.GCInterval = time.Minute
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

@@ -439,3 +439,28 @@ func TestSecretsAreSealedInEtcd(t *testing.T) {
 		return len(as) == 1 && as[0].Secrets["db"] == "hunter2-plaintext", "not yet"
 	})
 }
+
+// TestUnusedSpecsAreCollected: the spec of a deployment that no service
+// wants and no instance runs is deleted; the current one stays.
+func TestUnusedSpecsAreCollected(t *testing.T) {
+	in := pkitest.New(t, "fra")
+	s := single(t, in, "fra", func(c *Config) { c.GCInterval = 100 * time.Millisecond })
+	ctx := testutil.Context(t, time.Minute)
+	gc := regionapi.NewClient(s.URL(), in.GlobalClient(t))
+	for i, dep := range []string{"dep-1", "dep-2"} {
+		if _, err := gc.Apply(ctx, testApply("fra", int64(i+1), dep, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func(dep string) int {
+		resp, err := s.cli.Get(ctx, s.keys.spec(dep))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(resp.Kvs)
+	}
+	testutil.Eventually(t, 10*time.Second, "dep-1's spec collected", func() (bool, string) { return count("dep-1") == 0, "still there" })
+	if count("dep-2") != 1 {
+		t.Fatal("the current deployment's spec was collected")
+	}
+}
