@@ -5,38 +5,20 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/meridian-run/meridian/clock"
 	"log/slog"
 	"sync/atomic"
 	"time"
 )
 
-// Clock is the time source of the renewer. RealClock is the wall clock;
-// tests inject their own.
-type Clock interface {
-	Now() time.Time
-	NewTimer(d time.Duration) Timer
-}
+// Clock is the time source of the renewer (clock.Real() or a test's fake).
+type Clock = clock.Clock
 
 // Timer is a one-shot timer made by a Clock.
-type Timer interface {
-	// C delivers the time once the timer fires.
-	C() <-chan time.Time
-	// Stop prevents the timer from firing; it reports whether it did.
-	Stop() bool
-}
+type Timer = clock.Timer
 
 // RealClock returns the wall clock.
-func RealClock() Clock { return realClock{} }
-
-type realClock struct{}
-
-func (realClock) Now() time.Time                 { return time.Now() }
-func (realClock) NewTimer(d time.Duration) Timer { return realTimer{time.NewTimer(d)} }
-
-type realTimer struct{ t *time.Timer }
-
-func (t realTimer) C() <-chan time.Time { return t.t.C }
-func (t realTimer) Stop() bool          { return t.t.Stop() }
+func RealClock() Clock { return clock.Real() }
 
 type current struct {
 	leaf *Leaf
