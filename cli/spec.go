@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/spec"
 )
 
@@ -50,6 +51,26 @@ func (e definitionErrors) Error() string {
 	return "invalid deployment definition: " + e.err.Error()
 }
 
+// loadDefinition reads, parses and validates a definition file.
+func loadDefinition(file, catalogue string) (api.Definition, spec.Options, error) {
+	doc, err := readDefinitionFile(file)
+	if err != nil {
+		return api.Definition{}, spec.Options{}, err
+	}
+	opts, err := specOptions(catalogue)
+	if err != nil {
+		return api.Definition{}, opts, err
+	}
+	def, err := spec.Parse(doc)
+	if err == nil {
+		err = spec.Validate(def, opts)
+	}
+	if err != nil {
+		return def, opts, definitionErrors{err}
+	}
+	return def, opts, nil
+}
+
 func newValidateCmd(g *globals) *cobra.Command {
 	var file, catalogue string
 	cmd := &cobra.Command{
@@ -57,20 +78,9 @@ func newValidateCmd(g *globals) *cobra.Command {
 		Short: "Check a deployment definition (YAML or JSON) without sending it",
 		Args:  args(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			doc, err := readDefinitionFile(file)
+			def, _, err := loadDefinition(file, catalogue)
 			if err != nil {
 				return err
-			}
-			opts, err := specOptions(catalogue)
-			if err != nil {
-				return err
-			}
-			def, err := spec.Parse(doc)
-			if err == nil {
-				err = spec.Validate(def, opts)
-			}
-			if err != nil {
-				return definitionErrors{err}
 			}
 			fmt.Fprintf(g.stdout, "%s: valid (%d regions)\n", file, len(def.Regions))
 			return nil
@@ -91,20 +101,9 @@ func newRenderCmd(g *globals) *cobra.Command {
 			if region == "" {
 				return usagef("--region is required")
 			}
-			doc, err := readDefinitionFile(file)
+			def, opts, err := loadDefinition(file, catalogue)
 			if err != nil {
 				return err
-			}
-			opts, err := specOptions(catalogue)
-			if err != nil {
-				return err
-			}
-			def, err := spec.Parse(doc)
-			if err == nil {
-				err = spec.Validate(def, opts)
-			}
-			if err != nil {
-				return definitionErrors{err}
 			}
 			rd, err := spec.DeriveRegion(def, region, opts)
 			if err != nil {
