@@ -162,7 +162,7 @@ postgres://... for PostgreSQL in production.`,
 	f.StringVar(&storeURL, "store", "", "store: a SQLite path or sqlite://PATH, or postgres://... (default $MERIDIAN_STORE, else STATE_DIR/global.db)")
 	f.StringVar(&adminToken, "admin-token", "", "the installation's admin token (default $MERIDIAN_ADMIN_TOKEN, else STATE_DIR/admin.token, generated if absent)")
 	f.StringVar(&keyFile, "secret-key-file", "", "file with the base64 32-byte key that seals secrets (default STATE_DIR/secret.key, generated if absent)")
-	f.StringVar(&domain, "domain", global.DefaultDomain, "suffix of apps' public host names: <app>.<org>.<domain>")
+	f.StringVar(&domain, "domain", global.DefaultDomain, "suffix of apps' public host names: <app>-<org>.<domain>")
 	f.StringVar(&catalogue, "instance-types", "", "YAML file with the instance type catalogue (default: the built-in catalogue)")
 	f.StringVar(&pkiDir, "pki", "", "PKI directory holding the global certificate for calling regions (from `meridian pki global`)")
 	f.DurationVar(&rolloutPoll, "rollout-poll", time.Second, "how often rollout workers look at the store and the regions")

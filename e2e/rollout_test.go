@@ -59,7 +59,7 @@ func TestDeployToThreeRegionsWithOverrides(t *testing.T) {
 	}
 	// The app has its public host.
 	code, out, _ = in.cli("apps", "ls", "-o", "json")
-	if code != 0 || !strings.Contains(out, `"host": "hello.demo.meridian.localhost"`) {
+	if code != 0 || !strings.Contains(out, `"host": "hello-demo.meridian.localhost"`) {
 		t.Fatalf("apps ls -o json: %d\n%s", code, out)
 	}
 }

@@ -49,7 +49,7 @@ func TestQuickstartDeploysExampleToEveryRegion(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if app.Host != "hello.acme."+DefaultDomain {
+		if app.Host != "hello-acme."+DefaultDomain {
 			t.Fatalf("app host = %q", app.Host)
 		}
 		d, err := h.acme.Deploy(ctx, "hello", readExample(t), "application/yaml", "")

@@ -286,12 +286,15 @@ func (s *Server) deleteToken(w http.ResponseWriter, r *http.Request) error {
 
 // Apps.
 
+// appHost is an app's public host name at the edges:
+// <app>-<org>.<domain>, one label under the domain so that one wildcard
+// certificate (*.<domain>) covers every app.
 func (s *Server) appHost(orgID, app string, tx store.Tx, ctx context.Context) (string, error) {
 	o, err := tx.GetOrg(ctx, orgID)
 	if err != nil {
 		return "", fmt.Errorf("organization of token: %w", err)
 	}
-	return app + "." + o.Name + "." + s.cfg.Domain, nil
+	return app + "-" + o.Name + "." + s.cfg.Domain, nil
 }
 
 func (s *Server) createApp(w http.ResponseWriter, r *http.Request) error {

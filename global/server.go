@@ -48,7 +48,7 @@ type Config struct {
 	AdminToken string
 	// SecretKey is the 32-byte key that seals secrets at rest.
 	SecretKey []byte
-	// Domain is the suffix of apps' public host names: <app>.<org>.<Domain>.
+	// Domain is the suffix of apps' public host names: <app>-<org>.<Domain>.
 	Domain string
 	// Spec holds the instance type catalogue and limits used to validate
 	// and derive definitions.
