@@ -88,6 +88,7 @@ func (s *Server) routes() http.Handler {
 	handle("POST /v1/agent/heartbeat", machine, s.heartbeat)
 	handle("GET /v1/agent/watch", machine, s.watch)
 	handle("POST /v1/agent/report", machine, s.report)
+	handle("POST /v1/agent/workload-cert", machine, s.workloadCert)
 
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
