@@ -1,0 +1,190 @@
+package edge
+
+import (
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"github.com/meridian-run/meridian/regionapi"
+)
+
+// endpoint is one instance's port as the edge reaches it. Endpoints keep
+// their balancing and ejection state across table rebuilds (same key).
+type endpoint struct {
+	key      string
+	instance string
+	region   *regionState
+	addr     string // host:port
+	h2c      bool   // the port speaks HTTP/2 without TLS
+
+	inflight   atomic.Int64
+	fails      atomic.Int32 // consecutive transport failures
+	fails5xx   atomic.Int32 // consecutive 5xx answers
+	ejections  atomic.Int32 // consecutive ejections (their length doubles)
+	ejectUntil atomic.Int64 // unix nanoseconds
+}
+
+func (e *endpoint) ejected(now int64) bool { return e.ejectUntil.Load() > now }
+
+// table is an immutable routing table: host -> app -> routes -> targets
+// (one per region) -> endpoints. A new one replaces it on every change.
+type table struct {
+	hosts     map[string]*appRoutes
+	routes    int
+	endpoints int
+}
+
+// appRoutes is one app's routes, longest path prefix first.
+type appRoutes struct {
+	org, app string
+	routes   []*route
+}
+
+// route is a path prefix and where it leads, per region.
+type route struct {
+	prefix  string
+	targets []*target
+}
+
+// target is a route's service and port in one region, with its healthy
+// endpoints.
+type target struct {
+	region  *regionState
+	service string
+	port    int
+	eps     []*endpoint
+}
+
+// match returns the route of the longest prefix that matches path on a
+// segment boundary ("/api" matches "/api" and "/api/x", not "/apix").
+func (a *appRoutes) match(path string) *route {
+	if path == "" {
+		path = "/"
+	}
+	for _, r := range a.routes {
+		if prefixMatch(r.prefix, path) {
+			return r
+		}
+	}
+	return nil
+}
+
+func prefixMatch(prefix, path string) bool {
+	if !strings.HasPrefix(path, prefix) {
+		return false
+	}
+	return len(path) == len(prefix) || prefix[len(prefix)-1] == '/' || path[len(prefix)] == '/'
+}
+
+// hostOf returns the lower-case host name of a Host header, without port
+// or trailing dot.
+func hostOf(h string) string {
+	if i := strings.LastIndexByte(h, ':'); i >= 0 && !strings.Contains(h[i:], "]") {
+		h = h[:i]
+	}
+	h = strings.TrimSuffix(h, ".")
+	for i := 0; i < len(h); i++ {
+		if c := h[i]; c >= 'A' && c <= 'Z' {
+			return strings.ToLower(h)
+		}
+	}
+	return h
+}
+
+// AppHost is an app's public host name: <app>-<org>.<domain>.
+func AppHost(app, org, domain string) string { return app + "-" + org + "." + domain }
+
+// regionFeed is one region's services as last received.
+type regionFeed struct {
+	rs       *regionState
+	services []regionapi.FeedService
+}
+
+// buildTable merges the regions' feeds into a routing table. Endpoints of
+// prev with the same key are kept (with their state); the returned map
+// holds the endpoints of the new table. Invalid entries are skipped: a
+// service with a bad name, a route that is not a path or names an
+// undeclared or non-HTTP port, an endpoint without address or host port.
+// Two services of one app claiming one prefix in one region: the first by
+// key wins.
+func buildTable(domain string, feeds []regionFeed, prev map[string]*endpoint) (*table, map[string]*endpoint) {
+	t := &table{hosts: map[string]*appRoutes{}}
+	eps := make(map[string]*endpoint, len(prev))
+	type routeKey struct{ host, prefix string }
+	routes := map[routeKey]*route{}
+	for _, f := range feeds {
+		claimed := map[routeKey]bool{}
+		for _, svc := range f.services {
+			if !validLabel(svc.App) || !validLabel(svc.Org) || svc.Service == "" {
+				continue
+			}
+			host := AppHost(svc.App, svc.Org, domain)
+			protocols := map[int]string{}
+			for _, p := range svc.Ports {
+				protocols[p.Port] = p.Protocol
+			}
+			for _, rt := range svc.Routes {
+				proto, declared := protocols[rt.Port]
+				if !declared || (proto != "" && proto != "http" && proto != "http2") {
+					continue
+				}
+				if rt.Path == "" || rt.Path[0] != '/' || strings.ContainsAny(rt.Path, " \t\r\n?#") {
+					continue
+				}
+				rk := routeKey{host, rt.Path}
+				if claimed[rk] {
+					continue
+				}
+				claimed[rk] = true
+				app := t.hosts[host]
+				if app == nil {
+					app = &appRoutes{org: svc.Org, app: svc.App}
+					t.hosts[host] = app
+				} else if app.org != svc.Org || app.app != svc.App {
+					continue // another (org, app) pair with the same host name
+				}
+				r := routes[rk]
+				if r == nil {
+					r = &route{prefix: rt.Path}
+					routes[rk] = r
+					app.routes = append(app.routes, r)
+				}
+				tg := &target{region: f.rs, service: svc.Service, port: rt.Port}
+				declaredPort := strconv.Itoa(rt.Port)
+				for _, e := range svc.Endpoints {
+					hp := e.Ports[declaredPort]
+					if !e.Healthy || e.Address == "" || hp <= 0 || hp > math.MaxUint16 {
+						continue
+					}
+					addr := joinHostPort(e.Address, hp)
+					key := f.rs.info.ID + "/" + e.Instance + "/" + addr
+					ep := eps[key]
+					if ep == nil {
+						ep = prev[key]
+						if ep == nil {
+							ep = &endpoint{key: key, instance: e.Instance, region: f.rs, addr: addr, h2c: proto == "http2"}
+						}
+						eps[key] = ep
+						t.endpoints++
+					}
+					tg.eps = append(tg.eps, ep)
+				}
+				r.targets = append(r.targets, tg)
+			}
+		}
+	}
+	for _, app := range t.hosts {
+		slices.SortStableFunc(app.routes, func(a, b *route) int { return len(b.prefix) - len(a.prefix) })
+		t.routes += len(app.routes)
+	}
+	return t, eps
+}
+
+func joinHostPort(host string, port int) string {
+	if strings.IndexByte(host, ':') >= 0 && !strings.HasPrefix(host, "[") {
+		return "[" + host + "]:" + strconv.Itoa(port)
+	}
+	return host + ":" + strconv.Itoa(port)
+}
