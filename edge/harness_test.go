@@ -312,4 +312,3 @@ func answers(t testing.TB, c *http.Client, base string, n int) map[string]int {
 	}
 	return got
 }
-
