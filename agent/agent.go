@@ -143,6 +143,10 @@ type Config struct {
 	// OnInstance, when set, is called after every state change of an
 	// instance (for metrics, events and tests); it must not block.
 	OnInstance func(Instance)
+	// Mesh, when set, runs the machine's part of the private mesh: a DNS
+	// server its instances' resolv.conf names and a node proxy (see
+	// MeshConfig). Nil: no mesh, instances get ResolvConf.
+	Mesh *MeshConfig
 }
 
 // Agent is a running machine agent.
@@ -154,6 +158,7 @@ type Agent struct {
 	id    *identity
 	rc    *regionClients
 	ports *portAllocator
+	mesh  *mesh    // nil without Config.Mesh
 	lock  *os.File // flock on DataDir/agent.lock
 
 	ctx    context.Context
@@ -234,9 +239,16 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 	a.leaseTTL.Store(int64(id.meta.leaseTTL()))
 	a.rc = newRegionClients(cfg, id.certs, cfg.Clock)
 	a.ctx, a.cancel = context.WithCancel(context.Background())
+	if err := a.startMesh(); err != nil {
+		a.cancel()
+		return nil, err
+	}
 	if err := a.adopt(ctx); err != nil {
 		a.cancel()
 		a.wg.Wait()
+		if a.mesh != nil {
+			a.mesh.close()
+		}
 		return nil, err
 	}
 	a.wg.Add(5)
@@ -302,6 +314,11 @@ func (c *Config) setDefaults() error {
 	}
 	if c.PortMin < 1 || c.PortMax > 65535 || c.PortMin > c.PortMax {
 		bad("PortMin..PortMax %d..%d is not a port range", c.PortMin, c.PortMax)
+	}
+	if c.Mesh != nil {
+		mc := *c.Mesh
+		mc.setDefaults(bad)
+		c.Mesh = &mc
 	}
 	if c.RequestTimeout < 0 || c.WatchIdleTimeout < 0 || c.StopTimeout < 0 || c.ReportDebounce < 0 || c.FullReportInterval < 0 || c.RenewBefore < 0 {
 		bad("timeouts and intervals must not be negative")
@@ -400,6 +417,9 @@ func (a *Agent) Close() error {
 	a.once.Do(func() {
 		a.cancel()
 		a.wg.Wait()
+		if a.mesh != nil {
+			a.mesh.close()
+		}
 		a.rc.close()
 		a.lock.Close()
 		a.log.Info("agent closed; instances left running")

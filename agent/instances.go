@@ -193,6 +193,9 @@ func (a *Agent) adoptInstance(rec record, h driver.Handle) {
 		}
 	}
 	a.ports.claim(in.hostPorts()...)
+	if _, err := a.meshResolvConf(in.id, in.asg.Org, in.asg.App, in.asg.ServiceName); err != nil {
+		a.log.Error("re-adopted instance without the mesh", "instance", in.id, "err", err)
+	}
 	in.sup = supervise.New(a.supConfig(in, h.Spec(), h))
 	a.mu.Lock()
 	a.insts[in.id] = in
@@ -357,6 +360,7 @@ func (a *Agent) stop(ctx context.Context, in *instance) {
 	a.mu.Lock()
 	delete(a.insts, in.id)
 	a.mu.Unlock()
+	a.meshRelease(in.id)
 	a.ports.release(in.hostPorts()...)
 	a.log.Info("instance stopped and removed", "instance", in.id, "service", in.asg.Service)
 	a.kickReconcile()
@@ -462,7 +466,15 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // MERIDIAN_* variables and ports), the memory limit, the host name and
 // resolv.conf.
 func (a *Agent) buildSpec(as regionapi.Assignment, ports map[int]int) (driver.Spec, error) {
-	return buildSpec(&a.cfg, as, ports, a.drv.Name() != "process")
+	spec, err := buildSpec(&a.cfg, as, ports, a.drv.Name() != "process")
+	if err != nil {
+		return spec, err
+	}
+	// The instance's resolv.conf names its service's mesh DNS server.
+	if spec.ResolvConf, err = a.meshResolvConf(as.ID, as.Org, as.App, as.ServiceName); err != nil {
+		return spec, err
+	}
+	return spec, nil
 }
 
 // buildSpec builds the spec of an assignment for a runtime that runs

@@ -85,7 +85,7 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 	reachable := true
 	var downSince time.Time
 	var lastRefusal string
-	hb := regionapi.Heartbeat{Address: a.cfg.Address, MilliCPU: a.cfg.MilliCPU, MemoryMB: a.cfg.MemoryMB}
+	hb := regionapi.Heartbeat{Address: a.cfg.Address, MilliCPU: a.cfg.MilliCPU, MemoryMB: a.cfg.MemoryMB, MeshPort: a.MeshPort()}
 	for {
 		began := a.clock.Now()
 		interval := time.Duration(a.leaseTTL.Load()) / 3

@@ -15,6 +15,9 @@ func newAgentCmd(g *globals) *cobra.Command {
 	var (
 		cfg                                           agent.Config
 		caFile, logLevel, logFormat, joinTokenFileArg string
+		meshNetArg                                    string
+		meshPort, meshDNSPort                         int
+		meshUpstreams                                 []string
 	)
 	cmd := &cobra.Command{
 		Use:   "agent --region ID --region-url URL --join-token TOKEN --ca-file ROOT.pem --datacenter DC --name NAME",
@@ -47,6 +50,9 @@ func newAgentCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("--ca-file: %w", err)
 			}
 			cfg.Logger = log
+			if meshNetArg != "off" {
+				cfg.Mesh = &agent.MeshConfig{Net: meshNetArg, Port: meshPort, DNSPort: meshDNSPort, Upstreams: meshUpstreams}
+			}
 			if cfg.ShimPath == "" {
 				cfg.ShimPath = defaultShim()
 			}
@@ -81,6 +87,10 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.PortMin, "port-min", agent.DefaultPortMin, "lowest host port assigned to instances")
 	f.IntVar(&cfg.PortMax, "port-max", agent.DefaultPortMax, "highest host port assigned to instances")
 	f.StringVar(&cfg.ShimPath, "shim", "", "instance shim binary (default: meridian-shim next to this binary, else this binary)")
+	f.StringVar(&meshNetArg, "mesh-net", agent.DefaultMeshNet, "loopback /16 for the mesh's DNS servers and service addresses (distinct per agent on one host), or off")
+	f.IntVar(&meshPort, "mesh-port", agent.DefaultMeshPort, "node proxy port (mutual TLS) on --address; 0 picks a free one")
+	f.IntVar(&meshDNSPort, "mesh-dns-port", agent.DefaultMeshDNSPort, "port of the mesh's DNS servers (instances' resolv.conf needs 53)")
+	f.StringArrayVar(&meshUpstreams, "mesh-upstream", nil, "resolver (ip:port) for names outside .internal (repeatable; default: the host's /etc/resolv.conf)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	return cmd

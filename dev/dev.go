@@ -279,8 +279,11 @@ func (e *Env) start(ctx context.Context) error {
 			return fmt.Errorf("dev: region %s did not come up (see %s): %w", r.ID, e.path("logs", "region-"+r.ID+".log"), err)
 		}
 	}
-	// The agents, with join tokens from their regions.
+	// The agents, with join tokens from their regions. Each gets its own
+	// loopback /16 for its mesh DNS servers and service addresses, and a
+	// free port for its node proxy.
 	portBase := 20000
+	meshOctet := meshNetBase(t)
 	for _, r := range t.Regions {
 		rc := regionapi.NewClient(regionURLs[r.ID], regionHTTP)
 		for _, d := range r.Datacenters {
@@ -293,6 +296,13 @@ func (e *Env) start(ctx context.Context) error {
 					"--millicpu", strconv.Itoa(t.Machine.MilliCPU), "--memory-mb", strconv.Itoa(t.Machine.MemoryMB),
 					"--port-min", strconv.Itoa(portBase), "--port-max", strconv.Itoa(portBase + 199)}
 				portBase += 200
+				meshAddr, err := freeAddr()
+				if err != nil {
+					return err
+				}
+				_, meshPort, _ := net.SplitHostPort(meshAddr)
+				args = append(args, "--mesh-net", fmt.Sprintf("127.%d.0.0/16", meshOctet), "--mesh-port", meshPort)
+				meshOctet++
 				if _, err := os.Stat(filepath.Join(dataDir, "identity")); err != nil {
 					tok, err := rc.CreateJoinToken(ctx, regionapi.JoinTokenRequest{TTL: "10m", Uses: 1})
 					if err != nil {
@@ -369,6 +379,42 @@ func (e *Env) start(ctx context.Context) error {
 	}
 	e.log.Info("dev installation ready", "seconds", time.Since(start).Seconds())
 	return nil
+}
+
+// meshNetBase picks the second octet of the first agent's mesh network
+// (127.<n>.0.0/16, the next agents taking the next ones): a run of free
+// ones, so that two installations on one host do not collide.
+func meshNetBase(t Topology) int {
+	agents := 0
+	for _, r := range t.Regions {
+		for _, d := range r.Datacenters {
+			agents += d.Machines
+		}
+	}
+	free := func(o int) bool {
+		pc, err := net.ListenPacket("udp", fmt.Sprintf("127.%d.1.1:53", o))
+		if err != nil {
+			return false
+		}
+		pc.Close()
+		return true
+	}
+	lo, hi := 64, 254-agents
+	if hi < lo {
+		return lo
+	}
+	start := lo + int(time.Now().UnixNano()%int64(hi-lo+1))
+	for i := 0; i <= hi-lo; i++ {
+		base := lo + (start-lo+i)%(hi-lo+1)
+		ok := true
+		for o := base; o < base+agents && ok; o++ {
+			ok = free(o)
+		}
+		if ok {
+			return base
+		}
+	}
+	return start
 }
 
 // orgToken creates the organization once and keeps its token in the state
