@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -41,26 +42,34 @@ installation from it. Ctrl-C stops everything.`,
 			defer env.Close()
 			info := env.Info()
 			regions, agents := 0, 0
+			var edges []dev.Component
 			for _, c := range info.Components {
 				switch c.Role {
 				case "region":
 					regions++
 				case "agent":
 					agents++
+				case "edge":
+					edges = append(edges, c)
 				}
 			}
-			fmt.Fprintf(g.stdout, `meridian dev is up in %.1fs: global, %d regions, %d machines (logs in %s/logs)
+			edgeLines := ""
+			for _, e := range edges {
+				edgeLines += fmt.Sprintf("  edge %s: %s   (apps at http://<app>-%s.%s:%s/)\n", e.Location, e.Address, info.Organization,
+					info.Domain, e.Address[strings.LastIndexByte(e.Address, ':')+1:])
+			}
+			fmt.Fprintf(g.stdout, `meridian dev is up in %.1fs: global, %d regions, %d machines, %d edges (logs in %s/logs)
 
   API:    %s
   token:  %s   (organization %q; the CLI reads it from %s/dev.json)
-
+%s
 Try:
   meridian deploy -f examples/hello/meridian.yaml --wait
   meridian instances ls
   meridian regions ls
 
 Ctrl-C stops everything.
-`, time.Since(start).Seconds(), regions, agents, info.StateDir, info.API, info.Token, info.Organization, info.StateDir)
+`, time.Since(start).Seconds(), regions, agents, len(edges), info.StateDir, info.API, info.Token, info.Organization, info.StateDir, edgeLines)
 			c := api.NewClient(info.API, info.Token)
 			for _, f := range deploys {
 				fmt.Fprintf(g.stdout, "deploying %s\n", f)
@@ -71,7 +80,10 @@ Ctrl-C stops everything.
 			if len(deploys) > 0 {
 				if list, err := c.ListApps(cmd.Context(), api.ListOptions{}); err == nil {
 					for _, a := range list.Items {
-						fmt.Fprintf(g.stdout, "app %s: public host %s (served by the edge, in a later release)\n", a.Name, a.Host)
+						for _, e := range edges {
+							fmt.Fprintf(g.stdout, "app %s through edge %s: curl http://%s:%s/\n", a.Name, e.Location, a.Host,
+								e.Address[strings.LastIndexByte(e.Address, ':')+1:])
+						}
 					}
 				}
 				fmt.Fprintln(g.stdout, "\nmeridian instances ls   # where each instance runs, its state and host port")

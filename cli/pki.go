@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meridian-run/meridian/edge"
 	"github.com/meridian-run/meridian/pki"
 )
 
@@ -15,6 +16,8 @@ import (
 //	root/                 the installation's root CA (ca.pem, ca-key.pem, root.pem)
 //	regions/<id>/         a region's intermediate CA
 //	global/               the global control plane's client certificate (global.pem, global-key.pem, root.pem)
+//	edges/<location>/     an edge's certificate (edge.pem, edge-key.pem, root.pem)
+func pkiEdgeDir(dir, location string) string { return filepath.Join(dir, "edges", location) }
 func pkiRootDir(dir string) string           { return filepath.Join(dir, "root") }
 func pkiRegionDir(dir, region string) string { return filepath.Join(dir, "regions", region) }
 func pkiGlobalDir(dir string) string         { return filepath.Join(dir, "global") }
@@ -23,6 +26,7 @@ const (
 	rootTTL         = 10 * 365 * 24 * time.Hour
 	intermediateTTL = 5 * 365 * 24 * time.Hour
 	globalLeafTTL   = 365 * 24 * time.Hour
+	edgeLeafTTL     = 365 * 24 * time.Hour
 )
 
 // pkiInit creates the root CA in dir.
@@ -105,8 +109,27 @@ func newPKICmd(g *globals) *cobra.Command {
 			fmt.Fprintf(g.stdout, "global client certificate in %s\n", pkiGlobalDir(dir))
 			return nil
 		}}
-	for _, c := range []*cobra.Command{initCmd, regionCmd, globalCmd} {
+	var location, domain string
+	edgeCmd := &cobra.Command{Use: "edge --dir DIR --location LOC [--domain D]",
+		Short: "Issue an edge location's certificate (for the regions' feeds and HTTPS of *.<domain>)", Args: args(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if location == "" {
+				return usagef("--location is required")
+			}
+			root, err := pki.LoadCA(pkiRootDir(dir))
+			if err != nil {
+				return fmt.Errorf("--dir: %w", err)
+			}
+			if _, err := edge.IssueIdentity(root, pkiEdgeDir(dir, location), location, domain, time.Now(), edgeLeafTTL); err != nil {
+				return fmt.Errorf("--location %s: %w", location, err)
+			}
+			fmt.Fprintf(g.stdout, "edge certificate for %s (*.%s) in %s\n", location, domain, pkiEdgeDir(dir, location))
+			return nil
+		}}
+	edgeCmd.Flags().StringVar(&location, "location", "", "edge location id, e.g. par")
+	edgeCmd.Flags().StringVar(&domain, "domain", "meridian.localhost", "the apps' domain the certificate names (*.<domain>)")
+	for _, c := range []*cobra.Command{initCmd, regionCmd, globalCmd, edgeCmd} {
 		c.Flags().StringVar(&dir, "dir", "pki", "PKI directory")
 	}
-	return group("pki", "Create the installation's certificate authorities and certificates", initCmd, regionCmd, globalCmd)
+	return group("pki", "Create the installation's certificate authorities and certificates", initCmd, regionCmd, globalCmd, edgeCmd)
 }

@@ -128,6 +128,7 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 		newPKICmd(g),
 		newRegionCmd(g),
 		newAgentCmd(g),
+		newEdgeCmd(g),
 		newDevCmd(g),
 		newInstancesCmd(g),
 		newSmokeCmd(g),

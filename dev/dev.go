@@ -30,6 +30,7 @@ import (
 
 	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/driver"
+	"github.com/meridian-run/meridian/edge"
 	"github.com/meridian-run/meridian/pki"
 	"github.com/meridian-run/meridian/regionapi"
 )
@@ -61,6 +62,7 @@ type Component struct {
 	Machine    string   `json:"machine,omitempty"`
 	Location   string   `json:"location,omitempty"`
 	Address    string   `json:"address"`
+	Admin      string   `json:"admin,omitempty"` // an edge's admin URL: /metrics, /readyz, /v1/state
 	PID        int      `json:"pid"`
 	Args       []string `json:"args"`
 	Log        string   `json:"log"`
@@ -368,6 +370,9 @@ func (e *Env) start(ctx context.Context) error {
 			return fmt.Errorf("dev: region %s: %w (see %s)", r.ID, err, e.path("logs"))
 		}
 	}
+	if err := e.startEdges(ctx, root); err != nil {
+		return err
+	}
 	e.mu.Lock()
 	for _, p := range e.procs {
 		e.info.Components = append(e.info.Components, p.comp)
@@ -415,6 +420,62 @@ func meshNetBase(t Topology) int {
 		}
 	}
 	return start
+}
+
+// startEdges starts an edge per topology edge location, once the regions
+// are open (edges list them from global, then follow their feeds), with a
+// certificate from the root under pki/edges/<location>, and waits until
+// each has the regions' routing state. Public ports are 8000, 8001, ...
+// when free (free ones otherwise, and always when the API took a free
+// port).
+func (e *Env) startEdges(ctx context.Context, root *pki.CA) error {
+	t := e.cfg.Topology
+	for i, ed := range t.Edges {
+		dir := filepath.Join(e.info.PKIDir, "edges", ed.Location)
+		if _, err := edge.LoadIdentity(dir); err != nil {
+			if _, err := edge.IssueIdentity(root, dir, ed.Location, t.Domain, time.Now(), 365*24*time.Hour); err != nil {
+				return fmt.Errorf("dev: edge %s certificate: %w", ed.Location, err)
+			}
+		}
+		listen := fmt.Sprintf("127.0.0.1:%d", 8000+i)
+		if ln, err := net.Listen("tcp", listen); err == nil && !strings.HasSuffix(e.cfg.APIListen, ":0") {
+			ln.Close()
+		} else {
+			if ln != nil {
+				ln.Close()
+			}
+			if listen, err = freeAddr(); err != nil {
+				return err
+			}
+		}
+		admin, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		c := Component{Role: "edge", Location: ed.Location, Address: "http://" + listen, Admin: "http://" + admin,
+			DataDir: e.path("edges", ed.Location), Args: []string{"edge", "--location", ed.Location,
+				"--lat", strconv.FormatFloat(ed.Latitude, 'f', -1, 64), "--lon", strconv.FormatFloat(ed.Longitude, 'f', -1, 64),
+				"--listen", listen, "--admin-listen", admin, "--pki-dir", dir, "--domain", t.Domain,
+				"--global", e.info.API, "--global-token-file", e.path("global", "admin.token"),
+				"--state-dir", e.path("edges", ed.Location)}}
+		if err := e.spawn(c); err != nil {
+			return err
+		}
+	}
+	for _, ed := range t.Edges {
+		var admin string
+		e.mu.Lock()
+		for _, p := range e.procs {
+			if p.comp.Role == "edge" && p.comp.Location == ed.Location {
+				admin = p.comp.Admin
+			}
+		}
+		e.mu.Unlock()
+		if err := waitHTTP(ctx, http.DefaultClient, admin+"/readyz", 30*time.Second); err != nil {
+			return fmt.Errorf("dev: edge %s did not get the regions' routes (see %s): %w", ed.Location, e.path("logs", "edge-"+ed.Location+".log"), err)
+		}
+	}
+	return nil
 }
 
 // orgToken creates the organization once and keeps its token in the state
@@ -533,6 +594,8 @@ func waitHTTP(ctx context.Context, c *http.Client, url string, within time.Durat
 func (e *Env) spawn(c Component) error {
 	name := c.Role
 	switch {
+	case c.Location != "":
+		name += "-" + c.Location
 	case c.Machine != "":
 		name += "-" + c.Machine
 	case c.Region != "":
@@ -572,15 +635,16 @@ func (e *Env) spawn(c Component) error {
 	return nil
 }
 
-// Close stops the agents, then the regions, then global (SIGTERM, then
-// SIGKILL after 10s), and stops the instances the agents leave running.
+// Close stops the edges, then the agents, then the regions, then global
+// (SIGTERM, then SIGKILL after 10s), and stops the instances the agents
+// leave running.
 func (e *Env) Close() error {
 	e.once.Do(func() {
 		close(e.done)
 		e.mu.Lock()
 		procs := append([]*proc(nil), e.procs...)
 		e.mu.Unlock()
-		for _, role := range []string{"agent", "region", "global"} {
+		for _, role := range []string{"edge", "agent", "region", "global"} {
 			var wg sync.WaitGroup
 			for _, p := range procs {
 				if p.comp.Role != role {

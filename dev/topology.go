@@ -20,6 +20,15 @@ type Topology struct {
 	LeaseTTL     string       `yaml:"lease_ttl"`
 	Machine      MachineSize  `yaml:"machine"`
 	Regions      []RegionTopo `yaml:"regions"`
+	// Edges are the edge locations where public traffic enters.
+	Edges []EdgeTopo `yaml:"edges"`
+}
+
+// EdgeTopo is one edge location of the topology.
+type EdgeTopo struct {
+	Location  string  `yaml:"location"`
+	Latitude  float64 `yaml:"latitude"`
+	Longitude float64 `yaml:"longitude"`
 }
 
 // MachineSize is the capacity every dev machine offers.
@@ -128,6 +137,21 @@ func ParseTopology(b []byte) (Topology, error) {
 			if d.Machines < 1 || d.Machines > 26 {
 				return t, fmt.Errorf("topology: regions[%d].datacenters[%d].machines: want 1 to 26, got %d", i, j, d.Machines)
 			}
+		}
+	}
+	for i, e := range t.Edges {
+		if err := pki.ValidateName(e.Location); err != nil {
+			return t, fmt.Errorf("topology: edges[%d].location: %w", i, err)
+		}
+		if seen["edge/"+e.Location] {
+			return t, fmt.Errorf("topology: edges[%d].location: %q repeats", i, e.Location)
+		}
+		seen["edge/"+e.Location] = true
+		if e.Latitude < -90 || e.Latitude > 90 {
+			return t, fmt.Errorf("topology: edges[%d].latitude: %v is not within [-90, 90]", i, e.Latitude)
+		}
+		if e.Longitude < -180 || e.Longitude > 180 {
+			return t, fmt.Errorf("topology: edges[%d].longitude: %v is not within [-180, 180]", i, e.Longitude)
 		}
 	}
 	return t, nil

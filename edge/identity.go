@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/meridian-run/meridian/pki"
 )
@@ -172,4 +174,33 @@ func (f *FileCert) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error
 		return nil, errors.New("edge: no TLS certificate loaded")
 	}
 	return f.cert, nil
+}
+
+// IssueIdentity issues an edge location's certificate from the
+// installation's root CA and saves it to dir (edge.pem, edge-key.pem and
+// root.pem): identity spiffe://<td>/edge/<location>, usable by the edge as
+// a client of regions and as the public TLS server of *.<domain>.
+func IssueIdentity(root *pki.CA, dir, location, domain string, now time.Time, ttl time.Duration) (*pki.Leaf, error) {
+	if !root.IsRoot() {
+		return nil, errors.New("edge: issue identity: edge certificates are issued by the root CA")
+	}
+	if err := pki.ValidateName(location); err != nil {
+		return nil, fmt.Errorf("edge: issue identity: location: %w", err)
+	}
+	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+	if !validDomain(domain) {
+		return nil, fmt.Errorf("edge: issue identity: domain: %q is not a DNS domain", domain)
+	}
+	leaf, err := root.Issue(pki.LeafRequest{ID: pki.EdgeID(root.TrustDomain, location), Usage: pki.UsageBoth,
+		DNSNames: []string{"*." + domain, domain}, TTL: ttl, Now: now})
+	if err != nil {
+		return nil, fmt.Errorf("edge: issue identity: %w", err)
+	}
+	if err := pki.SaveLeaf(dir, IdentityName, leaf); err != nil {
+		return nil, err
+	}
+	if err := pki.SaveRoots(filepath.Join(dir, pki.RootFile), root.Root); err != nil {
+		return nil, err
+	}
+	return leaf, nil
 }
