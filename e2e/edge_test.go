@@ -1,0 +1,431 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meridian-run/meridian/api"
+	"github.com/meridian-run/meridian/dev"
+	"github.com/meridian-run/meridian/edge"
+	"github.com/meridian-run/meridian/linkproxy"
+	"github.com/meridian-run/meridian/testutil"
+)
+
+// webDef is the demo app with a public route, two instances per region.
+const webDef = `name: web
+regions: [fra, was, sin]
+command: [hello]
+ports: [{port: 8080}]
+routes: [{port: 8080, path: /}]
+scalings: [{min: 2, max: 2}]
+instance_types: [{type: nano}]
+health_checks: [{port: 8080, http: {path: /healthz}, grace_period: 1s, interval: 500ms, timeout: 400ms, restart_limit: 3}]
+strategy: {type: all_at_once}
+`
+
+const webHost = "web-demo.meridian.localhost"
+
+// Load during a failure: loadRate GETs per second, the failure injected
+// after loadBefore, the load kept up loadAfter longer.
+const (
+	loadRate   = 200
+	loadBefore = 2 * time.Second
+	loadAfter  = 6 * time.Second
+)
+
+// edgeComp finds an edge of dev.json.
+func (in *installation) edgeComp(location string) dev.Component {
+	for _, c := range in.info.Components {
+		if c.Role == "edge" && c.Location == location {
+			return c
+		}
+	}
+	in.t.Fatalf("no edge %s in dev.json", location)
+	return dev.Component{}
+}
+
+// where is what the demo app answers: where it runs.
+type where struct {
+	Region, Instance string
+}
+
+// through sends GET / for the web app through an edge.
+func through(c *http.Client, edgeURL string) (where, error) {
+	req, err := http.NewRequest("GET", edgeURL+"/", nil)
+	if err != nil {
+		return where{}, err
+	}
+	req.Host = webHost
+	resp, err := c.Do(req)
+	if err != nil {
+		return where{}, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return where{}, fmt.Errorf("%s (%s): %s", resp.Status, resp.Header.Get(edge.ErrorHeader), strings.TrimSpace(string(b)))
+	}
+	var w where
+	if err := json.Unmarshal(b, &w); err != nil {
+		return where{}, fmt.Errorf("%w: %s", err, b)
+	}
+	return w, nil
+}
+
+func edgeClient() *http.Client {
+	return &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 512, MaxIdleConns: 512}}
+}
+
+// sample is one request of a load run.
+type sample struct {
+	start time.Time
+	dur   time.Duration
+	where where
+	err   error
+}
+
+// load sends GETs through an edge at a fixed rate (open loop: a slow
+// answer does not slow the sending) until stopped.
+type load struct {
+	mu      sync.Mutex
+	samples []sample
+	stop    chan struct{}
+	done    sync.WaitGroup
+}
+
+func startLoad(edgeURL string, rate int) *load {
+	l := &load{stop: make(chan struct{})}
+	c := edgeClient()
+	l.done.Add(1)
+	go func() {
+		defer l.done.Done()
+		tick := time.NewTicker(time.Second / time.Duration(rate))
+		defer tick.Stop()
+		for {
+			select {
+			case <-l.stop:
+				return
+			case <-tick.C:
+			}
+			l.done.Add(1)
+			go func() {
+				defer l.done.Done()
+				s := sample{start: time.Now()}
+				s.where, s.err = through(c, edgeURL)
+				s.dur = time.Since(s.start)
+				l.mu.Lock()
+				l.samples = append(l.samples, s)
+				l.mu.Unlock()
+			}()
+		}
+	}()
+	return l
+}
+
+func (l *load) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.samples)
+}
+
+// run keeps the load up for d.
+func (l *load) run(t *testing.T, d time.Duration) {
+	n := l.count() + int(d.Seconds()*loadRate*0.9)
+	testutil.Eventually(t, d+30*time.Second, "load sent", func() (bool, string) { return l.count() >= n, fmt.Sprint(l.count()) })
+}
+
+func (l *load) finish() []sample {
+	close(l.stop)
+	l.done.Wait()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	slices.SortFunc(l.samples, func(a, b sample) int { return a.start.Compare(b.start) })
+	return l.samples
+}
+
+// report sums up a load run around a failure at t0: requests, failures
+// (with the first errors), answers per region after it, the slowest
+// answer after it, and how long after it the last failure started.
+type report struct {
+	total, failed int
+	errors        []string
+	after         map[string]int
+	maxLatency    time.Duration
+	lastFailure   time.Duration
+}
+
+func summarize(samples []sample, t0 time.Time) report {
+	r := report{after: map[string]int{}}
+	for _, s := range samples {
+		r.total++
+		if s.err != nil {
+			r.failed++
+			if len(r.errors) < 5 {
+				r.errors = append(r.errors, s.err.Error())
+			}
+			if d := s.start.Sub(t0); d > r.lastFailure {
+				r.lastFailure = d
+			}
+			continue
+		}
+		if s.start.After(t0) {
+			r.after[s.where.Region]++
+			r.maxLatency = max(r.maxLatency, s.dur)
+		}
+	}
+	return r
+}
+
+func (r report) String() string {
+	return fmt.Sprintf("%d requests, %d failed (last one started %s after the failure) %v; answers after the failure by region %v; slowest answer after it %s",
+		r.total, r.failed, r.lastFailure.Round(time.Millisecond), r.errors, r.after, r.maxLatency.Round(time.Millisecond))
+}
+
+// instancesIn returns the instances of the web service in a region.
+func instancesIn(all []api.Instance, region string) []api.Instance {
+	var out []api.Instance
+	for _, i := range all {
+		if i.Region == region && i.Service == "web" {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// TestEdges runs the edges of a dev installation through failures, in
+// order: each edge routes to its closest region; every instance of the
+// service in that region killed → the next closest answers; a whole
+// region killed under steady load → no request fails; a region's links
+// blackholed under load (an in-process edge whose links go through link
+// proxies) → failures bounded and counted; global killed → the edges keep
+// routing and pick up an instance a region added; an edge restarted with
+// global (and its region's API) down → it serves from its snapshot.
+func TestEdges(t *testing.T) {
+	in := start(t, smallTopology(t, 1))
+	def := in.writeDefinition("web", webDef)
+	if code, out, errOut := in.cli("deploy", "-f", def, "--wait"); code != 0 {
+		t.Fatalf("deploy: %d\n%s\n%s", code, out, errOut)
+	}
+	par, nyc := in.edgeComp("par"), in.edgeComp("nyc")
+	c := edgeClient()
+
+	t.Run("closest region", func(t *testing.T) {
+		for _, tc := range []struct {
+			edge dev.Component
+			want string
+		}{{par, "fra"}, {nyc, "was"}} {
+			seen := map[string]bool{}
+			testutil.Eventually(t, 30*time.Second, tc.edge.Location+" answers from "+tc.want+", both instances", func() (bool, string) {
+				w, err := through(c, tc.edge.Address)
+				if err != nil {
+					return false, err.Error()
+				}
+				if w.Region != tc.want {
+					return false, "answered from " + w.Region
+				}
+				seen[w.Instance] = true
+				return len(seen) == 2, fmt.Sprint(seen)
+			})
+			for i := 0; i < 20; i++ {
+				if w, err := through(c, tc.edge.Address); err != nil || w.Region != tc.want {
+					t.Fatalf("%s: %+v %v, want %s", tc.edge.Location, w, err, tc.want)
+				}
+			}
+		}
+	})
+
+	t.Run("service instances killed", func(t *testing.T) {
+		fra := instancesIn(in.with(t).instances(), "fra")
+		var ids []string
+		for _, i := range fra {
+			ids = append(ids, i.ID)
+		}
+		pids := shimPids(ids...)
+		if len(fra) != 2 || len(pids) != 2 {
+			t.Fatalf("fra instances %v, shims %v", ids, pids)
+		}
+		l := startLoad(par.Address, loadRate)
+		l.run(t, loadBefore)
+		t0 := time.Now()
+		for _, pid := range pids {
+			syscallKill(t, pid)
+		}
+		l.run(t, loadAfter)
+		r := summarize(l.finish(), t0)
+		t.Logf("par, fra's instances killed: %s", r)
+		if r.failed != 0 || r.after["was"] == 0 {
+			t.Fatalf("want no failure and answers from was (the next closest to Paris): %s", r)
+		}
+	})
+
+	t.Run("region killed under load", func(t *testing.T) {
+		in := in.with(t)
+		was := instancesIn(in.instances(), "was")
+		var ids []string
+		for _, i := range was {
+			ids = append(ids, i.ID)
+		}
+		pids := shimPids(ids...)
+		l := startLoad(nyc.Address, loadRate)
+		l.run(t, loadBefore)
+		t0 := time.Now()
+		for _, pid := range pids {
+			syscallKill(t, pid)
+		}
+		for _, comp := range in.info.Components {
+			if comp.Region == "was" && (comp.Role == "agent" || comp.Role == "region") {
+				in.kill(comp)
+			}
+		}
+		l.run(t, loadAfter)
+		r := summarize(l.finish(), t0)
+		t.Logf("nyc, region was killed (server, agents, instances; refused links): %s", r)
+		if r.failed != 0 || r.after["fra"] == 0 {
+			t.Fatalf("want no failure and answers from fra (the next closest to New York): %s", r)
+		}
+	})
+
+	t.Run("region blackholed under load", func(t *testing.T) {
+		in := in.with(t)
+		// An edge in this process, its links to regions and instances
+		// through link proxies.
+		links := &linkProxies{t: t, m: map[string]*linkproxy.Proxy{}}
+		fraAPI := strings.TrimPrefix(in.component("region", "fra", "").Address, "https://")
+		var fraLinks []*linkproxy.Proxy
+		fraLinks = append(fraLinks, links.get(fraAPI))
+		for _, i := range instancesIn(in.instances(), "fra") {
+			fraLinks = append(fraLinks, links.get(net.JoinHostPort(i.Address, fmt.Sprint(i.Ports["8080"]))))
+		}
+		id, err := edge.LoadIdentity(filepath.Join(in.info.PKIDir, "edges", "par"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := edge.Start(t.Context(), edge.Config{Location: "par", Latitude: 48.86, Longitude: 2.35, Domain: in.info.Domain,
+			Listen: "127.0.0.1:0", StateDir: t.TempDir(), GlobalURL: in.info.API, GlobalToken: in.info.AdminToken, Identity: id,
+			Dial: links.dial, DialRegion: links.dial, Logger: testutil.Logger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer e.Close()
+		testutil.Eventually(t, 30*time.Second, "the in-process edge routes to fra", func() (bool, string) {
+			w, err := through(c, e.URL())
+			return err == nil && w.Region == "fra", fmt.Sprint(w, err)
+		})
+		l := startLoad(e.URL(), loadRate)
+		l.run(t, loadBefore)
+		t0 := time.Now()
+		for _, p := range fraLinks {
+			p.Blackhole()
+		}
+		l.run(t, loadAfter)
+		r := summarize(l.finish(), t0)
+		t.Logf("in-process par edge, fra's links blackholed (probe timeout %s): %s", time.Second, r)
+		if r.failed > r.total/50 || r.after["sin"] == 0 {
+			t.Fatalf("want at most 2%% failed and answers from sin (was is dead): %s", r)
+		}
+		for _, p := range fraLinks {
+			p.Unblackhole()
+		}
+	})
+
+	t.Run("global killed", func(t *testing.T) {
+		in := in.with(t)
+		before := instancesIn(in.instances(), "fra")
+		in.kill(in.component("global", "", ""))
+		// fra loses a machine: its instance is replaced on the other one,
+		// which the region decides alone.
+		victim := before[0]
+		in.kill(in.component("agent", "fra", victim.Machine))
+		syscallKill(t, shimPids(victim.ID)[victim.ID])
+		known := map[string]bool{}
+		for _, i := range before {
+			known[i.ID] = true
+		}
+		testutil.Eventually(t, 60*time.Second, "par answers from the instance fra added", func() (bool, string) {
+			w, err := through(c, par.Address)
+			if err != nil {
+				return false, err.Error()
+			}
+			return w.Region == "fra" && !known[w.Instance], fmt.Sprint(w)
+		})
+	})
+
+	t.Run("edge restarted with global down", func(t *testing.T) {
+		in := in.with(t)
+		// fra's API goes too: the restarted edge can learn fra's routes
+		// only from its snapshot (fra's instances keep running).
+		in.kill(in.component("region", "fra", ""))
+		in.kill(par)
+		in.restart(par)
+		var answered where
+		testutil.Eventually(t, 30*time.Second, "the restarted edge answers from fra", func() (bool, string) {
+			w, err := through(c, par.Address)
+			answered = w
+			return err == nil && w.Region == "fra", fmt.Sprint(w, err)
+		})
+		resp, err := http.Get(par.Admin + "/v1/state")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st edge.Status
+		json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		for _, r := range st.Regions {
+			if r.ID == "fra" && (r.Source != "snapshot" || r.Connected) {
+				t.Fatalf("fra at the restarted edge: %+v", r)
+			}
+		}
+		b, _ := os.ReadFile(filepath.Join(par.DataDir, edge.RegionsFile))
+		t.Logf("restarted edge answered from %+v with the cached regions %s", answered, b)
+	})
+}
+
+// linkProxies puts a link proxy on every address dialed through it.
+type linkProxies struct {
+	t  *testing.T
+	mu sync.Mutex
+	m  map[string]*linkproxy.Proxy
+}
+
+func (p *linkProxies) get(addr string) *linkproxy.Proxy {
+	lp, err := p.proxy(addr)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return lp
+}
+
+func (p *linkProxies) proxy(addr string) (*linkproxy.Proxy, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	lp := p.m[addr]
+	if lp == nil {
+		var err error
+		if lp, err = linkproxy.New(linkproxy.Config{Target: addr}); err != nil {
+			return nil, err
+		}
+		p.t.Cleanup(func() { lp.Close() })
+		p.m[addr] = lp
+	}
+	return lp, nil
+}
+
+func (p *linkProxies) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	lp, err := p.proxy(addr)
+	if err != nil {
+		return nil, err
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, network, lp.Addr())
+}
