@@ -211,7 +211,12 @@ func (s *Server) serveFeed(w http.ResponseWriter, r *http.Request) error {
 			if local {
 				b = lb
 			}
-			if _, err := w.Write(append(b, '\n')); err != nil {
+			// b is shared by every subscriber: write it as it is (an append
+			// would write into its spare capacity), then the newline.
+			if _, err := w.Write(b); err != nil {
+				return nil
+			}
+			if _, err := w.Write([]byte{'\n'}); err != nil {
 				return nil
 			}
 			fl.Flush()
