@@ -46,6 +46,12 @@ type backend struct {
 
 func newBackend(t testing.TB, name string, h http.HandlerFunc) *backend {
 	t.Helper()
+	return newBackendWith(t, name, h, nil)
+}
+
+// newBackendWith is newBackend with the server tweaked before it serves.
+func newBackendWith(t testing.TB, name string, h http.HandlerFunc, tweak func(*http.Server)) *backend {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -58,6 +64,9 @@ func newBackend(t testing.TB, name string, h http.HandlerFunc) *backend {
 		b.hits.Add(1)
 		h(w, r)
 	})}
+	if tweak != nil {
+		tweak(b.srv)
+	}
 	go b.srv.Serve(ln)
 	t.Cleanup(func() { b.srv.Close() })
 	return b

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // The X-Meridian-Error reasons of the edge's own answers.
@@ -26,6 +28,7 @@ const (
 	ReasonClientTimeout  = "client-timeout"          // 408: the body did not arrive within ReadTimeout
 	ReasonBadBody        = "bad-request-body"        // 400: the body could not be read
 	ReasonClientGone     = "client-gone"             // 499 (logs and metrics only): the client went away
+	ReasonMethod         = "method-not-allowed"      // 405: CONNECT
 )
 
 // ErrorHeader names the reason of an answer the edge made itself.
@@ -95,27 +98,33 @@ func stateOf(ctx context.Context) *reqState {
 	return st
 }
 
-// bufferPool recycles the proxy's copy buffers.
-type bufferPool struct{ p sync.Pool }
+// bufferPool recycles 32 KiB copy buffers (a channel: no allocation per
+// Get or Put, unlike a sync.Pool of slices).
+type bufferPool struct{ ch chan []byte }
+
+func newBufferPool() *bufferPool { return &bufferPool{ch: make(chan []byte, 1024)} }
 
 func (b *bufferPool) Get() []byte {
-	if v, ok := b.p.Get().(*[]byte); ok {
-		return *v
+	select {
+	case buf := <-b.ch:
+		return buf
+	default:
+		return make([]byte, 32<<10)
 	}
-	return make([]byte, 32<<10)
 }
-func (b *bufferPool) Put(v []byte) { b.p.Put(&v) }
+
+func (b *bufferPool) Put(buf []byte) {
+	select {
+	case b.ch <- buf:
+	default:
+	}
+}
 
 // setupProxy builds the reverse proxy and its transports.
 func (s *Server) setupProxy() {
+	s.bufs = newBufferPool()
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		ctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
-		defer cancel()
-		c, err := s.cfg.Dial(ctx, network, addr)
-		if err != nil {
-			return nil, &dialError{err}
-		}
-		return c, nil
+		return s.dialInstance(ctx, addr)
 	}
 	newTransport := func(h2c bool) *http.Transport {
 		t := &http.Transport{
@@ -151,7 +160,7 @@ func (s *Server) setupProxy() {
 			}
 		},
 		Transport:    upstream{s},
-		BufferPool:   &bufferPool{},
+		BufferPool:   s.bufs,
 		ErrorHandler: s.proxyError,
 		ModifyResponse: func(resp *http.Response) error {
 			if st := stateOf(resp.Request.Context()); st != nil {
@@ -165,6 +174,18 @@ func (s *Server) setupProxy() {
 		},
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
+}
+
+// dialInstance connects to an instance within ConnectTimeout; a failure
+// is a *dialError (nothing of the request was sent).
+func (s *Server) dialInstance(ctx context.Context, addr string) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
+	defer cancel()
+	c, err := s.cfg.Dial(ctx, "tcp", addr)
+	if err != nil {
+		return nil, &dialError{err}
+	}
+	return c, nil
 }
 
 // ServeHTTP routes one public request.
@@ -185,6 +206,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.route = st.app.match(r.URL.Path)
 	if st.route == nil {
 		s.answer(w, st, http.StatusNotFound, ReasonNoRoute, "no route of this app matches the path")
+		return
+	}
+	if r.Method == "CONNECT" {
+		s.answer(w, st, http.StatusMethodNotAllowed, ReasonMethod, "CONNECT is not served")
+		return
+	}
+	if fastPath(r, st.route) {
+		s.serveFast(w, r, st)
 		return
 	}
 	if r.ContentLength > s.cfg.MaxBodyBytes {
@@ -250,17 +279,62 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		// taken for a success.
 		s.answer(w, st, 499, ReasonClientGone, "client closed the request")
 	case errors.As(err, &pe):
-		msgs := map[string]string{
-			ReasonNoInstance:     "no healthy instance of this app can take the request",
-			ReasonConnectFailed:  "no instance of this app could be reached",
-			ReasonUpstreamFailed: "the instance failed before answering",
-			ReasonTimeout:        "the instance did not answer in time",
-		}
-		s.answer(w, st, pe.status, pe.reason, msgs[pe.reason])
+		s.answerError(w, st, pe)
 	default:
 		s.answer(w, st, http.StatusBadGateway, ReasonUpstreamFailed, "the instance failed before answering")
 	}
 	s.log.Debug("request failed", "id", st.id, "reason", st.reason, "attempts", st.attempts, "err", err)
+}
+
+// failureMessages are the bodies of the answers to failed requests.
+var failureMessages = map[string]string{
+	ReasonNoInstance:     "no healthy instance of this app can take the request",
+	ReasonConnectFailed:  "no instance of this app could be reached",
+	ReasonUpstreamFailed: "the instance failed before answering",
+	ReasonTimeout:        "the instance did not answer in time",
+}
+
+// answerError answers a request whose attempts failed.
+func (s *Server) answerError(w http.ResponseWriter, st *reqState, pe *proxyError) {
+	s.answer(w, st, pe.status, pe.reason, failureMessages[pe.reason])
+	s.log.Debug("request failed", "id", st.id, "reason", pe.reason, "attempts", st.attempts, "err", pe.err)
+}
+
+// failed handles an attempt that got no response: passive failure
+// detection, metrics, the answer should nothing else be tried, and
+// whether to try again — after a failure to connect (nothing was sent),
+// or for an idempotent request, when its body is still whole, within
+// MaxAttempts and RetryWindow.
+func (s *Server) failed(ep *endpoint, err error, now int64, idem, whole bool, attempts int, st *reqState) (*proxyError, bool) {
+	var de *dialError
+	connectFailed := errors.As(err, &de)
+	cut := errors.Is(err, errRegionUnreachable) || (!connectFailed && ep.region.unreachable.Load())
+	var pe *proxyError
+	result := "error"
+	switch {
+	case connectFailed:
+		result = "connect_error"
+		s.eject(ep, "connect", now)
+		pe = &proxyError{status: http.StatusBadGateway, reason: ReasonConnectFailed, err: err}
+	case cut:
+		result = "region_cut"
+		pe = &proxyError{status: http.StatusGatewayTimeout, reason: ReasonTimeout, err: err}
+	case isTimeout(err) || errors.Is(err, errTryTimeout):
+		result = "timeout"
+		s.eject(ep, "timeout", now)
+		pe = &proxyError{status: http.StatusGatewayTimeout, reason: ReasonTimeout, err: err}
+	default:
+		if ep.fails.Add(1) >= 3 {
+			s.eject(ep, "errors", now)
+		}
+		pe = &proxyError{status: http.StatusBadGateway, reason: ReasonUpstreamFailed, err: err}
+	}
+	s.metrics.attempts.WithLabelValues(ep.region.info.ID, result).Inc()
+	retry := whole && (connectFailed || idem) && attempts < s.cfg.MaxAttempts && time.Since(st.start) <= s.cfg.RetryWindow
+	if retry {
+		s.metrics.retries.WithLabelValues(ep.region.info.ID).Inc()
+	}
+	return pe, retry
 }
 
 // finish records a request's metrics and access log line.
@@ -281,8 +355,18 @@ func (s *Server) finish(r *http.Request, st *reqState) {
 	if status == 0 {
 		status = http.StatusSwitchingProtocols // hijacked by an upgrade
 	}
-	s.metrics.requests.WithLabelValues(org, app, svc, region, strconv.Itoa(status)).Inc()
-	s.metrics.duration.WithLabelValues(org, app, svc, region).Observe(d.Seconds())
+	if t := st.target; t != nil && region != "" {
+		t.metricsOnce.Do(func() { t.duration = s.metrics.duration.WithLabelValues(org, app, svc, region) })
+		t.duration.Observe(d.Seconds())
+		c, ok := t.codes.Load(status)
+		if !ok {
+			c, _ = t.codes.LoadOrStore(status, s.metrics.requests.WithLabelValues(org, app, svc, region, strconv.Itoa(status)))
+		}
+		c.(prometheus.Counter).Inc()
+	} else {
+		s.metrics.requests.WithLabelValues(org, app, svc, region, strconv.Itoa(status)).Inc()
+		s.metrics.duration.WithLabelValues(org, app, svc, region).Observe(d.Seconds())
+	}
 	if s.cfg.AccessLog != nil {
 		s.cfg.AccessLog.LogAttrs(r.Context(), slog.LevelInfo, "request",
 			slog.String("id", st.id), slog.String("remote", r.RemoteAddr), slog.String("method", r.Method),
@@ -363,34 +447,11 @@ func (u upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		if req.Context().Err() != nil || st.bodyError() != nil {
 			return nil, err // the client's side failed: nothing to retry
 		}
-		var de *dialError
-		connectFailed := errors.As(err, &de)
-		cut := errors.Is(err, errRegionUnreachable)
-		result := "error"
-		switch {
-		case connectFailed:
-			result = "connect_error"
-			s.eject(ep, "connect", now)
-			last = &proxyError{status: http.StatusBadGateway, reason: ReasonConnectFailed, err: err}
-		case cut:
-			result = "region_cut"
-			last = &proxyError{status: http.StatusGatewayTimeout, reason: ReasonTimeout, err: err}
-		case isTimeout(err) || errors.Is(err, errTryTimeout):
-			result = "timeout"
-			s.eject(ep, "timeout", now)
-			last = &proxyError{status: http.StatusGatewayTimeout, reason: ReasonTimeout, err: err}
-		default:
-			if ep.fails.Add(1) >= 3 {
-				s.eject(ep, "errors", now)
-			}
-			last = &proxyError{status: http.StatusBadGateway, reason: ReasonUpstreamFailed, err: err}
-		}
-		s.metrics.attempts.WithLabelValues(ep.region.info.ID, result).Inc()
-		whole := body == nil || body.n.Load() == 0
-		if !whole || !(connectFailed || idem) || len(tried) >= s.cfg.MaxAttempts || time.Since(st.start) > s.cfg.RetryWindow {
+		var retry bool
+		last, retry = s.failed(ep, err, now, idem, body == nil || body.n.Load() == 0, len(tried), st)
+		if !retry {
 			return nil, last
 		}
-		s.metrics.retries.WithLabelValues(ep.region.info.ID).Inc()
 	}
 }
 

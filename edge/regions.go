@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"net/http/pprof"
 	"slices"
 	"strings"
 	"time"
@@ -287,7 +288,7 @@ func (s *Server) probe(ctx context.Context, rs *regionState, hc *http.Client) {
 		s.rerank()
 	}
 	if now && !wasUnreachable {
-		rs.cutAttempts()
+		s.interruptRegion(rs)
 	}
 }
 
@@ -399,7 +400,8 @@ func (s *Server) ready() error {
 	return errors.New("no region's feed received yet")
 }
 
-// adminHandler serves /metrics, /healthz, /readyz and /v1/state.
+// adminHandler serves /metrics, /healthz, /readyz, /v1/state and the Go
+// profiler (/debug/pprof/).
 func (s *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
@@ -411,6 +413,10 @@ func (s *Server) adminHandler() http.Handler {
 		}
 		io.WriteString(w, "ready\n")
 	})
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /v1/state", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)

@@ -34,6 +34,7 @@ type Server struct {
 
 	transport, h2cTransport *http.Transport
 	proxy                   *httputil.ReverseProxy
+	bufs                    *bufferPool
 	reqPrefix               string
 	reqSeq                  atomic.Uint64
 
@@ -110,6 +111,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); s.reloadLoop() }()
 	}
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.janitor() }()
 	return s, nil
 }
 
@@ -242,6 +245,11 @@ func (s *Server) Close() error {
 		s.wg.Wait()
 		s.transport.CloseIdleConnections()
 		s.h2cTransport.CloseIdleConnections()
+		s.buildMu.Lock()
+		for _, ep := range s.endpoints {
+			ep.pool.close()
+		}
+		s.buildMu.Unlock()
 		if e := s.saveSnapshot(); e != nil {
 			err = errors.Join(err, e)
 		}
@@ -284,6 +292,11 @@ func (s *Server) rebuild() {
 		rs.mu.Unlock()
 	}
 	t, eps := buildTable(s.cfg.Domain, feeds, s.endpoints)
+	for key, ep := range s.endpoints {
+		if eps[key] != ep {
+			ep.pool.close() // gone from the table
+		}
+	}
 	s.endpoints = eps
 	s.table.Store(t)
 	s.metrics.routes.Set(float64(t.routes))
@@ -333,6 +346,39 @@ func (s *Server) saveSnapshot() error {
 	}
 	s.metrics.snapshots.WithLabelValues("ok").Inc()
 	return nil
+}
+
+// janitor closes instance connections idle too long.
+func (s *Server) janitor() {
+	t := time.NewTicker(idleConnTimeout / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		s.buildMu.Lock()
+		for _, ep := range s.endpoints {
+			ep.pool.closeIdle(now)
+		}
+		s.buildMu.Unlock()
+	}
+}
+
+// interruptRegion fails the exchanges in flight with a region's
+// instances (the fast path's connections) and cuts the ReverseProxy
+// path's retryable attempts.
+func (s *Server) interruptRegion(rs *regionState) {
+	rs.cutAttempts()
+	s.buildMu.Lock()
+	defer s.buildMu.Unlock()
+	for _, ep := range s.endpoints {
+		if ep.region == rs {
+			ep.pool.interrupt()
+		}
+	}
 }
 
 // reloadLoop picks up a re-issued edge certificate.

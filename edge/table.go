@@ -5,7 +5,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meridian-run/meridian/regionapi"
 )
@@ -18,6 +21,8 @@ type endpoint struct {
 	region   *regionState
 	addr     string // host:port
 	h2c      bool   // the port speaks HTTP/2 without TLS
+
+	pool connPool // the fast path's kept-alive connections
 
 	inflight   atomic.Int64
 	fails      atomic.Int32 // consecutive transport failures
@@ -46,6 +51,7 @@ type appRoutes struct {
 type route struct {
 	prefix  string
 	targets []*target
+	h2c     bool // some region's port speaks HTTP/2 (the fast path is HTTP/1.1)
 }
 
 // target is a route's service and port in one region, with its healthy
@@ -55,6 +61,10 @@ type target struct {
 	service string
 	port    int
 	eps     []*endpoint
+
+	metricsOnce sync.Once
+	duration    prometheus.Observer
+	codes       sync.Map // status code -> prometheus.Counter
 }
 
 // match returns the route of the longest prefix that matches path on a
@@ -152,6 +162,9 @@ func buildTable(domain string, feeds []regionFeed, prev map[string]*endpoint) (*
 					app.routes = append(app.routes, r)
 				}
 				tg := &target{region: f.rs, service: svc.Service, port: rt.Port}
+				if proto == "http2" {
+					r.h2c = true
+				}
 				declaredPort := strconv.Itoa(rt.Port)
 				for _, e := range svc.Endpoints {
 					hp := e.Ports[declaredPort]
@@ -163,7 +176,7 @@ func buildTable(domain string, feeds []regionFeed, prev map[string]*endpoint) (*
 					ep := eps[key]
 					if ep == nil {
 						ep = prev[key]
-						if ep == nil {
+						if ep == nil || ep.region != f.rs {
 							ep = &endpoint{key: key, instance: e.Instance, region: f.rs, addr: addr, h2c: proto == "http2"}
 						}
 						eps[key] = ep
