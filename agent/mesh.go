@@ -253,11 +253,12 @@ type mesh struct {
 	rndMu  sync.Mutex
 	rnd    *rand.Rand
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	node   net.Listener
-	conns  connSet
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	node     net.Listener
+	conns    connSet
+	sessions sessionPool
 
 	mu    sync.Mutex
 	state meshState        // persisted
@@ -365,8 +366,9 @@ func newMesh(d meshDeps) (*mesh, error) {
 			d.Feed(m.ctx, m.setFeed)
 		}()
 	}
-	m.wg.Add(1)
+	m.wg.Add(2)
 	go func() { defer m.wg.Done(); m.probeLoop(m.ctx) }()
+	go func() { defer m.wg.Done(); m.sweepLoop(m.ctx) }()
 	m.log.Info("mesh node proxy listening", "address", ln.Addr().String(), "net", d.Config.Net, "dns_port", d.Config.DNSPort)
 	return m, nil
 }
@@ -393,6 +395,7 @@ func (m *mesh) close() {
 	for _, s := range slots {
 		m.deactivate(s, false)
 	}
+	m.sessions.closeAll()
 	m.conns.closeAll()
 	m.wg.Wait()
 }
@@ -512,6 +515,7 @@ func (m *mesh) deactivate(s *slot, forget bool) {
 		}
 	}
 	m.mu.Unlock()
+	m.sessions.closeSlot(s)
 	s.cert.stop()
 	if forget {
 		s.cert.remove(m)
@@ -686,4 +690,18 @@ func (m *mesh) probe(ctx context.Context, addr string) (time.Duration, error) {
 	d := time.Since(start)
 	c.Close()
 	return d, nil
+}
+
+// sweepLoop closes idle and retired sessions every few seconds.
+func (m *mesh) sweepLoop(ctx context.Context) {
+	for {
+		t := m.d.Clock.NewTimer(5 * time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C():
+		}
+		m.sessions.sweep(time.Now(), sessionIdle)
+	}
 }

@@ -67,25 +67,25 @@ func askCaller(t *testing.T, is regionapi.InstanceStatus, path string) []byte {
 
 // TestMeshThroughARealRegion runs the mesh end to end inside one region:
 // agents report their node proxies in heartbeats, get workload
-// certificates from the region, and a caller instance reaches a hello
-// instance by name with its system resolver (resolv.conf pointing at its
-// agent's DNS server on port 53), through the node proxy's mutual TLS.
+// certificates from the region, and a caller instance on one machine
+// reaches a hello instance on the other by name with its system resolver
+// (resolv.conf pointing at its agent's DNS server on port 53), over mutual
+// TLS between the two node proxies.
 func TestMeshThroughARealRegion(t *testing.T) {
 	caller := buildCaller(t)
 	r := newRegion(t, "fra")
-	// One machine: region/feed.go's serveFeed appends to the shared merged
-	// feed's bytes, a data race between two agents' subscriptions under
-	// -race; the unit tests cover calls between machines.
-	b := r.startAgent(t, "fra1-a", "fra1", func(c *Config) { c.Mesh = &MeshConfig{Net: nextMeshNet(), ProbeInterval: time.Second} })
+	withMesh := func(c *Config) { c.Mesh = &MeshConfig{Net: nextMeshNet(), ProbeInterval: time.Second} }
+	r.startAgent(t, "fra1-a", "fra1", withMesh)
+	b := r.startAgent(t, "fra2-a", "fra2", withMesh)
 	if b.MeshPort() == 0 {
 		t.Fatal("no mesh port")
 	}
 
 	defB := helloDef("fra", 1)
-	defB.Name = "b"
+	defB.Name, defB.Datacenters = "b", []string{"fra2"}
 	keyB := r.apply(t, "b", 1, "dep-b", defB, nil)
 	defA := helloDef("fra", 1)
-	defA.Name, defA.Command = "a", []string{caller}
+	defA.Name, defA.Command, defA.Datacenters = "a", []string{caller}, []string{"fra1"}
 	keyA := r.apply(t, "a", 1, "dep-a", defA, nil)
 	healthy := func(ss regionapi.ServiceStatus) bool { return len(healthyInstances(ss)) == 1 }
 	insB := healthyInstances(r.waitService(t, keyB, 30*time.Second, "b healthy", healthy))[0]
@@ -101,8 +101,8 @@ func TestMeshThroughARealRegion(t *testing.T) {
 		json.Unmarshal(ans.Answer, &got)
 		return true, ""
 	})
-	if got.Instance != insB.ID || got.Machine != "fra1-a" {
-		t.Fatalf("b.shop.internal answered by %+v, want instance %s", got, insB.ID)
+	if got.Instance != insB.ID || got.Machine != "fra2-a" {
+		t.Fatalf("b.shop.internal answered by %+v, want instance %s on fra2-a", got, insB.ID)
 	}
 	// Names that do not exist fail fast, with the system resolver.
 	body := askCaller(t, insA, "/resolve?name=nope.shop.internal")

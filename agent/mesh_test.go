@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/yamux"
 	"github.com/miekg/dns"
 
 	"github.com/meridian-run/meridian/api"
@@ -71,7 +72,7 @@ func (s *syncBuffer) String() string {
 // testNode is one machine's mesh, with real certificates from a test
 // installation and real backends as its instances.
 type testNode struct {
-	t       *testing.T
+	t       testing.TB
 	in      *pkitest.Installation
 	region  string
 	dc      string
@@ -87,7 +88,7 @@ type testNode struct {
 	locals map[string]localInstance
 }
 
-func newTestNode(t *testing.T, in *pkitest.Installation, region, dc, machine string, tweak func(*meshDeps)) *testNode {
+func newTestNode(t testing.TB, in *pkitest.Installation, region, dc, machine string, tweak func(*meshDeps)) *testNode {
 	t.Helper()
 	n := &testNode{t: t, in: in, region: region, dc: dc, machine: machine, clock: &offsetClock{}, logs: &syncBuffer{},
 		locals: map[string]localInstance{}}
@@ -191,7 +192,7 @@ func service(org, app, svc string, eps ...regionapi.Endpoint) regionapi.FeedServ
 }
 
 // query asks a DNS server over udp (or tcp).
-func query(t *testing.T, network, server, name string, qtype uint16) *dns.Msg {
+func query(t testing.TB, network, server, name string, qtype uint16) *dns.Msg {
 	t.Helper()
 	m := new(dns.Msg)
 	m.SetQuestion(name, qtype)
@@ -204,7 +205,7 @@ func query(t *testing.T, network, server, name string, qtype uint16) *dns.Msg {
 }
 
 // resolveA returns the address a name resolves to.
-func resolveA(t *testing.T, server, name string) net.IP {
+func resolveA(t testing.TB, server, name string) net.IP {
 	t.Helper()
 	r := query(t, "udp", server, name, dns.TypeA)
 	if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
@@ -215,7 +216,7 @@ func resolveA(t *testing.T, server, name string) net.IP {
 
 // backend is a real HTTP server answering with its name, and echoing
 // bodies of POSTs.
-func backend(t *testing.T, name string) (int, func()) {
+func backend(t testing.TB, name string) (int, func()) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -636,9 +637,19 @@ func TestMeshRefusesPlaintextAndForeignCertificates(t *testing.T) {
 			return err
 		}
 		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(5 * time.Second))
-		conn.Write(appendPreamble(nil, "b-1", 8080))
-		return readStatus(conn)
+		sess, err := yamux.Client(conn, p.b.m.muxConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sess.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := openStream(ctx, sess, "b-1", 8080)
+		if err != nil {
+			return err
+		}
+		st.Close()
+		return nil
 	}
 	issue := func(ca *pki.CA, id pki.ID, now time.Time, ttl time.Duration) *pki.Leaf {
 		l, err := ca.Issue(pki.LeafRequest{ID: id, Usage: pki.UsageBoth, TTL: ttl, Now: now})

@@ -7,22 +7,30 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/hashicorp/yamux"
 
 	"github.com/meridian-run/meridian/pki"
 )
 
-// The node proxies' protocol, inside TLS 1.3 with client certificates:
-// after the handshake the calling proxy sends a preamble naming the
-// destination instance and its declared port,
+// The node proxies' protocol. A calling proxy keeps one TLS 1.3
+// connection, with the calling service's workload certificate, per
+// destination machine, multiplexed with yamux (a session): each
+// instance's connection is a stream, so only the first connection to a
+// machine pays for TCP and TLS handshakes. A stream starts with a
+// preamble naming the destination instance and its declared port,
 //
 //	"MRD1" | len(instance) (1 byte) | instance | port (2 bytes, big endian)
 //
 // and the destination proxy answers with one status byte, followed for a
-// refusal by a length byte and a reason. After statusOK the connection
+// refusal by a length byte and a reason. After statusOK the stream
 // carries the caller's bytes both ways.
 const meshMagic = "MRD1"
 
@@ -33,6 +41,7 @@ const (
 	statusNoInstance  byte = 2 // the instance does not run here (any more)
 	statusUnreachable byte = 3 // the instance does not accept connections on that port
 	statusBadRequest  byte = 4
+	statusExpired     byte = 5 // the session's certificate expired: open a new session
 )
 
 // preambleTimeout bounds a destination proxy's wait for the TLS handshake
@@ -122,9 +131,8 @@ func (m *mesh) serveNode(ln net.Listener) {
 	}
 }
 
-// inbound serves one call from another node proxy: mutual TLS (a workload
-// of the installation), the preamble, the policy, then the local
-// instance.
+// inbound serves a session of another node proxy: mutual TLS (a workload
+// of the installation), then its streams.
 func (m *mesh) inbound(raw net.Conn) {
 	if !m.conns.add(raw) {
 		raw.Close()
@@ -153,28 +161,55 @@ func (m *mesh) inbound(raw net.Conn) {
 		m.log.Warn("mesh node proxy: caller", "err", err)
 		return
 	}
-	instance, port, err := readPreamble(tc)
+	raw.SetDeadline(time.Time{})
+	sess, err := yamux.Server(&frameConn{Conn: tc}, m.muxConfig())
 	if err != nil {
-		m.log.Warn("mesh node proxy: bad preamble", "caller", peer.ID.String(), "remote", raw.RemoteAddr().String(), "err", err)
-		writeStatus(tc, statusBadRequest, err.Error())
+		m.log.Error("mesh node proxy: session", "err", err)
+		return
+	}
+	defer sess.Close()
+	for {
+		st, err := sess.AcceptStream()
+		if err != nil {
+			return
+		}
+		m.wg.Add(1)
+		go func() { defer m.wg.Done(); m.serveStream(muxStream{st}, peer, raw.RemoteAddr().String()) }()
+	}
+}
+
+// serveStream serves one call: the preamble, the policy, then the local
+// instance.
+func (m *mesh) serveStream(st net.Conn, peer pki.Peer, remote string) {
+	defer st.Close()
+	st.SetDeadline(m.d.Clock.Now().Add(preambleTimeout))
+	instance, port, err := readPreamble(st)
+	if err != nil {
+		m.log.Warn("mesh node proxy: bad preamble", "caller", peer.ID.String(), "remote", remote, "err", err)
+		writeStatus(st, statusBadRequest, err.Error())
+		return
+	}
+	if now := m.d.Clock.Now(); now.After(peer.Cert.NotAfter) {
+		m.log.Info("mesh node proxy: the caller's session outlived its certificate", "caller", peer.ID.String(), "remote", remote)
+		writeStatus(st, statusExpired, "certificate expired at "+peer.Cert.NotAfter.UTC().Format(time.RFC3339))
 		return
 	}
 	li, ok := m.d.Local(instance)
 	if !ok {
 		m.log.Debug("mesh node proxy: no such instance", "caller", peer.ID.String(), "instance", instance)
-		writeStatus(tc, statusNoInstance, "instance "+instance+" does not run on this machine")
+		writeStatus(st, statusNoInstance, "instance "+instance+" does not run on this machine")
 		return
 	}
 	callee := pki.WorkloadID(m.d.TrustDomain, li.Org, li.App, li.Service)
 	if err := m.cfg.Policy(peer.ID, callee); err != nil {
 		m.log.Warn("mesh: call refused", "caller", peer.ID.String(), "callee", callee.String(), "instance", instance,
-			"remote", raw.RemoteAddr().String(), "reason", err)
-		writeStatus(tc, statusRefused, err.Error())
+			"remote", remote, "reason", err)
+		writeStatus(st, statusRefused, err.Error())
 		return
 	}
 	hp := li.Ports[port]
 	if hp == 0 {
-		writeStatus(tc, statusUnreachable, fmt.Sprintf("instance %s declares no port %d", instance, port))
+		writeStatus(st, statusUnreachable, fmt.Sprintf("instance %s declares no port %d", instance, port))
 		return
 	}
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.DialTimeout)
@@ -182,7 +217,7 @@ func (m *mesh) inbound(raw net.Conn) {
 	cancel()
 	if err != nil {
 		m.log.Debug("mesh node proxy: instance unreachable", "instance", instance, "port", port, "err", err)
-		writeStatus(tc, statusUnreachable, fmt.Sprintf("instance %s port %d: %v", instance, port, err))
+		writeStatus(st, statusUnreachable, fmt.Sprintf("instance %s port %d: %v", instance, port, err))
 		return
 	}
 	if !m.conns.add(up) {
@@ -190,12 +225,12 @@ func (m *mesh) inbound(raw net.Conn) {
 		return
 	}
 	defer m.conns.remove(up)
-	if err := writeStatus(tc, statusOK, ""); err != nil {
+	if err := writeStatus(st, statusOK, ""); err != nil {
 		up.Close()
 		return
 	}
-	raw.SetDeadline(time.Time{})
-	splice(tc, up)
+	st.SetDeadline(time.Time{})
+	splice(st, up)
 }
 
 // serveVIP accepts an instance's connections to a service address until
@@ -253,13 +288,20 @@ func (m *mesh) outbound(c net.Conn, s *slot, v *vip, port int) {
 			m.log.Debug("mesh: endpoint failed; trying the next", "service", ms.Key, "instance", ep.Instance, "region", ep.Region, "err", err)
 			continue
 		}
-		m.health.ok(ep)
 		if !m.conns.add(up) {
 			up.Close()
 			return
 		}
-		splice(c, up)
+		back, err := splice(c, up)
 		m.conns.remove(up)
+		if back == 0 && err != nil {
+			// Accepted, then gone without a byte: an instance dying (or
+			// stuck); the caller's retry should go elsewhere.
+			m.health.fail(ep, m.d.Clock.Now())
+			m.log.Debug("mesh: endpoint closed the connection without answering", "service", ms.Key, "instance", ep.Instance, "err", err)
+		} else {
+			m.health.ok(ep)
+		}
 		return
 	}
 	if len(cands) == 0 {
@@ -271,18 +313,66 @@ func (m *mesh) outbound(c net.Conn, s *slot, v *vip, port int) {
 	reset(c)
 }
 
-// dial opens a mutual TLS connection to an endpoint's node proxy as the
-// slot's workload, and asks for the instance's port.
+// dial opens a stream to an endpoint's node proxy, on the slot's session
+// with that machine (opened the first time, as the slot's workload, over
+// mutual TLS), and asks for the instance's port. A pooled session that
+// turns out dead is replaced once.
 func (m *mesh) dial(s *slot, ep meshEndpoint, port int) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.DialTimeout)
 	defer cancel()
-	src, err := s.cert.source(ctx)
+	for {
+		sess, fresh, err := m.sessions.get(ctx, m, s, ep)
+		if err != nil {
+			return nil, err
+		}
+		c, err := openStream(ctx, sess, ep.Instance, port)
+		if err == nil {
+			return c, nil
+		}
+		var st *errStatus
+		if errors.As(err, &st) && st.code != statusExpired {
+			return nil, err // the destination answered: another session would not help
+		}
+		m.sessions.drop(s, ep, sess)
+		if fresh {
+			return nil, err
+		}
+	}
+}
+
+// openStream opens a stream on a session and asks for an instance's port.
+func openStream(ctx context.Context, sess *yamux.Session, instance string, port int) (net.Conn, error) {
+	ys, err := sess.OpenStream()
 	if err != nil {
 		return nil, err
 	}
+	st := muxStream{ys}
+	if dl, ok := ctx.Deadline(); ok {
+		st.SetDeadline(dl)
+	}
+	if _, err := st.Write(appendPreamble(make([]byte, 0, 8+len(instance)), instance, port)); err != nil {
+		st.Close()
+		return nil, err
+	}
+	if err := readStatus(st); err != nil {
+		st.Close()
+		return nil, err
+	}
+	st.SetDeadline(time.Time{})
+	return st, nil
+}
+
+// dialSession opens a session with an endpoint's machine as the slot's
+// workload: TCP, then TLS 1.3 verifying the machine's identity.
+func (m *mesh) dialSession(ctx context.Context, s *slot, ep meshEndpoint) (*yamux.Session, *pki.Leaf, error) {
+	src, err := s.cert.source(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	leaf := s.cert.leaf()
 	raw, err := m.d.Dialer.DialContext(ctx, "tcp", ep.Addr)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cfg := pki.ClientConfig(src, m.d.Roots, pki.AllowIDs(pki.MachineID(m.d.TrustDomain, ep.Region, ep.Machine)))
 	cfg.Time = m.d.Clock.Now
@@ -291,21 +381,226 @@ func (m *mesh) dial(s *slot, ep meshEndpoint, port int) (net.Conn, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		raw.SetDeadline(dl)
 	}
-	fail := func(err error) (net.Conn, error) {
-		tc.Close()
-		return nil, err
-	}
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return fail(err)
-	}
-	if _, err := tc.Write(appendPreamble(make([]byte, 0, 8+len(ep.Instance)), ep.Instance, port)); err != nil {
-		return fail(err)
-	}
-	if err := readStatus(tc); err != nil {
-		return fail(err)
+		tc.Close()
+		return nil, nil, err
 	}
 	raw.SetDeadline(time.Time{})
-	return tc, nil
+	sess, err := yamux.Client(&frameConn{Conn: tc}, m.muxConfig())
+	if err != nil {
+		tc.Close()
+		return nil, nil, err
+	}
+	return sess, leaf, nil
+}
+
+// muxConfig is the sessions' yamux configuration.
+func (m *mesh) muxConfig() *yamux.Config {
+	c := yamux.DefaultConfig()
+	c.KeepAliveInterval = 15 * time.Second
+	c.MaxStreamWindowSize = 1 << 20
+	c.StreamOpenTimeout = 30 * time.Second
+	c.StreamCloseTimeout = time.Minute
+	c.LogOutput = nil
+	c.Logger = muxLogger{m.log}
+	return c
+}
+
+// muxLogger sends yamux's logs to the mesh's, at debug level.
+type muxLogger struct{ l *slog.Logger }
+
+func (l muxLogger) Print(v ...any)                 { l.l.Debug("yamux: " + fmt.Sprint(v...)) }
+func (l muxLogger) Printf(format string, v ...any) { l.l.Debug("yamux: " + fmt.Sprintf(format, v...)) }
+func (l muxLogger) Println(v ...any)               { l.l.Debug("yamux: " + fmt.Sprint(v...)) }
+
+// frameConn writes each yamux data frame (a 12-byte header, then its
+// body, in two writes of yamux's send loop) as one write, so one TLS
+// record and one syscall carry it instead of two. It relies on yamux's
+// framing (version, type, flags, stream id, length; type 0 is data with
+// length bytes of body) and on its single sending goroutine.
+type frameConn struct {
+	net.Conn
+	hdr []byte // a data frame's header, held until its body
+	buf []byte
+}
+
+func (c *frameConn) Write(p []byte) (int, error) {
+	if c.hdr != nil {
+		c.buf = append(append(c.buf[:0], c.hdr...), p...)
+		c.hdr = nil
+		n, err := c.Conn.Write(c.buf)
+		return max(n-12, 0), err
+	}
+	if len(p) == 12 && p[1] == 0 && binary.BigEndian.Uint32(p[8:12]) > 0 {
+		c.hdr = append(make([]byte, 0, 12), p...)
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+// muxStream is a yamux stream whose Close half-closes (FIN): CloseWrite
+// for splice.
+type muxStream struct{ *yamux.Stream }
+
+func (s muxStream) CloseWrite() error { return s.Stream.Close() }
+
+// sessionIdle is how long an unused session to a machine is kept.
+const sessionIdle = time.Minute
+
+// sessionPool keeps each slot's sessions with the machines it calls.
+type sessionPool struct {
+	mu      sync.Mutex
+	m       map[string]*sessionEntry
+	retired []*yamux.Session // replaced; closed once their streams end
+}
+
+type sessionEntry struct {
+	ready  chan struct{} // closed once dialed
+	sess   *yamux.Session
+	serial string // of the workload certificate it was opened with
+	err    error
+	used   atomic.Int64 // unix nanoseconds
+}
+
+func sessionKey(s *slot, ep meshEndpoint) string {
+	return s.key + "|" + ep.Region + "|" + ep.Machine + "|" + ep.Addr
+}
+
+// get returns the slot's session with ep's machine, dialing it when there
+// is none (or its certificate was renewed meanwhile); fresh says it was
+// just dialed.
+func (p *sessionPool) get(ctx context.Context, m *mesh, s *slot, ep meshEndpoint) (*yamux.Session, bool, error) {
+	key := sessionKey(s, ep)
+	cur := ""
+	if l := s.cert.leaf(); l != nil {
+		cur = l.Cert.SerialNumber.String()
+	}
+	p.mu.Lock()
+	if p.m == nil {
+		p.m = map[string]*sessionEntry{}
+	}
+	e := p.m[key]
+	if e != nil {
+		select {
+		case <-e.ready:
+			if e.err != nil || e.sess.IsClosed() || (cur != "" && e.serial != cur) {
+				if e.sess != nil && !e.sess.IsClosed() {
+					p.retired = append(p.retired, e.sess)
+				}
+				delete(p.m, key)
+				e = nil
+			}
+		default:
+		}
+	}
+	if e != nil {
+		p.mu.Unlock()
+		select {
+		case <-e.ready:
+		case <-ctx.Done():
+			return nil, false, ctx.Err()
+		}
+		if e.err != nil {
+			return nil, false, e.err
+		}
+		e.used.Store(time.Now().UnixNano())
+		return e.sess, false, nil
+	}
+	e = &sessionEntry{ready: make(chan struct{})}
+	p.m[key] = e
+	p.mu.Unlock()
+	sess, leaf, err := m.dialSession(ctx, s, ep)
+	e.sess, e.err = sess, err
+	if leaf != nil {
+		e.serial = leaf.Cert.SerialNumber.String()
+	}
+	e.used.Store(time.Now().UnixNano())
+	close(e.ready)
+	if err != nil {
+		p.mu.Lock()
+		if p.m[key] == e {
+			delete(p.m, key)
+		}
+		p.mu.Unlock()
+		return nil, true, err
+	}
+	return sess, true, nil
+}
+
+// drop closes a session that failed.
+func (p *sessionPool) drop(s *slot, ep meshEndpoint, sess *yamux.Session) {
+	key := sessionKey(s, ep)
+	p.mu.Lock()
+	if e := p.m[key]; e != nil && e.sess == sess {
+		delete(p.m, key)
+	}
+	p.mu.Unlock()
+	sess.Close()
+}
+
+// closeSlot closes a slot's sessions.
+func (p *sessionPool) closeSlot(s *slot) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, e := range p.m {
+		if strings.HasPrefix(k, s.key+"|") {
+			select {
+			case <-e.ready:
+				if e.sess != nil {
+					e.sess.Close()
+				}
+			default:
+			}
+			delete(p.m, k)
+		}
+	}
+}
+
+// sweep closes the sessions idle for longer than idle and the retired ones
+// without streams left.
+func (p *sessionPool) sweep(now time.Time, idle time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, e := range p.m {
+		select {
+		case <-e.ready:
+		default:
+			continue
+		}
+		if e.sess != nil && (e.sess.IsClosed() || (e.sess.NumStreams() == 0 && now.Sub(time.Unix(0, e.used.Load())) > idle)) {
+			e.sess.Close()
+			delete(p.m, k)
+		}
+	}
+	kept := p.retired[:0]
+	for _, sess := range p.retired {
+		if sess.IsClosed() || sess.NumStreams() == 0 {
+			sess.Close()
+			continue
+		}
+		kept = append(kept, sess)
+	}
+	p.retired = kept
+}
+
+// closeAll closes every session.
+func (p *sessionPool) closeAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, e := range p.m {
+		select {
+		case <-e.ready:
+			if e.sess != nil {
+				e.sess.Close()
+			}
+		default:
+		}
+		delete(p.m, k)
+	}
+	for _, sess := range p.retired {
+		sess.Close()
+	}
+	p.retired = nil
 }
 
 // reset closes a connection with a reset, so the caller sees a failed
@@ -323,28 +618,40 @@ var spliceBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &
 type closeWriter interface{ CloseWrite() error }
 
 // splice copies both ways until both sides are done, half-closing each
-// direction as its source ends; an error on either side closes both.
-func splice(a, b net.Conn) {
+// direction as its source ends; an error on either side closes both. It
+// returns how many bytes came back from b, and how b's direction ended
+// (nil: a clean end of stream).
+func splice(a, b net.Conn) (int64, error) {
 	done := make(chan error, 1)
-	cp := func(dst, src net.Conn) error {
+	cp := func(dst, src net.Conn, n *int64) error {
 		bp := spliceBufs.Get().(*[]byte)
 		defer spliceBufs.Put(bp)
-		_, err := io.CopyBuffer(dst, src, *bp)
+		var err error
+		*n, err = io.CopyBuffer(dst, src, *bp)
 		if cw, ok := dst.(closeWriter); ok && err == nil {
 			if cw.CloseWrite() == nil {
 				return nil
 			}
 		}
-		// No half-close (or an error): end both directions.
+		// No half-close (or an error): end both directions, unblocking
+		// the other copy.
+		past := time.Unix(1, 0)
+		a.SetDeadline(past)
+		b.SetDeadline(past)
 		a.Close()
 		b.Close()
+		if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
 		return err
 	}
-	go func() { done <- cp(b, a) }()
-	cp(a, b)
+	var sent, back int64
+	go func() { done <- cp(b, a, &sent) }()
+	errBack := cp(a, b, &back)
 	<-done
 	a.Close()
 	b.Close()
+	return back, errBack
 }
 
 // connSet tracks proxied connections, to close them with the mesh.
