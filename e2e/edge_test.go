@@ -187,6 +187,22 @@ func summarize(samples []sample, t0 time.Time) report {
 	return r
 }
 
+// edgeErrors returns the first lines of an edge's log about failed
+// requests, for a failure's message.
+func edgeErrors(c dev.Component) string {
+	b, _ := os.ReadFile(c.Log)
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if (strings.Contains(line, "log=access") && !strings.Contains(line, `error=""`)) || strings.Contains(line, "level=WARN") {
+			out = append(out, line)
+			if len(out) == 10 {
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 func (r report) String() string {
 	return fmt.Sprintf("%d requests, %d failed (last one started %s after the failure) %v; answers after the failure by region %v; slowest answer after it %s",
 		r.total, r.failed, r.lastFailure.Round(time.Millisecond), r.errors, r.after, r.maxLatency.Round(time.Millisecond))
@@ -265,7 +281,7 @@ func TestEdges(t *testing.T) {
 		r := summarize(l.finish(), t0)
 		t.Logf("par, fra's instances killed: %s", r)
 		if r.failed != 0 || r.after["was"] == 0 {
-			t.Fatalf("want no failure and answers from was (the next closest to Paris): %s", r)
+			t.Fatalf("want no failure and answers from was (the next closest to Paris): %s\n%s", r, edgeErrors(par))
 		}
 	})
 
@@ -292,7 +308,7 @@ func TestEdges(t *testing.T) {
 		r := summarize(l.finish(), t0)
 		t.Logf("nyc, region was killed (server, agents, instances; refused links): %s", r)
 		if r.failed != 0 || r.after["fra"] == 0 {
-			t.Fatalf("want no failure and answers from fra (the next closest to New York): %s", r)
+			t.Fatalf("want no failure and answers from fra (the next closest to New York): %s\n%s", r, edgeErrors(nyc))
 		}
 	})
 

@@ -367,3 +367,62 @@ func TestBuildTableSkipsInvalid(t *testing.T) {
 		}
 	}
 }
+
+// TestFailoverUnderConcurrentLoad: clients keep sending GETs (over kept
+// connections to the instances) while every instance in the closest
+// region dies: none fails.
+func TestFailoverUnderConcurrentLoad(t *testing.T) {
+	s := startEdge(t, nil)
+	fra1, fra2 := newBackend(t, "fra-1", nil), newBackend(t, "fra-2", nil)
+	was1, was2 := newBackend(t, "was-1", nil), newBackend(t, "was-2", nil)
+	seed(t, s, fra, service("web", nil, endpointOf("f1", fra1), endpointOf("f2", fra2)))
+	seed(t, s, was, service("web", nil, endpointOf("w1", was1), endpointOf("w2", was2)))
+	c := client()
+	var mu sync.Mutex
+	failures := map[string]int{}
+	ok := 0
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := do(c, "GET", s.URL(), testHost, "/", nil)
+				mu.Lock()
+				switch {
+				case err != nil:
+					failures[err.Error()]++
+				case resp.StatusCode != 200:
+					failures[resp.Status+" "+resp.Header.Get(ErrorHeader)]++
+				default:
+					ok++
+				}
+				mu.Unlock()
+				if resp != nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}
+		}()
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return ok }
+	testutil.Eventually(t, 10*time.Second, "load running", func() (bool, string) { return count() > 200, "" })
+	fra1.kill()
+	fra2.kill()
+	before := was1.hits.Load() + was2.hits.Load()
+	testutil.Eventually(t, 10*time.Second, "was serving", func() (bool, string) {
+		n := was1.hits.Load() + was2.hits.Load() - before
+		return n > 500, fmt.Sprint(n)
+	})
+	close(stop)
+	wg.Wait()
+	if len(failures) > 0 {
+		t.Fatalf("%d ok, failures: %v", ok, failures)
+	}
+}
