@@ -259,6 +259,8 @@ type mesh struct {
 	node     net.Listener
 	conns    connSet
 	sessions sessionPool
+	warnMu   sync.Mutex
+	warned   map[string]time.Time
 
 	mu    sync.Mutex
 	state meshState        // persisted
@@ -285,15 +287,14 @@ type slotState struct {
 // slot is an active caller slot: a local service's DNS server, service
 // addresses and workload certificate.
 type slot struct {
-	key      string
-	id       pki.ID
-	st       *slotState
-	dnsIP    net.IP
-	resolv   string
-	dns      []*dns.Server
-	cert     *workloadCert
-	vips     map[int]*vip
-	sessions tls.ClientSessionCache
+	key    string
+	id     pki.ID
+	st     *slotState
+	dnsIP  net.IP
+	resolv string
+	dns    []*dns.Server
+	cert   *workloadCert
+	vips   map[int]*vip
 }
 
 // vip is a service address of a slot: the node proxy listens there on the
@@ -435,8 +436,7 @@ func (m *mesh) acquire(instance, org, app, service string) (string, error) {
 		m.state.Slots[key] = st
 		m.saveState()
 	}
-	s := &slot{key: key, id: id, st: st, dnsIP: m.ip(st.Slot, 1), vips: map[int]*vip{},
-		sessions: tls.NewLRUClientSessionCache(64)}
+	s := &slot{key: key, id: id, st: st, dnsIP: m.ip(st.Slot, 1), vips: map[int]*vip{}}
 	s.resolv = instanceResolvConf(s.dnsIP, m.d.HostResolvConf)
 	if err := m.startDNS(s); err != nil {
 		return "", err

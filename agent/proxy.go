@@ -265,7 +265,7 @@ func (m *mesh) outbound(c net.Conn, s *slot, v *vip, port int) {
 		ms = t.services[v.service]
 	}
 	if ms == nil {
-		m.log.Warn("mesh: service unknown", "caller", s.key, "service", v.service)
+		m.warnLimited(s.key+">"+v.name, "mesh: service unknown", "caller", s.key, "service", v.service)
 		reset(c)
 		return
 	}
@@ -305,9 +305,9 @@ func (m *mesh) outbound(c net.Conn, s *slot, v *vip, port int) {
 		return
 	}
 	if len(cands) == 0 {
-		m.log.Warn("mesh: no healthy endpoint", "caller", s.key, "service", ms.Key, "region", v.region)
+		m.warnLimited(s.key+">"+v.name, "mesh: no healthy endpoint", "caller", s.key, "service", ms.Key, "region", v.region)
 	} else {
-		m.log.Warn("mesh: no endpoint accepted the connection", "caller", s.key, "service", ms.Key, "region", v.region,
+		m.warnLimited(s.key+">"+v.name, "mesh: no endpoint accepted the connection", "caller", s.key, "service", ms.Key, "region", v.region,
 			"tried", tried, "err", errors.Join(errs...))
 	}
 	reset(c)
@@ -376,7 +376,8 @@ func (m *mesh) dialSession(ctx context.Context, s *slot, ep meshEndpoint) (*yamu
 	}
 	cfg := pki.ClientConfig(src, m.d.Roots, pki.AllowIDs(pki.MachineID(m.d.TrustDomain, ep.Region, ep.Machine)))
 	cfg.Time = m.d.Clock.Now
-	cfg.ClientSessionCache = s.sessions
+	// No TLS session resumption: sessions are few and long-lived, and a
+	// resumed one would carry the certificate of its first handshake.
 	tc := tls.Client(raw, cfg)
 	if dl, ok := ctx.Deadline(); ok {
 		raw.SetDeadline(dl)
@@ -693,4 +694,31 @@ func (s *connSet) len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.m)
+}
+
+// warnEvery is how often the same failing call is logged at warning
+// level; repeats in between go to debug.
+const warnEvery = 10 * time.Second
+
+// warnLimited logs a warning about key at most once per warnEvery.
+func (m *mesh) warnLimited(key, msg string, args ...any) {
+	now := time.Now()
+	m.warnMu.Lock()
+	if m.warned == nil {
+		m.warned = map[string]time.Time{}
+	}
+	last, seen := m.warned[key]
+	loud := !seen || now.Sub(last) >= warnEvery
+	if loud {
+		m.warned[key] = now
+		if len(m.warned) > 10000 { // bounded: forget everything now and then
+			clear(m.warned)
+		}
+	}
+	m.warnMu.Unlock()
+	if loud {
+		m.log.Warn(msg, args...)
+	} else {
+		m.log.Debug(msg, args...)
+	}
 }

@@ -1,0 +1,109 @@
+// Package meshproc holds the roles the bench/mesh binaries play besides
+// measuring: a machine agent with its mesh, started from a JSON config,
+// and a tiny HTTP workload that answers with its instance id.
+package meshproc
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/meridian-run/meridian/agent"
+	"github.com/meridian-run/meridian/pki"
+)
+
+// Environment variables that select a role.
+const (
+	RoleEnv   = "MESHBENCH_ROLE"   // "agent" or "workload"
+	ConfigEnv = "MESHBENCH_CONFIG" // the agent's AgentConfig, JSON
+)
+
+// AgentConfig is what the measuring program tells an agent process.
+type AgentConfig struct {
+	Region      string   `json:"region"`
+	RegionURLs  []string `json:"region_urls"`
+	JoinToken   string   `json:"join_token"`
+	RootsFile   string   `json:"roots_file"`
+	TrustDomain string   `json:"trust_domain"`
+	DataDir     string   `json:"data_dir"`
+	Machine     string   `json:"machine"`
+	Datacenter  string   `json:"datacenter"`
+	PortMin     int      `json:"port_min"`
+	PortMax     int      `json:"port_max"`
+	ShimPath    string   `json:"shim_path"`
+	MeshNet     string   `json:"mesh_net"`
+	MeshPort    int      `json:"mesh_port"`
+}
+
+// Maybe runs the role named by RoleEnv and exits; without one it returns.
+func Maybe() {
+	switch os.Getenv(RoleEnv) {
+	case "agent":
+		os.Exit(runAgent())
+	case "workload":
+		os.Exit(runWorkload())
+	}
+}
+
+// runAgent runs an agent with its mesh until SIGTERM or SIGINT, then
+// closes it (its instances keep running).
+func runAgent() int {
+	var c AgentConfig
+	if err := json.Unmarshal([]byte(os.Getenv(ConfigEnv)), &c); err != nil {
+		fmt.Fprintf(os.Stderr, "agent: %s: %v\n", ConfigEnv, err)
+		return 2
+	}
+	roots, err := pki.LoadRoots(c.RootsFile)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	a, err := agent.Start(ctx, agent.Config{
+		Region: c.Region, RegionURLs: c.RegionURLs, JoinToken: c.JoinToken, Roots: roots, TrustDomain: c.TrustDomain,
+		Datacenter: c.Datacenter, Name: c.Machine, MilliCPU: 64000, MemoryMB: 65536, DataDir: c.DataDir,
+		PortMin: c.PortMin, PortMax: c.PortMax, ShimPath: c.ShimPath,
+		Mesh:   &agent.MeshConfig{Net: c.MeshNet, Port: c.MeshPort},
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-a.Err():
+		fmt.Fprintln(os.Stderr, err)
+	}
+	a.Close()
+	return 0
+}
+
+// runWorkload answers GET / with its instance id and GET /healthz with ok
+// on $PORT until SIGTERM.
+func runWorkload() int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	id := os.Getenv("MERIDIAN_INSTANCE")
+	srv := &http.Server{Addr: ":" + os.Getenv("PORT"), ReadHeaderTimeout: 5 * time.Second,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/healthz" {
+				w.Write([]byte("ok\n"))
+				return
+			}
+			w.Write([]byte(id))
+		})}
+	go func() { <-ctx.Done(); srv.Close() }()
+	if err := srv.ListenAndServe(); err != nil && err != http.ErrServerClosed {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
