@@ -42,6 +42,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -427,20 +428,33 @@ func (m *mesh) acquire(instance, org, app, service string) (string, error) {
 		return "", fmt.Errorf("mesh: %w", err)
 	}
 	st := m.state.Slots[key]
-	if st == nil {
-		n, err := m.freeSlot()
-		if err != nil {
+	s := &slot{key: key, id: id, vips: map[int]*vip{}}
+	// The saved slot, else a free one; a slot whose DNS address something
+	// else holds (another agent given the same network) is skipped.
+	for tries := 0; ; tries++ {
+		if st == nil {
+			n, err := m.freeSlot()
+			if err != nil {
+				return "", err
+			}
+			st = &slotState{Slot: n, Names: map[string]int{}}
+			m.state.Slots[key] = st
+			m.saveState()
+		}
+		s.st, s.dnsIP = st, m.ip(st.Slot, 1)
+		err := m.startDNS(s)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || tries == 16 {
 			return "", err
 		}
-		st = &slotState{Slot: n, Names: map[string]int{}}
-		m.state.Slots[key] = st
-		m.saveState()
+		m.log.Warn("mesh: a caller slot's DNS address is taken; taking another", "service", key, "err", err)
+		m.state.Slots[key+"#taken"+strconv.Itoa(st.Slot)] = &slotState{Slot: st.Slot, Names: map[string]int{}}
+		delete(m.state.Slots, key)
+		st = nil
 	}
-	s := &slot{key: key, id: id, st: st, dnsIP: m.ip(st.Slot, 1), vips: map[int]*vip{}}
 	s.resolv = instanceResolvConf(s.dnsIP, m.d.HostResolvConf)
-	if err := m.startDNS(s); err != nil {
-		return "", err
-	}
 	s.cert = m.startCert(s)
 	m.slots[key] = s
 	m.owner[instance] = key
@@ -702,6 +716,6 @@ func (m *mesh) sweepLoop(ctx context.Context) {
 			return
 		case <-t.C():
 		}
-		m.sessions.sweep(time.Now(), sessionIdle)
+		m.sessions.sweep(m.d.Clock.Now(), sessionIdle)
 	}
 }

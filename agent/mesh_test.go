@@ -909,3 +909,22 @@ func TestMeshStateSurvivesRestart(t *testing.T) {
 		t.Fatal("a stopped slot's service address still listens")
 	}
 }
+
+// TestMeshSkipsTakenSlots checks that a caller slot whose DNS address
+// something else holds (another agent given the same network) is skipped.
+func TestMeshSkipsTakenSlots(t *testing.T) {
+	in := pkitest.New(t, "fra")
+	netw := nextMeshNet()
+	n := newTestNode(t, in, "fra", "fra1", "fra1-a", func(d *meshDeps) { d.Config.Net = netw })
+	taken, err := net.ListenPacket("udp", net.JoinHostPort(n.m.ip(1, 1).String(), strconv.Itoa(testDNSPort)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	srv := n.caller("a-1", "acme", "shop", "a")
+	if want := net.JoinHostPort(n.m.ip(2, 1).String(), strconv.Itoa(testDNSPort)); srv != want {
+		t.Fatalf("DNS server at %s, want %s (slot 1 is taken)", srv, want)
+	}
+	n.m.setFeed(regionapi.Feed{Region: "fra", Services: []regionapi.FeedService{service("acme", "shop", "b")}})
+	resolveA(t, srv, "b.shop.internal.")
+}

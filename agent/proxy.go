@@ -504,7 +504,7 @@ func (p *sessionPool) get(ctx context.Context, m *mesh, s *slot, ep meshEndpoint
 		if e.err != nil {
 			return nil, false, e.err
 		}
-		e.used.Store(time.Now().UnixNano())
+		e.used.Store(m.d.Clock.Now().UnixNano())
 		return e.sess, false, nil
 	}
 	e = &sessionEntry{ready: make(chan struct{})}
@@ -515,7 +515,7 @@ func (p *sessionPool) get(ctx context.Context, m *mesh, s *slot, ep meshEndpoint
 	if leaf != nil {
 		e.serial = leaf.Cert.SerialNumber.String()
 	}
-	e.used.Store(time.Now().UnixNano())
+	e.used.Store(m.d.Clock.Now().UnixNano())
 	close(e.ready)
 	if err != nil {
 		p.mu.Lock()
@@ -702,7 +702,7 @@ const warnEvery = 10 * time.Second
 
 // warnLimited logs a warning about key at most once per warnEvery.
 func (m *mesh) warnLimited(key, msg string, args ...any) {
-	now := time.Now()
+	now := m.d.Clock.Now()
 	m.warnMu.Lock()
 	if m.warned == nil {
 		m.warned = map[string]time.Time{}
