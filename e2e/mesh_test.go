@@ -121,6 +121,20 @@ func nodeProxies(t *testing.T, in *installation, region, key string) map[string]
 	return out
 }
 
+// ownShims is shimPids restricted to this installation's instances:
+// instance ids repeat across installations (fra-r12-0...), and another
+// test's installation may run on the host at the same time.
+func (in *installation) ownShims(ids ...string) map[string]int {
+	out := map[string]int{}
+	for id, pid := range shimPids(ids...) {
+		env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+		if err == nil && strings.Contains(string(env), "="+in.info.StateDir+"/") {
+			out[id] = pid
+		}
+	}
+	return out
+}
+
 // TestMesh runs the private mesh on real processes: a caller (A) in fra
 // calls a hello service (B, in fra, was and sin) by name with its system
 // resolver, through the agents' DNS servers and node proxies.
@@ -313,7 +327,7 @@ func TestMesh(t *testing.T) {
 		// slow health check).
 		var pids map[string]int
 		testutil.Eventually(t, 20*time.Second, "b's instances in fra running", func() (bool, string) {
-			pids = shimPids(ids...)
+			pids = in.ownShims(ids...)
 			return len(pids) == 2, fmt.Sprint(pids)
 		})
 		for _, pid := range pids {
@@ -358,7 +372,7 @@ func TestMesh(t *testing.T) {
 			}
 		}
 		// The machine of one of was's instances dies: its agent and instance.
-		pids := shimPids(victim.ID)
+		pids := in.ownShims(victim.ID)
 		in.kill(in.component("agent", "was", victim.Machine))
 		syscallKill(t, pids[victim.ID])
 		var fresh regionapi.InstanceStatus
