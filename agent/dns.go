@@ -33,18 +33,37 @@ func (m *mesh) startDNS(s *slot) error {
 		return fmt.Errorf("mesh: DNS server of %s on tcp %s: %w", s.key, addr, err)
 	}
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) { m.serveDNS(s, w, r) })
-	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h, ReadTimeout: 2 * time.Second}} {
-		started := make(chan struct{})
+	servers := []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h, ReadTimeout: 2 * time.Second}}
+	for i, srv := range servers {
+		started, failed := make(chan struct{}), make(chan error, 1)
 		srv.NotifyStartedFunc = func() { close(started) }
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
-			if err := srv.ActivateAndServe(); err != nil {
+			err := srv.ActivateAndServe()
+			if err != nil {
 				m.log.Debug("mesh DNS server ended", "service", s.key, "err", err)
 			}
+			failed <- err
 		}()
-		<-started
-		s.dns = append(s.dns, srv)
+		select {
+		case <-started:
+			s.dns = append(s.dns, srv)
+		case err := <-failed:
+			for _, started := range s.dns {
+				started.Shutdown()
+			}
+			s.dns = nil
+			for _, later := range servers[i:] {
+				if later.PacketConn != nil {
+					later.PacketConn.Close()
+				}
+				if later.Listener != nil {
+					later.Listener.Close()
+				}
+			}
+			return fmt.Errorf("mesh: DNS server of %s on %s: %w", s.key, addr, err)
+		}
 	}
 	return nil
 }
