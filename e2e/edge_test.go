@@ -267,7 +267,7 @@ func TestEdges(t *testing.T) {
 		for _, i := range fra {
 			ids = append(ids, i.ID)
 		}
-		pids := shimPids(ids...)
+		pids := in.shims(ids...)
 		if len(fra) != 2 || len(pids) != 2 {
 			t.Fatalf("fra instances %v, shims %v", ids, pids)
 		}
@@ -292,7 +292,7 @@ func TestEdges(t *testing.T) {
 		for _, i := range was {
 			ids = append(ids, i.ID)
 		}
-		pids := shimPids(ids...)
+		pids := in.shims(ids...)
 		l := startLoad(nyc.Address, loadRate)
 		l.run(t, loadBefore)
 		t0 := time.Now()
@@ -363,7 +363,7 @@ func TestEdges(t *testing.T) {
 		// which the region decides alone.
 		victim := before[0]
 		in.kill(in.component("agent", "fra", victim.Machine))
-		syscallKill(t, shimPids(victim.ID)[victim.ID])
+		syscallKill(t, in.shims(victim.ID)[victim.ID])
 		known := map[string]bool{}
 		for _, i := range before {
 			known[i.ID] = true

@@ -232,8 +232,11 @@ func (in *installation) region(id string) *regionapi.Client {
 	return regionapi.NewClient(in.component("region", id, "").Address, hc)
 }
 
-// shimPids finds the shim processes of instances by their ids.
-func shimPids(ids ...string) map[string]int {
+// shims finds the shim processes of this installation's instances by
+// their ids. Instance ids repeat across installations (fra-r12-0...) and
+// another test's installation may run on the host at the same time, so a
+// shim counts only when its environment points into this state dir.
+func (in *installation) shims(ids ...string) map[string]int {
 	want := map[string]bool{}
 	for _, id := range ids {
 		want[id] = true
@@ -250,7 +253,11 @@ func shimPids(ids ...string) map[string]int {
 			continue
 		}
 		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if len(args) == 2 && strings.HasSuffix(args[0], "meridian-shim") && want[args[1]] {
+		if len(args) != 2 || !strings.HasSuffix(args[0], "meridian-shim") || !want[args[1]] {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+		if err == nil && strings.Contains(string(env), "="+in.info.StateDir+"/") {
 			out[args[1]] = pid
 		}
 	}

@@ -121,20 +121,6 @@ func nodeProxies(t *testing.T, in *installation, region, key string) map[string]
 	return out
 }
 
-// ownShims is shimPids restricted to this installation's instances:
-// instance ids repeat across installations (fra-r12-0...), and another
-// test's installation may run on the host at the same time.
-func (in *installation) ownShims(ids ...string) map[string]int {
-	out := map[string]int{}
-	for id, pid := range shimPids(ids...) {
-		env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
-		if err == nil && strings.Contains(string(env), "="+in.info.StateDir+"/") {
-			out[id] = pid
-		}
-	}
-	return out
-}
-
 // TestMesh runs the private mesh on real processes: a caller (A) in fra
 // calls a hello service (B, in fra, was and sin) by name with its system
 // resolver, through the agents' DNS servers and node proxies.
@@ -327,7 +313,7 @@ func TestMesh(t *testing.T) {
 		// slow health check).
 		var pids map[string]int
 		testutil.Eventually(t, 20*time.Second, "b's instances in fra running", func() (bool, string) {
-			pids = in.ownShims(ids...)
+			pids = in.shims(ids...)
 			return len(pids) == 2, fmt.Sprint(pids)
 		})
 		for _, pid := range pids {
@@ -372,7 +358,7 @@ func TestMesh(t *testing.T) {
 			}
 		}
 		// The machine of one of was's instances dies: its agent and instance.
-		pids := in.ownShims(victim.ID)
+		pids := in.shims(victim.ID)
 		in.kill(in.component("agent", "was", victim.Machine))
 		syscallKill(t, pids[victim.ID])
 		var fresh regionapi.InstanceStatus

@@ -226,7 +226,7 @@ func TestRegionsHealWhileGlobalIsDown(t *testing.T) {
 	for _, i := range before {
 		ids = append(ids, i.ID)
 	}
-	pids := shimPids(ids...)
+	pids := in.shims(ids...)
 	if len(pids) != len(before) {
 		t.Fatalf("found %d shims for %d instances", len(pids), len(before))
 	}
@@ -270,7 +270,7 @@ func TestRegionsHealWhileGlobalIsDown(t *testing.T) {
 		if i.Machine == victim.Machine {
 			continue
 		}
-		if now := shimPids(i.ID)[i.ID]; now != pids[i.ID] {
+		if now := in.shims(i.ID)[i.ID]; now != pids[i.ID] {
 			t.Errorf("instance %s on %s was touched: shim %d -> %d", i.ID, i.Machine, pids[i.ID], now)
 		}
 	}
