@@ -23,7 +23,9 @@ type regionState struct {
 	info   Region
 	geoRTT time.Duration // estimated from the coordinates
 
-	rtt         atomic.Int64 // EWMA of probe round trips in ns; 0 unmeasured
+	rtt         atomic.Int64 // the smallest recent probe round trip in ns; 0 unmeasured
+	samples     [rttWindow]time.Duration
+	nsamples    int          // only the probe goroutine touches samples
 	unreachable atomic.Bool  // the last probe timed out
 	rank        atomic.Int32 // 0 is the best
 
@@ -41,6 +43,27 @@ type regionState struct {
 	cut    context.CancelCauseFunc
 
 	stop context.CancelFunc // ends the region's feed and probe loops
+}
+
+// rttWindow is how many probe round trips the RTT is the minimum of: the
+// least delayed by queues along the way, the best estimate of the path
+// (as TCP's min_rtt).
+const rttWindow = 8
+
+// rttSample adds a probe's round trip (0 forgets them all) and returns
+// the minimum of the window.
+func (rs *regionState) rttSample(d time.Duration) time.Duration {
+	if d <= 0 {
+		rs.nsamples = 0
+		return 0
+	}
+	rs.samples[rs.nsamples%rttWindow] = d
+	rs.nsamples++
+	m := d
+	for _, v := range rs.samples[:min(rs.nsamples, rttWindow)] {
+		m = min(m, v)
+	}
+	return m
 }
 
 func newRegionState(r Region, lat, lon float64) *regionState {
@@ -134,8 +157,9 @@ const maxPerRegion = 2
 // pick chooses the endpoint for a request's next attempt: in the best
 // ranked region with an available endpoint (healthy in the feed, not
 // ejected, not tried by this request, fewer than maxPerRegion attempts
-// there), the less loaded of two random ones. When every endpoint is
-// ejected, ejected ones are tried rather than none (closest first).
+// there), the less loaded of two random ones. When no healthy endpoint is
+// left anywhere, those the feed calls unhealthy are tried, then ejected
+// ones, rather than none (closest first: Envoy's panic routing).
 func pick(rt *route, tried []*endpoint, now int64) *endpoint {
 	var buf [8]*target
 	order := append(buf[:0], rt.targets...)
@@ -145,12 +169,19 @@ func pick(rt *route, tried []*endpoint, now int64) *endpoint {
 			order[j], order[j-1] = order[j-1], order[j]
 		}
 	}
-	for _, ignoreEjection := range []bool{false, true} {
+	// Healthy ones first, then those the feed calls unhealthy, then the
+	// ejected healthy ones, then the ejected others: anything that might
+	// answer rather than a certain 503.
+	for _, pass := range [...]struct{ standby, ignoreEjection bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
 		for _, t := range order {
-			if len(t.eps) == 0 || attemptsIn(tried, t.region) >= maxPerRegion {
+			list := t.eps
+			if pass.standby {
+				list = t.standby
+			}
+			if len(list) == 0 || attemptsIn(tried, t.region) >= maxPerRegion {
 				continue
 			}
-			if ep := p2c(t.eps, tried, now, ignoreEjection); ep != nil {
+			if ep := p2c(list, tried, now, pass.ignoreEjection); ep != nil {
 				return ep
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"net/textproto"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -36,7 +37,8 @@ type upConn struct {
 	c     net.Conn
 	br    *bufio.Reader
 	bw    *bufio.Writer
-	since time.Time // idle since
+	since time.Time   // idle since
+	cut   atomic.Bool // interrupted because its region stopped answering
 }
 
 // connPool holds an endpoint's connections: idle ones for reuse, busy
@@ -44,7 +46,7 @@ type upConn struct {
 type connPool struct {
 	mu     sync.Mutex
 	idle   []*upConn
-	busy   map[*upConn]struct{}
+	busy   map[*upConn]time.Time // since when
 	closed bool
 }
 
@@ -69,7 +71,7 @@ func (p *connPool) get(now time.Time, check bool) *upConn {
 			p.mu.Lock()
 			continue
 		}
-		p.markBusy(uc)
+		p.markBusy(uc, now)
 		p.mu.Unlock()
 		return uc
 	}
@@ -77,17 +79,17 @@ func (p *connPool) get(now time.Time, check bool) *upConn {
 	return nil
 }
 
-func (p *connPool) markBusy(uc *upConn) {
+func (p *connPool) markBusy(uc *upConn, now time.Time) {
 	if p.busy == nil {
-		p.busy = map[*upConn]struct{}{}
+		p.busy = map[*upConn]time.Time{}
 	}
-	p.busy[uc] = struct{}{}
+	p.busy[uc] = now
 }
 
 // add registers a new connection as busy.
-func (p *connPool) add(uc *upConn) {
+func (p *connPool) add(uc *upConn, now time.Time) {
 	p.mu.Lock()
-	p.markBusy(uc)
+	p.markBusy(uc, now)
 	p.mu.Unlock()
 }
 
@@ -96,7 +98,7 @@ func (p *connPool) add(uc *upConn) {
 func (p *connPool) put(uc *upConn, reuse bool, now time.Time) {
 	p.mu.Lock()
 	delete(p.busy, uc)
-	if reuse && !p.closed && len(p.idle) < maxIdlePerEndpoint {
+	if reuse && !uc.cut.Load() && !p.closed && len(p.idle) < maxIdlePerEndpoint {
 		uc.since = now
 		p.idle = append(p.idle, uc)
 		p.mu.Unlock()
@@ -106,15 +108,18 @@ func (p *connPool) put(uc *upConn, reuse bool, now time.Time) {
 	uc.c.Close()
 }
 
-// interrupt fails every exchange in flight (their reads and writes time
-// out at once) and closes the idle connections: the region stopped
-// answering.
-func (p *connPool) interrupt() {
+// interrupt fails the exchanges in flight since before a time (their
+// reads and writes time out at once) and closes the idle connections: the
+// region stopped answering.
+func (p *connPool) interrupt(before time.Time) {
 	p.mu.Lock()
 	idle := p.idle
 	p.idle = nil
-	for uc := range p.busy {
-		uc.c.SetDeadline(time.Unix(1, 0))
+	for uc, since := range p.busy {
+		if since.Before(before) {
+			uc.cut.Store(true)
+			uc.c.SetDeadline(time.Unix(1, 0))
+		}
 	}
 	p.mu.Unlock()
 	for _, uc := range idle {
@@ -293,7 +298,7 @@ func (s *Server) exchange(r *http.Request, ep *endpoint, st *reqState, retryable
 				return nil, nil, err
 			}
 			uc = &upConn{c: c, br: bufio.NewReaderSize(c, 8<<10), bw: bufio.NewWriterSize(c, 4<<10)}
-			ep.pool.add(uc)
+			ep.pool.add(uc, now)
 		}
 		uc.c.SetReadDeadline(now.Add(timeout))
 		err := writeRequest(uc.bw, r, st.id)
@@ -306,6 +311,9 @@ func (s *Server) exchange(r *http.Request, ep *endpoint, st *reqState, retryable
 			return resp, uc, nil
 		}
 		ep.pool.put(uc, false, now)
+		if uc.cut.Load() {
+			return nil, nil, errRegionUnreachable
+		}
 		// A kept-alive connection the instance closed meanwhile: again on
 		// a fresh one, when that is safe (nothing of the request was
 		// taken: a write failed, or the read found the connection closed

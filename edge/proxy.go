@@ -69,6 +69,7 @@ type reqState struct {
 	route    *route
 	target   *target // the one that answered (or was tried last)
 	attempts int
+	cuts     int // attempts cut because their region stopped answering
 	status   int
 	reason   string
 	bodyMu   sync.Mutex
@@ -330,7 +331,11 @@ func (s *Server) failed(ep *endpoint, err error, now int64, idem, whole bool, at
 		pe = &proxyError{status: http.StatusBadGateway, reason: ReasonUpstreamFailed, err: err}
 	}
 	s.metrics.attempts.WithLabelValues(ep.region.info.ID, result).Inc()
-	retry := whole && (connectFailed || idem) && attempts < s.cfg.MaxAttempts && time.Since(st.start) <= s.cfg.RetryWindow
+	if cut {
+		st.cuts++ // not the request's fault: not counted against MaxAttempts
+	}
+	retry := whole && (connectFailed || idem) && attempts-st.cuts < s.cfg.MaxAttempts && attempts < 4*s.cfg.MaxAttempts &&
+		time.Since(st.start) <= s.cfg.RetryWindow
 	if retry {
 		s.metrics.retries.WithLabelValues(ep.region.info.ID).Inc()
 	}

@@ -227,9 +227,10 @@ func (s *Server) probeLoop(ctx context.Context, rs *regionState, hc *http.Client
 
 // probe times GET /healthz on a kept-alive connection. A timeout marks
 // the region unreachable (its link swallows packets): it is ranked last
-// and the retryable attempts waiting on it are cut and retried elsewhere.
-// A refused or reset connection only leaves the RTT unmeasured: the API
-// server is down, but its instances may still serve.
+// and the retryable attempts waiting on it are cut and retried elsewhere;
+// only an answer makes it reachable again. A refused or reset connection
+// only leaves the RTT unmeasured: the API server is down, but its
+// instances may still serve.
 func (s *Server) probe(ctx context.Context, rs *regionState, hc *http.Client) {
 	pctx, cancel := context.WithTimeout(ctx, s.cfg.ProbeTimeout)
 	defer cancel()
@@ -256,17 +257,16 @@ func (s *Server) probe(ctx context.Context, rs *regionState, hc *http.Client) {
 	case err == nil:
 		rs.unreachable.Store(false)
 		if reused { // a fresh connection's handshake is not a round trip
-			next := d
-			if old > 0 {
-				next = (7*old + 3*d) / 10
-			}
-			rs.rtt.Store(int64(max(next, 1)))
+			rs.rtt.Store(int64(max(rs.rttSample(d), 1)))
 		}
 	case isTimeout(err) || pctx.Err() != nil:
 		rs.unreachable.Store(true)
+		rs.rttSample(0)
 		rs.rtt.Store(0)
 	default:
-		rs.unreachable.Store(false)
+		// Refused, reset, a connection found dead: the RTT is unknown;
+		// reachability changes only with an answer or a timeout.
+		rs.rttSample(0)
 		rs.rtt.Store(0)
 	}
 	now := rs.unreachable.Load()
@@ -287,9 +287,32 @@ func (s *Server) probe(ctx context.Context, rs *regionState, hc *http.Client) {
 	if now != wasUnreachable || old/s.cfg.RTTTolerance != newBucket || (old == 0) != (rs.rtt.Load() == 0) {
 		s.rerank()
 	}
-	if now && !wasUnreachable {
-		s.interruptRegion(rs)
+	if now && s.otherReachable(rs) {
+		// Requests waiting on the region for longer than half a probe
+		// timeout are stuck behind the dead link: cut and retried
+		// elsewhere. (Younger ones may be fine, if the probe lost a race
+		// with a starved CPU: they are cut at the next timeout if still
+		// waiting.) When every region's probe times out, the trouble is
+		// likely here: nothing is cut.
+		s.interruptRegion(rs, time.Now().Add(-s.cfg.ProbeTimeout/2), !wasUnreachable)
 	}
+}
+
+// otherReachable reports whether another region with a feed answers its
+// probes.
+func (s *Server) otherReachable(rs *regionState) bool {
+	for _, o := range s.regionList() {
+		if o == rs || o.unreachable.Load() {
+			continue
+		}
+		o.mu.Lock()
+		ok := o.hasFeed
+		o.mu.Unlock()
+		if ok {
+			return true
+		}
+	}
+	return false
 }
 
 func isTimeout(err error) bool {

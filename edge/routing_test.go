@@ -254,11 +254,29 @@ func TestClearErrorsNeverAHang(t *testing.T) {
 	c := client()
 	dead := newBackend(t, "dead", nil)
 	dead.kill()
+	seed(t, s, fra, service("web", nil))
+	if code, _, resp := get(t, c, s.URL(), testHost, "/"); code != 503 || resp.Header.Get(ErrorHeader) != ReasonNoInstance {
+		t.Fatalf("no instance: %d %v", code, resp.Header)
+	}
+	// An instance the region calls unhealthy is tried when nothing else
+	// is left (it might answer); this one is dead.
 	unhealthy := endpointOf("u1", dead)
 	unhealthy.Healthy = false
-	seed(t, s, fra, service("web", nil, unhealthy))
-	if code, _, resp := get(t, c, s.URL(), testHost, "/"); code != 503 || resp.Header.Get(ErrorHeader) != ReasonNoInstance {
-		t.Fatalf("no healthy instance: %d %v", code, resp.Header)
+	setServices(s, "fra", service("web", nil, unhealthy))
+	if code, _, resp := get(t, c, s.URL(), testHost, "/"); code != 502 || resp.Header.Get(ErrorHeader) != ReasonConnectFailed {
+		t.Fatalf("only an unhealthy dead instance: %d %v", code, resp.Header)
+	}
+	alive := newBackend(t, "unhealthy-but-answering", nil)
+	standby := endpointOf("u2", alive)
+	standby.Healthy = false
+	healthy := newBackend(t, "healthy", nil)
+	setServices(s, "fra", service("web", nil, standby, endpointOf("h", healthy)))
+	if got := answers(t, c, s.URL(), 10); got["healthy"] != 10 {
+		t.Fatalf("a healthy instance beside an unhealthy one: %v", got)
+	}
+	healthy.kill()
+	if got := answers(t, c, s.URL(), 10); got["unhealthy-but-answering"] != 10 {
+		t.Fatalf("the healthy one dead: %v", got)
 	}
 	setServices(s, "fra", service("web", nil, endpointOf("f1", dead), endpointOf("f2", dead)))
 	if code, _, resp := get(t, c, s.URL(), testHost, "/"); code != 502 || resp.Header.Get(ErrorHeader) != ReasonConnectFailed {

@@ -367,16 +367,18 @@ func (s *Server) janitor() {
 	}
 }
 
-// interruptRegion fails the exchanges in flight with a region's
-// instances (the fast path's connections) and cuts the ReverseProxy
-// path's retryable attempts.
-func (s *Server) interruptRegion(rs *regionState) {
-	rs.cutAttempts()
+// interruptRegion fails the exchanges with a region's instances (the
+// fast path's connections) in flight since before a time, and, when all
+// is set, cuts the ReverseProxy path's retryable attempts.
+func (s *Server) interruptRegion(rs *regionState, before time.Time, all bool) {
+	if all {
+		rs.cutAttempts()
+	}
 	s.buildMu.Lock()
 	defer s.buildMu.Unlock()
 	for _, ep := range s.endpoints {
 		if ep.region == rs {
-			ep.pool.interrupt()
+			ep.pool.interrupt(before)
 		}
 	}
 }

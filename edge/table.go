@@ -38,7 +38,7 @@ func (e *endpoint) ejected(now int64) bool { return e.ejectUntil.Load() > now }
 type table struct {
 	hosts     map[string]*appRoutes
 	routes    int
-	endpoints int
+	endpoints int // healthy ones
 }
 
 // appRoutes is one app's routes, longest path prefix first.
@@ -60,7 +60,11 @@ type target struct {
 	region  *regionState
 	service string
 	port    int
-	eps     []*endpoint
+	eps     []*endpoint // healthy in the feed
+	// standby holds the endpoints the feed reports unhealthy (starting,
+	// failing checks, their machine's lease lapsed): tried only when no
+	// healthy one is left, rather than answering 503 for sure.
+	standby []*endpoint
 
 	metricsOnce sync.Once
 	duration    prometheus.Observer
@@ -168,7 +172,7 @@ func buildTable(domain string, feeds []regionFeed, prev map[string]*endpoint) (*
 				declaredPort := strconv.Itoa(rt.Port)
 				for _, e := range svc.Endpoints {
 					hp := e.Ports[declaredPort]
-					if !e.Healthy || e.Address == "" || hp <= 0 || hp > math.MaxUint16 {
+					if e.Address == "" || hp <= 0 || hp > math.MaxUint16 {
 						continue
 					}
 					addr := joinHostPort(e.Address, hp)
@@ -180,9 +184,13 @@ func buildTable(domain string, feeds []regionFeed, prev map[string]*endpoint) (*
 							ep = &endpoint{key: key, instance: e.Instance, region: f.rs, addr: addr, h2c: proto == "http2"}
 						}
 						eps[key] = ep
-						t.endpoints++
 					}
-					tg.eps = append(tg.eps, ep)
+					if e.Healthy {
+						tg.eps = append(tg.eps, ep)
+						t.endpoints++
+					} else {
+						tg.standby = append(tg.standby, ep)
+					}
 				}
 				r.targets = append(r.targets, tg)
 			}
