@@ -5,36 +5,49 @@
 //
 // Routing state comes from the regions, not from the global control
 // plane: the edge lists the open regions from global at start (and every
-// so often; the list is cached on disk), then subscribes to every region's
-// endpoint feed directly over mutual TLS with its edge certificate. The
-// merged routing table is immutable and swapped atomically on every
-// change, and persisted to a snapshot on disk (atomic write), so the edge
-// keeps routing through a global outage and after its own restart with
-// global down. A feed that drops or sends garbage leaves that region's
-// last good state in use.
+// RegionRefresh; the list is cached on disk), then subscribes to every
+// region's endpoint feed directly over mutual TLS with its edge
+// certificate. The merged routing table is immutable and swapped
+// atomically on every change, and persisted to a snapshot on disk (atomic
+// write), so the edge keeps routing through a global outage and after its
+// own restart with global down. A feed that drops, goes silent or sends
+// garbage leaves that region's last good state in use.
 //
-// Choice of instance: the region is chosen by rank — regions whose probes
-// time out (a blackholed link) last; then measured round-trip time to the
-// region's API, in buckets of Config.RTTTolerance, ties broken by the
-// great-circle distance between the edge's and the region's coordinates
-// (which also stands in for regions not measured yet). Inside a region,
-// power of two choices on outstanding requests among healthy, non-ejected
-// instances. Passive failure detection ejects an instance at once on a
-// connect failure or a response timeout, after 3 consecutive transport
-// errors or Config.Eject5xx consecutive 5xx answers, for EjectBase doubling
-// up to EjectMax; active health comes from the feed. A request whose
-// attempt could not connect, and an idempotent request whose attempt failed
-// before a response started (including attempts cut because their region
-// stopped answering probes), is retried on another instance, at most two
-// per region, then in the next region, within MaxAttempts and
-// RetryWindow. Everything else gets a clear 502, 503 or 504 with an
-// X-Meridian-Error reason header.
+// Choice of instance: regions are ranked — those whose probe timed out
+// last; then by measured round-trip time to the region's API (the minimum
+// of the last 8 probes, in buckets of Config.RTTTolerance so that
+// loopback-close regions tie), ties and unmeasured regions by the
+// great-circle distance between the edge's and the region's coordinates.
+// In the best region with an available instance, power of two choices on
+// outstanding requests among healthy, non-ejected instances. Passive
+// failure detection ejects an instance at once on a connect failure or a
+// response timeout, after 3 consecutive transport errors or Config.Eject5xx
+// consecutive 5xx answers, for EjectBase doubling up to EjectMax; active
+// health comes from the feed. When no healthy instance is left anywhere,
+// instances the feed calls unhealthy are tried, then ejected ones, rather
+// than answering a certain 503.
+//
+// Retries: a request whose attempt could not connect, and an idempotent
+// request (RFC 9110 methods, or an Idempotency-Key) whose attempt failed
+// before a response started, is retried on another instance — at most two
+// attempts per region, then the next region — within MaxAttempts and
+// RetryWindow. When a region's probe times out (a blackholed link) while
+// another region answers, the exchanges waiting on it for longer than half
+// a probe timeout are cut and retried elsewhere; those do not count
+// against MaxAttempts. Everything else gets a clear 502, 503 or 504 with
+// an X-Meridian-Error reason header, never a hang: connections take at
+// most ConnectTimeout, response headers at most ResponseHeaderTimeout.
 //
 // HTTP: HTTP/1.1 and HTTP/2 (h2c with prior knowledge on the plain
-// listener, ALPN on TLS), WebSockets and streaming responses pass through
-// (net/http/httputil.ReverseProxy), X-Forwarded-For/Proto/Host and
-// X-Request-Id are set, header and body sizes and read times are bounded,
-// and Close shuts down gracefully, finishing requests in flight.
-// Prometheus metrics (per org, app, service, region and status code) and
-// the routing state are served on a separate admin listener.
+// listener, ALPN on TLS). A request without a body or upgrade takes the
+// fast path: the handler's goroutine writes it over a kept-alive
+// HTTP/1.1 connection from the instance's own pool and copies the answer
+// back (half the CPU of httputil.ReverseProxy over http.Transport).
+// Requests with bodies, WebSockets and HTTP/2 instances go through
+// httputil.ReverseProxy. Streaming answers are flushed as they come;
+// X-Forwarded-For/Proto/Host and X-Request-Id are set; header and body
+// sizes and read times are bounded; Close shuts down gracefully, finishing
+// requests in flight. Prometheus metrics (per org, app, service, region
+// and status code), the routing state (/v1/state) and the Go profiler are
+// served on a separate admin listener.
 package edge

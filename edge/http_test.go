@@ -371,3 +371,22 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTP2Instances: a port declared http2 is reached over HTTP/2
+// without TLS (h2c); the answer comes back to an HTTP/1.1 client.
+func TestHTTP2Instances(t *testing.T) {
+	s := startEdge(t, nil)
+	b := newBackendWith(t, "h2", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.Proto)
+	}, func(srv *http.Server) {
+		var p http.Protocols
+		p.SetUnencryptedHTTP2(true)
+		srv.Protocols = &p
+	})
+	svc := service("web", nil, endpointOf("h", b))
+	svc.Ports[0].Protocol = "http2"
+	seed(t, s, fra, svc)
+	if code, body, _ := get(t, client(), s.URL(), testHost, "/"); code != 200 || body != "HTTP/2.0" {
+		t.Fatalf("h2c instance: %d %q", code, body)
+	}
+}
