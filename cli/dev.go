@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -55,8 +56,8 @@ installation from it. Ctrl-C stops everything.`,
 			}
 			edgeLines := ""
 			for _, e := range edges {
-				edgeLines += fmt.Sprintf("  edge %s: %s   (apps at http://<app>-%s.%s:%s/)\n", e.Location, e.Address, info.Organization,
-					info.Domain, e.Address[strings.LastIndexByte(e.Address, ':')+1:])
+				edgeLines += fmt.Sprintf("  edge %s: %s %s   (apps at http://<app>-%s.%s:%s/)\n", e.Location, e.Address, e.TLSAddress,
+					info.Organization, info.Domain, e.Address[strings.LastIndexByte(e.Address, ':')+1:])
 			}
 			fmt.Fprintf(g.stdout, `meridian dev is up in %.1fs: global, %d regions, %d machines, %d edges (logs in %s/logs)
 
@@ -81,8 +82,9 @@ Ctrl-C stops everything.
 				if list, err := c.ListApps(cmd.Context(), api.ListOptions{}); err == nil {
 					for _, a := range list.Items {
 						for _, e := range edges {
-							fmt.Fprintf(g.stdout, "app %s through edge %s: curl http://%s:%s/\n", a.Name, e.Location, a.Host,
-								e.Address[strings.LastIndexByte(e.Address, ':')+1:])
+							fmt.Fprintf(g.stdout, "app %s through edge %s: curl http://%s:%s/   (or curl --cacert %s https://%s:%s/)\n",
+								a.Name, e.Location, a.Host, e.Address[strings.LastIndexByte(e.Address, ':')+1:],
+								filepath.Join(info.PKIDir, "root", "root.pem"), a.Host, e.TLSAddress[strings.LastIndexByte(e.TLSAddress, ':')+1:])
 						}
 					}
 				}

@@ -62,7 +62,8 @@ type Component struct {
 	Machine    string   `json:"machine,omitempty"`
 	Location   string   `json:"location,omitempty"`
 	Address    string   `json:"address"`
-	Admin      string   `json:"admin,omitempty"` // an edge's admin URL: /metrics, /readyz, /v1/state
+	Admin      string   `json:"admin,omitempty"`       // an edge's admin URL: /metrics, /readyz, /v1/state
+	TLSAddress string   `json:"tls_address,omitempty"` // an edge's HTTPS URL
 	PID        int      `json:"pid"`
 	Args       []string `json:"args"`
 	Log        string   `json:"log"`
@@ -424,8 +425,9 @@ func meshNetBase(t Topology) int {
 
 // startEdges starts an edge per topology edge location, once the regions
 // are open (edges list them from global, then follow their feeds), with a
-// certificate from the root under pki/edges/<location>, and waits until
-// each has the regions' routing state. Public ports are 8000, 8001, ...
+// certificate from the root under pki/edges/<location> (which also serves
+// their HTTPS), and waits until each has the regions' routing state.
+// Public ports are 8000, 8001, ... for HTTP and 8443, 8444, ... for HTTPS
 // when free (free ones otherwise, and always when the API took a free
 // port).
 func (e *Env) startEdges(ctx context.Context, root *pki.CA) error {
@@ -437,25 +439,22 @@ func (e *Env) startEdges(ctx context.Context, root *pki.CA) error {
 				return fmt.Errorf("dev: edge %s certificate: %w", ed.Location, err)
 			}
 		}
-		listen := fmt.Sprintf("127.0.0.1:%d", 8000+i)
-		if ln, err := net.Listen("tcp", listen); err == nil && !strings.HasSuffix(e.cfg.APIListen, ":0") {
-			ln.Close()
-		} else {
-			if ln != nil {
-				ln.Close()
-			}
-			if listen, err = freeAddr(); err != nil {
-				return err
-			}
+		listen, err := e.edgePort(8000 + i)
+		if err != nil {
+			return err
+		}
+		tlsListen, err := e.edgePort(8443 + i)
+		if err != nil {
+			return err
 		}
 		admin, err := freeAddr()
 		if err != nil {
 			return err
 		}
-		c := Component{Role: "edge", Location: ed.Location, Address: "http://" + listen, Admin: "http://" + admin,
-			DataDir: e.path("edges", ed.Location), Args: []string{"edge", "--location", ed.Location,
+		c := Component{Role: "edge", Location: ed.Location, Address: "http://" + listen, TLSAddress: "https://" + tlsListen,
+			Admin: "http://" + admin, DataDir: e.path("edges", ed.Location), Args: []string{"edge", "--location", ed.Location,
 				"--lat", strconv.FormatFloat(ed.Latitude, 'f', -1, 64), "--lon", strconv.FormatFloat(ed.Longitude, 'f', -1, 64),
-				"--listen", listen, "--admin-listen", admin, "--pki-dir", dir, "--domain", t.Domain,
+				"--listen", listen, "--tls-listen", tlsListen, "--tls-from-pki", "--admin-listen", admin, "--pki-dir", dir, "--domain", t.Domain,
 				"--global", e.info.API, "--global-token-file", e.path("global", "admin.token"),
 				"--state-dir", e.path("edges", ed.Location)}}
 		if err := e.spawn(c); err != nil {
@@ -476,6 +475,21 @@ func (e *Env) startEdges(ctx context.Context, root *pki.CA) error {
 		}
 	}
 	return nil
+}
+
+// edgePort returns 127.0.0.1:port when that port is free (and the API
+// did not take a free port, as tests do), else a free one.
+func (e *Env) edgePort(port int) (string, error) {
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	if strings.HasSuffix(e.cfg.APIListen, ":0") {
+		return freeAddr()
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return freeAddr()
+	}
+	ln.Close()
+	return addr, nil
 }
 
 // orgToken creates the organization once and keeps its token in the state
