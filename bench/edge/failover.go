@@ -36,7 +36,7 @@ strategy: {type: all_at_once}
 `
 
 // failover measures a region's failure through an edge, blackholed then
-// refused.
+// refused (fra's links go through link proxies; the others are direct).
 func (b *bench) failover(ctx context.Context) error {
 	topo := dev.DefaultTopology()
 	topo.Edges = nil
@@ -87,8 +87,13 @@ func (b *bench) failover(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// fra's API and instances are reached through link proxies.
 	links := &linkProxies{m: map[string]*linkproxy.Proxy{}}
 	defer links.close()
+	fraLinks, err := regionLinks(ctx, c, links, info, "fra")
+	if err != nil {
+		return err
+	}
 	e, err := edge.Start(ctx, edge.Config{Location: "par", Latitude: 48.86, Longitude: 2.35, Domain: info.Domain, Listen: "127.0.0.1:0",
 		StateDir: filepath.Join(b.root, "edge-failover"), GlobalURL: info.API, GlobalToken: info.AdminToken, Identity: id,
 		Dial: links.dial, DialRegion: links.dial, ProbeInterval: b.probeInterval, ProbeTimeout: b.probeTimeout, Logger: b.quiet})
@@ -109,10 +114,6 @@ func (b *bench) failover(ctx context.Context) error {
 	}
 
 	// Blackholed: fra's API and instances swallow every byte.
-	fraLinks, err := regionLinks(ctx, c, links, info, "fra")
-	if err != nil {
-		return err
-	}
 	b.log.Info("blackholing fra under load", "rate", b.rate, "duration", b.duration)
 	black := b.underLoad(e.URL(), func() {
 		for _, p := range fraLinks {
@@ -135,7 +136,7 @@ func (b *bench) failover(ctx context.Context) error {
 		}
 	}
 	refused := b.underLoad(e.URL(), func() {
-		for _, pid := range append(shimsOf(ctx, c, "fra"), kills...) {
+		for _, pid := range append(shimsOf(ctx, c, info.StateDir, "fra"), kills...) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
@@ -176,8 +177,9 @@ func regionLinks(ctx context.Context, c *api.Client, links *linkProxies, info de
 	return out, nil
 }
 
-// shimsOf finds the shim processes of a region's instances.
-func shimsOf(ctx context.Context, c *api.Client, region string) []int {
+// shimsOf finds the shim processes of a region's instances in the
+// installation of stateDir.
+func shimsOf(ctx context.Context, c *api.Client, stateDir, region string) []int {
 	list, err := c.ListInstances(ctx)
 	if err != nil {
 		return nil
@@ -200,7 +202,12 @@ func shimsOf(ctx context.Context, c *api.Client, region string) []int {
 			continue
 		}
 		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if len(args) == 2 && strings.HasSuffix(args[0], "meridian-shim") && want[args[1]] {
+		if len(args) != 2 || !strings.HasSuffix(args[0], "meridian-shim") || !want[args[1]] {
+			continue
+		}
+		// Instance ids repeat across installations: only this one's.
+		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err == nil && strings.Contains(string(env), "="+stateDir+"/") {
 			pids = append(pids, pid)
 		}
 	}
