@@ -358,13 +358,15 @@ func (e *Env) start(ctx context.Context) error {
 				return err
 			}
 			ready := 0
+			seen := map[string]bool{}
 			for _, m := range ms {
 				if m.Ready {
 					ready++
+					seen[m.ID] = true
 				}
 			}
 			if ready < want {
-				return fmt.Errorf("%d of %d machines ready", ready, want)
+				return fmt.Errorf("%d of %d machines ready%s", ready, want, e.notReady(r.ID, seen))
 			}
 			return nil
 		}); err != nil {
@@ -490,6 +492,24 @@ func (e *Env) edgePort(port int) (string, error) {
 	}
 	ln.Close()
 	return addr, nil
+}
+
+// notReady names a region's agents that are not heartbeating, with the
+// end of their logs, for a clear error.
+func (e *Env) notReady(region string, ready map[string]bool) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var b strings.Builder
+	for _, p := range e.procs {
+		if p.comp.Role != "agent" || p.comp.Region != region || ready[p.comp.Machine] {
+			continue
+		}
+		log, _ := os.ReadFile(p.comp.Log)
+		lines := strings.Split(strings.TrimSpace(string(log)), "\n")
+		fmt.Fprintf(&b, "\n  %s (pid %d) is not ready; the end of %s:\n    %s", p.comp.Machine, p.comp.PID, p.comp.Log,
+			strings.Join(lines[max(0, len(lines)-5):], "\n    "))
+	}
+	return b.String()
 }
 
 // orgToken creates the organization once and keeps its token in the state
