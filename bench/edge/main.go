@@ -14,8 +14,8 @@
 //     Without nginx or wrk the part says so and is skipped.
 //   - failover: a dev installation (3 regions, one machine per data
 //     center, the demo app twice per region) and an edge at Paris in this
-//     process whose links to regions and instances go through link
-//     proxies; under a steady GET load, Frankfurt (its closest region) is
+//     process whose links to Frankfurt's API and instances go through
+//     link proxies; under a steady GET load, Frankfurt (its closest region) is
 //     blackholed (every byte swallowed), then after it recovers, killed
 //     (server, agents and instances: connections refused). For each:
 //     failed requests, when the last failure started after the failure,
