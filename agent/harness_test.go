@@ -70,18 +70,26 @@ func installation(t *testing.T, regionName string, ttl time.Duration) *pkitest.I
 // newRegionWith starts region name of installation in.
 func newRegionWith(t *testing.T, name string, in *pkitest.Installation) *testRegion {
 	t.Helper()
-	srv, err := region.Start(testutil.Context(t, 30*time.Second), region.Config{
-		Region:  name,
-		DataDir: t.TempDir(),
-		Listen:  "127.0.0.1:0",
-		CA:      in.Regions[name],
-		Etcd: region.EtcdConfig{ClientURL: "https://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t)),
-			PeerURL: "https://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))},
-		EtcdTuning:       func(c *embed.Config) { c.TickMs, c.ElectionMs = 50, 500 },
-		LeaseTTL:         2 * time.Second,
-		ScheduleInterval: time.Second,
-		Logger:           testutil.Logger().With("test_region", name),
-	})
+	var srv *region.Server
+	var err error
+	// The etcd ports were free when picked; another test package may take one first.
+	for attempt := 0; attempt < 5; attempt++ {
+		srv, err = region.Start(testutil.Context(t, 30*time.Second), region.Config{
+			Region:  name,
+			DataDir: t.TempDir(),
+			Listen:  "127.0.0.1:0",
+			CA:      in.Regions[name],
+			Etcd: region.EtcdConfig{ClientURL: "https://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t)),
+				PeerURL: "https://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))},
+			EtcdTuning:       func(c *embed.Config) { c.TickMs, c.ElectionMs = 50, 500 },
+			LeaseTTL:         2 * time.Second,
+			ScheduleInterval: time.Second,
+			Logger:           testutil.Logger().With("test_region", name),
+		})
+		if !testutil.PortTaken(err) {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatalf("start region %s: %v", name, err)
 	}

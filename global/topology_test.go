@@ -63,18 +63,26 @@ func newTopologyWith(t testing.TB, onInstance func(region string, in agent.Insta
 	errs := make(chan error, len(names))
 	for _, name := range names {
 		wg.Go(func() {
-			srv, err := region.Start(context.Background(), region.Config{
-				Region:  name,
-				DataDir: t.TempDir(),
-				Listen:  "127.0.0.1:0",
-				CA:      tp.in.Regions[name],
-				Etcd: region.EtcdConfig{ClientURL: "https://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t)),
-					PeerURL: "https://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))},
-				EtcdTuning:       func(c *embed.Config) { c.TickMs, c.ElectionMs = 50, 500 },
-				LeaseTTL:         2 * time.Second,
-				ScheduleInterval: time.Second,
-				Logger:           testutil.Logger().With("test_region", name),
-			})
+			var srv *region.Server
+			var err error
+			// The etcd ports were free when picked; another test package may take one first.
+			for attempt := 0; attempt < 5; attempt++ {
+				srv, err = region.Start(context.Background(), region.Config{
+					Region:  name,
+					DataDir: t.TempDir(),
+					Listen:  "127.0.0.1:0",
+					CA:      tp.in.Regions[name],
+					Etcd: region.EtcdConfig{ClientURL: "https://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t)),
+						PeerURL: "https://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))},
+					EtcdTuning:       func(c *embed.Config) { c.TickMs, c.ElectionMs = 50, 500 },
+					LeaseTTL:         2 * time.Second,
+					ScheduleInterval: time.Second,
+					Logger:           testutil.Logger().With("test_region", name),
+				})
+				if !testutil.PortTaken(err) {
+					break
+				}
+			}
 			if err != nil {
 				errs <- fmt.Errorf("start region %s: %w", name, err)
 				return

@@ -55,6 +55,16 @@ func initialCluster(ms []member) string {
 // startRegion starts one server of a region as member m of cluster ms.
 func startRegion(t testing.TB, in *pkitest.Installation, region string, ms []member, i int, tweak func(*Config)) *Server {
 	t.Helper()
+	s, err := startRegionErr(t, in, region, ms, i, tweak)
+	if err != nil {
+		t.Fatalf("start region %s member %s: %v", region, ms[i].name, err)
+	}
+	return s
+}
+
+// startRegionErr is startRegion returning its error.
+func startRegionErr(t testing.TB, in *pkitest.Installation, region string, ms []member, i int, tweak func(*Config)) (*Server, error) {
+	t.Helper()
 	m := ms[i]
 	cfg := Config{
 		Region:  region,
@@ -73,15 +83,24 @@ func startRegion(t testing.TB, in *pkitest.Installation, region string, ms []mem
 	}
 	s, err := Start(context.Background(), cfg)
 	if err != nil {
-		t.Fatalf("start region %s member %s: %v", region, m.name, err)
+		return nil, err
 	}
 	t.Cleanup(func() { s.Close() })
-	return s
+	return s, nil
 }
 
-// single starts a one-member region.
+// single starts a one-member region, with new ports when one it picked
+// was taken meanwhile by another test package.
 func single(t testing.TB, in *pkitest.Installation, region string, tweak func(*Config)) *Server {
-	return startRegion(t, in, region, members(t, region, 1), 0, tweak)
+	for attempt := 0; ; attempt++ {
+		s, err := startRegionErr(t, in, region, members(t, region, 1), 0, tweak)
+		if err == nil {
+			return s
+		}
+		if !testutil.PortTaken(err) || attempt == 4 {
+			t.Fatalf("start region %s: %v", region, err)
+		}
+	}
 }
 
 // startCluster starts n members concurrently (etcd needs a quorum to be

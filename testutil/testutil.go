@@ -6,6 +6,7 @@ package testutil
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -77,6 +79,14 @@ func FreePort(t testing.TB) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// PortTaken reports whether err is a failure to bind an address: a port
+// picked with FreePort can be taken by another process (another test
+// package runs in parallel) before it is bound. Callers start again with
+// new ports.
+func PortTaken(err error) bool {
+	return err != nil && (errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use"))
 }
 
 // Context returns a context canceled after d or when the test ends.
