@@ -252,7 +252,8 @@ func (e *Env) start(ctx context.Context) error {
 	}
 	// The regions.
 	regionURLs := map[string]string{}
-	for _, r := range t.Regions {
+	regionProcs := map[string]*proc{}
+	spawnRegion := func(r RegionTopo) error {
 		addrs := make([]string, 3)
 		for i := range addrs {
 			if addrs[i], err = freeAddr(); err != nil {
@@ -260,11 +261,16 @@ func (e *Env) start(ctx context.Context) error {
 			}
 		}
 		regionURLs[r.ID] = "https://" + addrs[0]
-		if err := e.spawn(Component{Role: "region", Region: r.ID, Address: regionURLs[r.ID], DataDir: e.path("regions", r.ID),
+		p, err := e.spawnProc(Component{Role: "region", Region: r.ID, Address: regionURLs[r.ID], DataDir: e.path("regions", r.ID),
 			Args: []string{"region", "--id", r.ID, "--ca-dir", filepath.Join(pkiDir, "regions", r.ID),
 				"--data-dir", e.path("regions", r.ID), "--listen", addrs[0],
 				"--etcd-client-url", "https://" + addrs[1], "--etcd-peer-url", "https://" + addrs[2],
-				"--lease-ttl", t.LeaseTTL}}); err != nil {
+				"--lease-ttl", t.LeaseTTL}})
+		regionProcs[r.ID] = p
+		return err
+	}
+	for _, r := range t.Regions {
+		if err := spawnRegion(r); err != nil {
 			return err
 		}
 	}
@@ -278,7 +284,20 @@ func (e *Env) start(ctx context.Context) error {
 		return fmt.Errorf("dev: global did not come up (see %s): %w", e.path("logs", "global.log"), err)
 	}
 	for _, r := range t.Regions {
-		if err := waitHTTP(ctx, anon, regionURLs[r.ID]+"/healthz", 30*time.Second); err != nil {
+		for attempt := 0; ; attempt++ {
+			err := waitHTTP(ctx, anon, regionURLs[r.ID]+"/healthz", 30*time.Second, regionProcs[r.ID].done)
+			if err == nil {
+				break
+			}
+			// A port picked as free may have been taken by another program
+			// before the region bound it: start it again on new ports.
+			if attempt < 3 && e.portClash(regionProcs[r.ID]) {
+				e.log.Warn("a region's port was taken meanwhile; starting it again on new ports", "region", r.ID)
+				if err := spawnRegion(r); err != nil {
+					return err
+				}
+				continue
+			}
 			return fmt.Errorf("dev: region %s did not come up (see %s): %w", r.ID, e.path("logs", "region-"+r.ID+".log"), err)
 		}
 	}
@@ -610,8 +629,17 @@ func waitFor(ctx context.Context, within time.Duration, cond func() error) error
 	return err
 }
 
-func waitHTTP(ctx context.Context, c *http.Client, url string, within time.Duration) error {
+// waitHTTP waits until url answers 200, or a process it depends on exits
+// (exited, when given).
+func waitHTTP(ctx context.Context, c *http.Client, url string, within time.Duration, exited ...<-chan struct{}) error {
 	return waitFor(ctx, within, func() error {
+		for _, ch := range exited {
+			select {
+			case <-ch:
+				return errExited
+			default:
+			}
+		}
 		resp, err := c.Get(url)
 		if err != nil {
 			return err
@@ -624,8 +652,40 @@ func waitHTTP(ctx context.Context, c *http.Client, url string, within time.Durat
 	})
 }
 
+// errExited means a component's process exited while dev waited for it.
+var errExited = errors.New("the process exited")
+
+// portClash reports whether a component exited because an address it was
+// given was taken.
+func (e *Env) portClash(p *proc) bool {
+	select {
+	case <-p.done:
+	case <-time.After(time.Second):
+		return false
+	}
+	log, _ := os.ReadFile(p.comp.Log)
+	if !strings.Contains(string(log), "address already in use") {
+		return false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i, q := range e.procs {
+		if q == p {
+			e.procs = append(e.procs[:i], e.procs[i+1:]...)
+			break
+		}
+	}
+	return true
+}
+
 // spawn starts a component as a child process logging to the state dir.
 func (e *Env) spawn(c Component) error {
+	_, err := e.spawnProc(c)
+	return err
+}
+
+// spawnProc is spawn returning the process.
+func (e *Env) spawnProc(c Component) (*proc, error) {
 	name := c.Role
 	switch {
 	case c.Location != "":
@@ -638,7 +698,7 @@ func (e *Env) spawn(c Component) error {
 	c.Log = e.path("logs", name+".log")
 	logf, err := os.OpenFile(c.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cmd := exec.Command(e.cfg.Binary, c.Args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -648,7 +708,7 @@ func (e *Env) spawn(c Component) error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return fmt.Errorf("dev: starting %s: %w", name, err)
+		return nil, fmt.Errorf("dev: starting %s: %w", name, err)
 	}
 	c.PID = cmd.Process.Pid
 	p := &proc{comp: c, cmd: cmd, done: make(chan struct{})}
@@ -666,7 +726,7 @@ func (e *Env) spawn(c Component) error {
 	e.procs = append(e.procs, p)
 	e.mu.Unlock()
 	e.log.Debug("started", "component", name, "pid", c.PID)
-	return nil
+	return p, nil
 }
 
 // Close stops the edges, then the agents, then the regions, then global
