@@ -27,7 +27,7 @@ import (
 	"time"
 
 	"github.com/meridian-run/meridian/api"
-	"github.com/meridian-run/meridian/bench/agentrss/procmode"
+	"github.com/meridian-run/meridian/bench/benchproc"
 	"github.com/meridian-run/meridian/driver"
 	"github.com/meridian-run/meridian/pki"
 	"github.com/meridian-run/meridian/region"
@@ -36,7 +36,7 @@ import (
 
 func main() {
 	driver.MaybeRunShim()
-	procmode.Maybe()
+	benchproc.Maybe()
 	instances := flag.Int("instances", 10, "instances the agent runs")
 	idle := flag.Duration("idle", 10*time.Second, "how long the agent idles before sampling")
 	samples := flag.Int("samples", 5, "RSS samples, one a second")
@@ -137,10 +137,10 @@ func run(n int, idle time.Duration, samples int, self bool) (err error) {
 
 	// The agent, as its own process.
 	dataDir := filepath.Join(tmp, "agent")
-	cfg, _ := json.Marshal(procmode.AgentConfig{Region: "rss", RegionURLs: []string{srv.URL()}, JoinToken: tok.Value,
+	cfg, _ := json.Marshal(benchproc.AgentConfig{Region: "rss", RegionURLs: []string{srv.URL()}, JoinToken: tok.Value,
 		RootsFile: rootsFile, DataDir: dataDir, Machine: "m1", Datacenter: "dc1", PortMin: 24000, PortMax: 24999})
 	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), procmode.RoleEnv+"=agent", procmode.ConfigEnv+"="+string(cfg))
+	cmd.Env = append(os.Environ(), benchproc.RoleEnv+"=agent", benchproc.ConfigEnv+"="+string(cfg))
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		return err
@@ -167,7 +167,7 @@ func run(n int, idle time.Duration, samples int, self bool) (err error) {
 	// N instances of the tiny workload, health-checked every 5s.
 	key := regionapi.ServiceKey("bench", "rss", "idle")
 	def := api.RegionalDefinition{Region: "rss", Name: "idle", Type: "web", Command: []string{bin},
-		Env:          []api.ResolvedEnv{{Key: procmode.RoleEnv, Value: "workload"}},
+		Env:          []api.ResolvedEnv{{Key: benchproc.RoleEnv, Value: "workload"}},
 		Ports:        []api.Port{{Port: 8080, Protocol: "http"}},
 		Scaling:      api.ScalingRange{Min: n, Max: n},
 		InstanceType: api.InstanceType{Name: "tiny", MilliCPU: 100, MemoryMB: 64},

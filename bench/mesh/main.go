@@ -44,7 +44,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/meridian-run/meridian/api"
-	"github.com/meridian-run/meridian/bench/mesh/meshproc"
+	"github.com/meridian-run/meridian/bench/benchproc"
 	"github.com/meridian-run/meridian/driver"
 	"github.com/meridian-run/meridian/pki"
 	"github.com/meridian-run/meridian/region"
@@ -55,7 +55,7 @@ const trustDomain = "meridian.bench"
 
 func main() {
 	driver.MaybeRunShim()
-	meshproc.Maybe()
+	benchproc.Maybe()
 	services := flag.Int("services", 100, "services the measured agent's caller resolves and calls")
 	runs := flag.Int("runs", 10, "new instances placed in was for the propagation figure")
 	idle := flag.Duration("idle", 5*time.Second, "how long the agent idles before RSS samples")
@@ -97,7 +97,7 @@ type bench struct {
 
 // agentProc is an agent process.
 type agentProc struct {
-	cfg    meshproc.AgentConfig
+	cfg    benchproc.AgentConfig
 	cmd    *exec.Cmd
 	exited chan error
 }
@@ -306,13 +306,13 @@ func (b *bench) startAgent(regionID, dc, machine string, octet, portMin int) (*a
 	if err != nil {
 		return nil, err
 	}
-	cfg := meshproc.AgentConfig{Region: regionID, RegionURLs: []string{b.regions[regionID].URL()}, JoinToken: tok.Value,
+	cfg := benchproc.AgentConfig{Region: regionID, RegionURLs: []string{b.regions[regionID].URL()}, JoinToken: tok.Value,
 		RootsFile: b.roots, TrustDomain: trustDomain, DataDir: filepath.Join(b.tmp, "agent-"+machine), Machine: machine,
 		Datacenter: dc, PortMin: portMin, PortMax: portMin + 999, ShimPath: b.shim,
 		MeshNet: fmt.Sprintf("127.%d.0.0/16", octet)}
 	js, _ := json.Marshal(cfg)
 	cmd := exec.Command(b.bin)
-	cmd.Env = append(os.Environ(), meshproc.RoleEnv+"=agent", meshproc.ConfigEnv+"="+string(js))
+	cmd.Env = append(os.Environ(), benchproc.RoleEnv+"=agent", benchproc.ConfigEnv+"="+string(js))
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -326,7 +326,7 @@ func (b *bench) startAgent(regionID, dc, machine string, octet, portMin int) (*a
 // apply applies service bench.bench.<name>: one instance of the workload.
 func (b *bench) apply(regionID, name string, dcs []string) error {
 	def := api.RegionalDefinition{Region: regionID, Name: name, Type: "web", Command: []string{b.bin},
-		Env:          []api.ResolvedEnv{{Key: meshproc.RoleEnv, Value: "workload"}},
+		Env:          []api.ResolvedEnv{{Key: benchproc.RoleEnv, Value: "workload"}},
 		Ports:        []api.Port{{Port: 8080, Protocol: "http"}},
 		Scaling:      api.ScalingRange{Min: 1, Max: 1},
 		InstanceType: api.InstanceType{Name: "tiny", MilliCPU: 10, MemoryMB: 32},

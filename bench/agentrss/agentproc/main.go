@@ -8,13 +8,13 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/meridian-run/meridian/bench/agentrss/procmode"
+	"github.com/meridian-run/meridian/bench/benchproc"
 	"github.com/meridian-run/meridian/driver"
 )
 
 func main() {
 	driver.MaybeRunShim()
-	procmode.Maybe()
-	fmt.Fprintf(os.Stderr, "agentproc: set %s to agent or workload\n", procmode.RoleEnv)
+	benchproc.Maybe()
+	fmt.Fprintf(os.Stderr, "agentproc: set %s to agent or workload\n", benchproc.RoleEnv)
 	os.Exit(2)
 }

@@ -8,13 +8,13 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/meridian-run/meridian/bench/mesh/meshproc"
+	"github.com/meridian-run/meridian/bench/benchproc"
 	"github.com/meridian-run/meridian/driver"
 )
 
 func main() {
 	driver.MaybeRunShim()
-	meshproc.Maybe()
-	fmt.Fprintf(os.Stderr, "meshagent: set %s to agent or workload\n", meshproc.RoleEnv)
+	benchproc.Maybe()
+	fmt.Fprintf(os.Stderr, "meshagent: set %s to agent or workload\n", benchproc.RoleEnv)
 	os.Exit(2)
 }

@@ -1,7 +1,8 @@
-// Package meshproc holds the roles the bench/mesh binaries play besides
-// measuring: a machine agent with its mesh, started from a JSON config,
-// and a tiny HTTP workload that answers with its instance id.
-package meshproc
+// Package benchproc holds the roles the bench programs' own binaries play
+// besides measuring: a machine agent started from a JSON config (with the
+// mesh when asked), and a tiny HTTP workload for it to run, which answers
+// GET /healthz with ok and anything else with its instance id.
+package benchproc
 
 import (
 	"context"
@@ -20,8 +21,8 @@ import (
 
 // Environment variables that select a role.
 const (
-	RoleEnv   = "MESHBENCH_ROLE"   // "agent" or "workload"
-	ConfigEnv = "MESHBENCH_CONFIG" // the agent's AgentConfig, JSON
+	RoleEnv   = "MERIDIAN_BENCH_ROLE"   // "agent" or "workload"
+	ConfigEnv = "MERIDIAN_BENCH_CONFIG" // the agent's AgentConfig, JSON
 )
 
 // AgentConfig is what the measuring program tells an agent process.
@@ -30,15 +31,16 @@ type AgentConfig struct {
 	RegionURLs  []string `json:"region_urls"`
 	JoinToken   string   `json:"join_token"`
 	RootsFile   string   `json:"roots_file"`
-	TrustDomain string   `json:"trust_domain"`
+	TrustDomain string   `json:"trust_domain,omitempty"`
 	DataDir     string   `json:"data_dir"`
 	Machine     string   `json:"machine"`
 	Datacenter  string   `json:"datacenter"`
 	PortMin     int      `json:"port_min"`
 	PortMax     int      `json:"port_max"`
-	ShimPath    string   `json:"shim_path"`
-	MeshNet     string   `json:"mesh_net"`
-	MeshPort    int      `json:"mesh_port"`
+	ShimPath    string   `json:"shim_path,omitempty"`
+	// MeshNet and MeshPort turn the agent's mesh on (empty: off).
+	MeshNet  string `json:"mesh_net,omitempty"`
+	MeshPort int    `json:"mesh_port,omitempty"`
 }
 
 // Maybe runs the role named by RoleEnv and exits; without one it returns.
@@ -51,8 +53,8 @@ func Maybe() {
 	}
 }
 
-// runAgent runs an agent with its mesh until SIGTERM or SIGINT, then
-// closes it (its instances keep running).
+// runAgent runs an agent until SIGTERM or SIGINT, then closes it (its
+// instances keep running).
 func runAgent() int {
 	var c AgentConfig
 	if err := json.Unmarshal([]byte(os.Getenv(ConfigEnv)), &c); err != nil {
@@ -66,13 +68,16 @@ func runAgent() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	a, err := agent.Start(ctx, agent.Config{
+	cfg := agent.Config{
 		Region: c.Region, RegionURLs: c.RegionURLs, JoinToken: c.JoinToken, Roots: roots, TrustDomain: c.TrustDomain,
 		Datacenter: c.Datacenter, Name: c.Machine, MilliCPU: 64000, MemoryMB: 65536, DataDir: c.DataDir,
 		PortMin: c.PortMin, PortMax: c.PortMax, ShimPath: c.ShimPath,
-		Mesh:   &agent.MeshConfig{Net: c.MeshNet, Port: c.MeshPort},
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
+	}
+	if c.MeshNet != "" {
+		cfg.Mesh = &agent.MeshConfig{Net: c.MeshNet, Port: c.MeshPort}
+	}
+	a, err := agent.Start(ctx, cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -86,8 +91,8 @@ func runAgent() int {
 	return 0
 }
 
-// runWorkload answers GET / with its instance id and GET /healthz with ok
-// on $PORT until SIGTERM.
+// runWorkload answers GET /healthz with ok and anything else with its
+// instance id, on $PORT until SIGTERM.
 func runWorkload() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
