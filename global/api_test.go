@@ -176,6 +176,16 @@ func TestOrganizationsSeeOnlyTheirOwn(t *testing.T) {
 		if _, err := other.CreateApp(ctx, "hello", ""); err != nil {
 			t.Fatal(err)
 		}
+		// But not a public host another organization's app has: app "a-b"
+		// of org "c" and app "a" of org "b-c" would share a-b-c.<domain>.
+		orgC, orgBC := h.newOrg("c"), h.newOrg("b-c")
+		if _, err := orgC.CreateApp(ctx, "a-b", ""); err != nil {
+			t.Fatal(err)
+		}
+		_, err = orgBC.CreateApp(ctx, "a", "")
+		if ae := mustStatus(t, err, 409); !strings.Contains(ae.Message, "a-b-c."+DefaultDomain) {
+			t.Fatalf("host collision message: %q", ae.Message)
+		}
 	})
 }
 

@@ -314,6 +314,14 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) error {
 		}
 		a := api.App{ID: newID("app"), OrgID: orgID, Name: req.Name, Host: host, CreatedAt: s.cfg.Now().UTC()}
 		if err := tx.CreateApp(ctx, a); err != nil {
+			if errors.Is(err, store.ErrConflict) {
+				if _, gerr := tx.GetApp(ctx, orgID, req.Name); errors.Is(gerr, store.ErrNotFound) {
+					// The name is free here, but its public host is taken:
+					// "a-b" of org "c" and "a" of org "b-c" share a-b-c.
+					return nil, apiErr(http.StatusConflict, api.CodeConflict,
+						"the public host %s is already another app's; choose another app name", host)
+				}
+			}
 			return nil, storeErr(err, fmt.Sprintf("app %q", req.Name))
 		}
 		return a, nil
