@@ -9,9 +9,12 @@ PKGS := ./...
 run: build
 	./bin/meridian dev --deploy examples/hello/meridian.yaml
 
-## test: every check, then every test with the race detector.
+## test: every check, then every test with the race detector. Packages run
+## one at a time (-p 1): many start real servers, etcd members and
+## processes on loopback ports, and in parallel they would race for the
+## ports they pick and for the 2 cores their timings assume.
 test: check
-	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	$(GO) test -race -count=1 -p 1 -timeout 30m $(PKGS)
 
 ## check: formatting, go vet and staticcheck.
 check: fmt vet staticcheck
