@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/meridian-run/meridian/region/regiontest"
 	"github.com/meridian-run/meridian/testutil"
 	"io"
 	"net"
@@ -18,8 +19,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/pki"
@@ -70,30 +69,10 @@ func installation(t *testing.T, regionName string, ttl time.Duration) *pkitest.I
 // newRegionWith starts region name of installation in.
 func newRegionWith(t *testing.T, name string, in *pkitest.Installation) *testRegion {
 	t.Helper()
-	var srv *region.Server
-	var err error
-	// The etcd ports were free when picked; another test package may take one first.
-	for attempt := 0; attempt < 5; attempt++ {
-		srv, err = region.Start(testutil.Context(t, 30*time.Second), region.Config{
-			Region:  name,
-			DataDir: t.TempDir(),
-			Listen:  "127.0.0.1:0",
-			CA:      in.Regions[name],
-			Etcd: region.EtcdConfig{ClientURL: "https://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t)),
-				PeerURL: "https://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))},
-			EtcdTuning:       func(c *embed.Config) { c.TickMs, c.ElectionMs = 50, 500 },
-			LeaseTTL:         2 * time.Second,
-			ScheduleInterval: time.Second,
-			Logger:           testutil.Logger().With("test_region", name),
-		})
-		if !testutil.PortTaken(err) {
-			break
-		}
-	}
+	srv, err := regiontest.Start(t, in, name)
 	if err != nil {
 		t.Fatalf("start region %s: %v", name, err)
 	}
-	t.Cleanup(func() { srv.Close() })
 	r := &testRegion{name: name, in: in, srv: srv, global: regionapi.NewClient(srv.URL(), in.GlobalClient(t))}
 	testutil.Eventually(t, 20*time.Second, "region leads", func() (bool, string) { return srv.IsLeader(), "not leading" })
 	return r

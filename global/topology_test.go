@@ -5,18 +5,16 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"github.com/meridian-run/meridian/region/regiontest"
 	"github.com/meridian-run/meridian/testutil"
 	"net/http"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/meridian-run/meridian/agent"
 	"github.com/meridian-run/meridian/api"
@@ -63,31 +61,11 @@ func newTopologyWith(t testing.TB, onInstance func(region string, in agent.Insta
 	errs := make(chan error, len(names))
 	for _, name := range names {
 		wg.Go(func() {
-			var srv *region.Server
-			var err error
-			// The etcd ports were free when picked; another test package may take one first.
-			for attempt := 0; attempt < 5; attempt++ {
-				srv, err = region.Start(context.Background(), region.Config{
-					Region:  name,
-					DataDir: t.TempDir(),
-					Listen:  "127.0.0.1:0",
-					CA:      tp.in.Regions[name],
-					Etcd: region.EtcdConfig{ClientURL: "https://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t)),
-						PeerURL: "https://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))},
-					EtcdTuning:       func(c *embed.Config) { c.TickMs, c.ElectionMs = 50, 500 },
-					LeaseTTL:         2 * time.Second,
-					ScheduleInterval: time.Second,
-					Logger:           testutil.Logger().With("test_region", name),
-				})
-				if !testutil.PortTaken(err) {
-					break
-				}
-			}
+			srv, err := regiontest.Start(t, tp.in, name)
 			if err != nil {
 				errs <- fmt.Errorf("start region %s: %w", name, err)
 				return
 			}
-			t.Cleanup(func() { srv.Close() })
 			link, err := linkproxy.New(linkproxy.Config{Target: srv.Addr()})
 			if err != nil {
 				errs <- err
