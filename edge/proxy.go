@@ -252,8 +252,10 @@ func (s *Server) answer(w http.ResponseWriter, st *reqState, status int, reason,
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Content-Type-Options", "nosniff")
+	body := strconv.Itoa(status) + " " + http.StatusText(status) + ": " + msg + "\n"
+	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
-	io.WriteString(w, strconv.Itoa(status)+" "+http.StatusText(status)+": "+msg+"\n")
+	io.WriteString(w, body)
 }
 
 // proxyError answers a request whose attempts failed.

@@ -40,6 +40,7 @@ type Server struct {
 
 	plain, secure, admin       *http.Server
 	plainLn, secureLn, adminLn net.Listener
+	front                      *front // the plain listener's HTTP/1.1 lane
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -169,7 +170,18 @@ func (s *Server) listen() error {
 			ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
 	}
 	if s.plain != nil {
-		serve("HTTP", s.plain, s.plainLn, false)
+		s.front = newFront(s, s.plainLn)
+		serve("HTTP", s.plain, s.front.handoff, false)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.front.serve(); err != nil {
+				select {
+				case s.errc <- fmt.Errorf("edge: HTTP listener: %w", err):
+				default:
+				}
+			}
+		}()
 	}
 	if s.secure != nil {
 		serve("HTTPS", s.secure, s.secureLn, true)
@@ -217,6 +229,17 @@ func (s *Server) Close() error {
 		defer cancel()
 		var wg sync.WaitGroup
 		var mu sync.Mutex
+		if s.front != nil {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if e := s.front.shutdown(ctx); e != nil {
+					mu.Lock()
+					err = errors.Join(err, fmt.Errorf("edge: shutdown: %w", e))
+					mu.Unlock()
+				}
+			}()
+		}
 		for _, srv := range []*http.Server{s.plain, s.secure} {
 			if srv == nil {
 				continue

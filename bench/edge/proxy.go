@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -165,6 +167,11 @@ func (b *bench) proxy(ctx context.Context) error {
 			return err
 		}
 	}
+	if b.cpuProfile != "" {
+		if err := b.profileEdge(ctx, wrk, targets[1], edgeAdmin); err != nil {
+			return err
+		}
+	}
 	for round := 0; round < b.rounds; round++ {
 		b.log.Info("wrk round", "round", round+1, "of", b.rounds)
 		for _, tg := range targets {
@@ -217,6 +224,43 @@ func (b *bench) proxy(ctx context.Context) error {
 		fmt.Printf("  added over the backend alone at c=1: edge p50 %+.3f ms, p99 %+.3f ms; nginx p50 %+.3f ms, p99 %+.3f ms\n",
 			ms(e[1].p50-base[1].p50), ms(e[1].p99-base[1].p99), ms(n[1].p50-base[1].p50), ms(n[1].p99-base[1].p99))
 	}
+	return nil
+}
+
+// profileEdge takes a CPU profile of the edge during a saturated wrk run
+// of its own (not counted in the figures).
+func (b *bench) profileEdge(ctx context.Context, wrk string, tg target, admin string) error {
+	secs := max(1, int(b.duration/time.Second))
+	errc := make(chan error, 1)
+	go func() {
+		resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", admin, secs))
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			errc <- fmt.Errorf("profile: %s", resp.Status)
+			return
+		}
+		f, err := os.Create(b.cpuProfile)
+		if err != nil {
+			errc <- err
+			return
+		}
+		_, err = io.Copy(f, resp.Body)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		errc <- err
+	}()
+	if _, err := runWrk(ctx, wrk, tg, b.conns, b.duration+time.Second); err != nil {
+		return err
+	}
+	if err := <-errc; err != nil {
+		return fmt.Errorf("-cpuprofile: %w", err)
+	}
+	fmt.Printf("proxy: the edge's CPU profile is in %s (go tool pprof -top %s)\n", b.cpuProfile, b.cpuProfile)
 	return nil
 }
 

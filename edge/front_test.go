@@ -1,0 +1,241 @@
+package edge
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meridian-run/meridian/testutil"
+)
+
+// rawConn is a client connection to the edge's plain listener that
+// writes raw bytes and reads responses.
+type rawConn struct {
+	t  *testing.T
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func dialEdge(t *testing.T, s *Server) *rawConn {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(s.URL(), "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	return &rawConn{t: t, c: c, br: bufio.NewReader(c)}
+}
+
+func (rc *rawConn) send(s string) {
+	rc.t.Helper()
+	if _, err := io.WriteString(rc.c, s); err != nil {
+		rc.t.Fatal(err)
+	}
+}
+
+// read reads one response to a request of the given method.
+func (rc *rawConn) read(method string) (*http.Response, string) {
+	rc.t.Helper()
+	resp, err := http.ReadResponse(rc.br, &http.Request{Method: method})
+	if err != nil {
+		rc.t.Fatalf("reading the response to %s: %v", method, err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		rc.t.Fatalf("reading the body: %v", err)
+	}
+	resp.Body.Close()
+	return resp, string(b)
+}
+
+// closed reports whether the edge closed the connection (within 5s).
+func (rc *rawConn) closed() bool {
+	rc.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := rc.br.ReadByte()
+	return err == io.EOF
+}
+
+// TestFrontLaneHandsOff: on one keep-alive connection, bodyless GETs are
+// answered by the front lane (pipelined ones in order); the first request
+// with a body hands the connection to net/http, which answers it and the
+// requests after it; HTTP/1.0 and a bad header value are handed off too
+// and get net/http's answers.
+func TestFrontLaneHandsOff(t *testing.T) {
+	s := startEdge(t, nil)
+	seed(t, s, fra, service("web", nil, endpointOf("e", echoBackend(t))))
+	f := s.front
+	rc := dialEdge(t, s)
+	get := "GET /a HTTP/1.1\r\nHost: " + testHost + "\r\n\r\n"
+	rc.send(get)
+	resp, _ := rc.read("GET")
+	if resp.StatusCode != 200 || resp.Header.Get(RegionHeader) != "fra" || resp.Header.Get("Date") == "" {
+		t.Fatalf("GET: %d %v", resp.StatusCode, resp.Header)
+	}
+	rc.send(get + strings.Replace(get, "/a", "/b", 1)) // pipelined
+	for _, want := range []string{"/a", "/b"} {
+		resp, body := rc.read("GET")
+		if resp.StatusCode != 200 || !strings.Contains(body, `"path":"`+want+`"`) {
+			t.Fatalf("pipelined GET %s: %d %s", want, resp.StatusCode, body)
+		}
+	}
+	if n, h := f.served.Load(), f.handed.Load(); n != 3 || h != 0 {
+		t.Fatalf("front lane served %d, handed off %d; want 3 and 0", n, h)
+	}
+	rc.send("POST /p HTTP/1.1\r\nHost: " + testHost + "\r\nContent-Length: 5\r\n\r\nhello" + get)
+	resp, body := rc.read("POST")
+	if resp.StatusCode != 200 || !strings.Contains(body, `"body":"hello"`) {
+		t.Fatalf("POST after handoff: %d %s", resp.StatusCode, body)
+	}
+	if resp, _ := rc.read("GET"); resp.StatusCode != 200 {
+		t.Fatalf("GET pipelined after the POST: %d", resp.StatusCode)
+	}
+	if h := f.handed.Load(); h != 1 {
+		t.Fatalf("handed off %d connections, want 1", h)
+	}
+
+	old := dialEdge(t, s)
+	old.send("GET / HTTP/1.0\r\nHost: " + testHost + "\r\n\r\n")
+	if resp, _ := old.read("GET"); resp.StatusCode != 200 {
+		t.Fatalf("HTTP/1.0: %d", resp.StatusCode)
+	}
+	bad := dialEdge(t, s)
+	bad.send("GET / HTTP/1.1\r\nHost: " + testHost + "\r\nX-Bad: a\x01b\r\n\r\n")
+	if resp, _ := bad.read("GET"); resp.StatusCode != 400 {
+		t.Fatalf("bad header value: %d", resp.StatusCode)
+	}
+	noHost := dialEdge(t, s)
+	noHost.send("GET / HTTP/1.1\r\n\r\n")
+	if resp, _ := noHost.read("GET"); resp.StatusCode != 400 {
+		t.Fatalf("no Host: %d", resp.StatusCode)
+	}
+	if h := f.handed.Load(); h != 4 {
+		t.Fatalf("handed off %d connections, want 4", h)
+	}
+}
+
+// TestFrontLaneAnswers: the lane's response writer keeps the instance's
+// Content-Length (HEAD included, without a body), sends no body for 204
+// and 304, chunks answers of unknown length, closes after a client's
+// Connection: close (not after an instance's: hop-by-hop), and answers unknown hosts with a 404 of known length.
+func TestFrontLaneAnswers(t *testing.T) {
+	s := startEdge(t, nil)
+	b := newBackend(t, "answers", func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/len":
+			w.Header().Set("Content-Length", "5")
+			io.WriteString(w, "fixed")
+		case "/nocontent":
+			w.WriteHeader(http.StatusNoContent)
+		case "/notmodified":
+			w.Header().Set("Etag", `"v1"`)
+			w.WriteHeader(http.StatusNotModified)
+		case "/stream":
+			for i := range 3 {
+				fmt.Fprintf(w, "part%d;", i)
+				w.(http.Flusher).Flush()
+			}
+		case "/bye":
+			w.Header().Set("Connection", "close")
+			io.WriteString(w, "bye")
+		}
+	})
+	seed(t, s, fra, service("web", nil, endpointOf("a", b)))
+	rc := dialEdge(t, s)
+	req := func(method, path string, extra ...string) {
+		rc.send(method + " " + path + " HTTP/1.1\r\nHost: " + testHost + "\r\n" + strings.Join(extra, "") + "\r\n")
+	}
+	req("GET", "/len")
+	if resp, body := rc.read("GET"); resp.ContentLength != 5 || body != "fixed" {
+		t.Fatalf("GET /len: %d %q", resp.ContentLength, body)
+	}
+	req("HEAD", "/len")
+	if resp, body := rc.read("HEAD"); resp.ContentLength != 5 || body != "" {
+		t.Fatalf("HEAD /len: %d %q", resp.ContentLength, body)
+	}
+	req("GET", "/nocontent")
+	if resp, _ := rc.read("GET"); resp.StatusCode != 204 {
+		t.Fatalf("204: %d", resp.StatusCode)
+	}
+	req("GET", "/notmodified")
+	if resp, _ := rc.read("GET"); resp.StatusCode != 304 || resp.Header.Get("Etag") != `"v1"` {
+		t.Fatalf("304: %d %v", resp.StatusCode, resp.Header)
+	}
+	req("GET", "/stream")
+	if resp, body := rc.read("GET"); len(resp.TransferEncoding) != 1 || resp.TransferEncoding[0] != "chunked" || body != "part0;part1;part2;" {
+		t.Fatalf("stream: %v %q", resp.TransferEncoding, body)
+	}
+	rc.send("GET /len HTTP/1.1\r\nHost: unknown-app.meridian.localhost\r\n\r\n")
+	if resp, body := rc.read("GET"); resp.StatusCode != 404 || resp.ContentLength != int64(len(body)) || resp.Header.Get(ErrorHeader) != ReasonUnknownHost {
+		t.Fatalf("unknown host: %d %d %q", resp.StatusCode, resp.ContentLength, body)
+	}
+	// The instance's Connection: close is hop-by-hop: the client's
+	// connection stays open.
+	req("GET", "/bye")
+	if resp, body := rc.read("GET"); body != "bye" || resp.Close {
+		t.Fatalf("instance's Connection: close: close=%v %q", resp.Close, body)
+	}
+	req("GET", "/len")
+	if _, body := rc.read("GET"); body != "fixed" {
+		t.Fatalf("after the instance's Connection: close: %q", body)
+	}
+	rc = dialEdge(t, s)
+	req("GET", "/len", "Connection: close\r\n")
+	if resp, _ := rc.read("GET"); !resp.Close {
+		t.Fatal("a client's Connection: close was not answered with one")
+	}
+	if !rc.closed() {
+		t.Fatal("the connection stayed open after the client's Connection: close")
+	}
+	if s.front.handed.Load() != 0 {
+		t.Fatalf("handed off %d connections, want 0", s.front.handed.Load())
+	}
+}
+
+// TestFrontLaneTimeoutsAndShutdown: an idle keep-alive connection is
+// closed after IdleTimeout, and at once by Close; a connection whose
+// headers come too slowly is closed after ReadHeaderTimeout.
+func TestFrontLaneTimeoutsAndShutdown(t *testing.T) {
+	s := startEdge(t, func(c *Config) {
+		c.IdleTimeout = 400 * time.Millisecond
+		c.ReadHeaderTimeout = 300 * time.Millisecond
+	})
+	seed(t, s, fra, service("web", nil, endpointOf("e", echoBackend(t))))
+	rc := dialEdge(t, s)
+	rc.send("GET / HTTP/1.1\r\nHost: " + testHost + "\r\n\r\n")
+	rc.read("GET")
+	if !rc.closed() {
+		t.Fatal("an idle connection outlived IdleTimeout")
+	}
+	slow := dialEdge(t, s)
+	slow.send("GET / HTTP/1.1\r\nHost: " + testHost + "\r\n")
+	if !slow.closed() {
+		t.Fatal("a request with unfinished headers outlived ReadHeaderTimeout")
+	}
+
+	s2 := startEdge(t, nil)
+	seed(t, s2, fra, service("web", nil, endpointOf("e", echoBackend(t))))
+	idle := dialEdge(t, s2)
+	idle.send("GET / HTTP/1.1\r\nHost: " + testHost + "\r\n\r\n")
+	idle.read("GET")
+	testutil.Eventually(t, 5*time.Second, "the connection idle", func() (bool, string) {
+		s2.front.mu.Lock()
+		defer s2.front.mu.Unlock()
+		for _, isIdle := range s2.front.conns {
+			return isIdle, "active"
+		}
+		return false, "no connection"
+	})
+	start := time.Now()
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !idle.closed() || time.Since(start) > 4*time.Second {
+		t.Fatalf("the idle connection was not closed promptly by Close (%s)", time.Since(start))
+	}
+}
