@@ -439,14 +439,8 @@ func (w *h1Writer) WriteHeader(code int) {
 	}
 	bw.WriteString("\r\n")
 	for k, vv := range h {
-		if strings.HasPrefix(k, http.TrailerPrefix) {
-			continue
-		}
-		for _, v := range vv {
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			bw.WriteString(v)
-			bw.WriteString("\r\n")
+		if !strings.HasPrefix(k, http.TrailerPrefix) {
+			writeField(bw, k, vv)
 		}
 	}
 	if h["Date"] == nil {
@@ -526,14 +520,8 @@ func (w *h1Writer) finish() error {
 			if !prefixed && !containsFold(w.trailers, k) {
 				continue
 			}
-			if !httpguts.ValidHeaderFieldName(name) {
-				continue
-			}
-			for _, v := range vv {
-				w.bw.WriteString(name)
-				w.bw.WriteString(": ")
-				w.bw.WriteString(v)
-				w.bw.WriteString("\r\n")
+			if httpguts.ValidHeaderFieldName(name) {
+				writeField(w.bw, name, vv)
 			}
 		}
 		w.bw.WriteString("\r\n")

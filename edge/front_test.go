@@ -122,7 +122,8 @@ func TestFrontLaneHandsOff(t *testing.T) {
 // TestFrontLaneAnswers: the lane's response writer keeps the instance's
 // Content-Length (HEAD included, without a body), sends no body for 204
 // and 304, chunks answers of unknown length, closes after a client's
-// Connection: close (not after an instance's: hop-by-hop), and answers unknown hosts with a 404 of known length.
+// Connection: close (not after an instance's: hop-by-hop), and answers
+// unknown hosts with a 404 of known length.
 func TestFrontLaneAnswers(t *testing.T) {
 	s := startEdge(t, nil)
 	b := newBackend(t, "answers", func(w http.ResponseWriter, r *http.Request) {

@@ -230,14 +230,8 @@ func writeRequest(bw *bufio.Writer, r *http.Request, reqID string) error {
 	bw.WriteString("\r\n")
 	tokens := connectionTokens(r.Header)
 	for k, vv := range r.Header {
-		if hopHeaders[k] || setHeaders[k] || (tokens != nil && containsFold(tokens, k)) {
-			continue
-		}
-		for _, v := range vv {
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			bw.WriteString(v)
-			bw.WriteString("\r\n")
+		if !hopHeaders[k] && !setHeaders[k] && (tokens == nil || !containsFold(tokens, k)) {
+			writeField(bw, k, vv)
 		}
 	}
 	for _, v := range r.Header["Te"] {
@@ -266,6 +260,16 @@ func writeRequest(bw *bufio.Writer, r *http.Request, reqID string) error {
 	bw.WriteString(reqID)
 	bw.WriteString("\r\n\r\n")
 	return bw.Flush()
+}
+
+// writeField writes a header field's lines.
+func writeField(bw *bufio.Writer, k string, vv []string) {
+	for _, v := range vv {
+		bw.WriteString(k)
+		bw.WriteString(": ")
+		bw.WriteString(v)
+		bw.WriteString("\r\n")
+	}
 }
 
 func containsFold(list []string, k string) bool {
