@@ -108,6 +108,10 @@ type Config struct {
 	// answers. RTTTolerance is the bucket width under which measured RTTs
 	// count as equal, so the coordinates decide (default 10ms).
 	ProbeInterval, ProbeTimeout, RTTTolerance time.Duration
+	// FeedIdleTimeout reopens a region's feed stream that sent nothing,
+	// not even its keepalive line (every 10s), for this long (default
+	// 25s); the region's last good state stays in use meanwhile.
+	FeedIdleTimeout time.Duration
 	// Eject5xx is how many consecutive 5xx answers eject an instance
 	// (default 5). EjectBase is the first ejection's length, doubled on
 	// each consecutive one up to EjectMax (defaults 5s and 60s).
@@ -142,6 +146,7 @@ func (c *Config) setDefaults() {
 	def(&c.ProbeInterval, time.Second)
 	def(&c.ProbeTimeout, time.Second)
 	def(&c.RTTTolerance, 10*time.Millisecond)
+	def(&c.FeedIdleTimeout, 25*time.Second)
 	def(&c.EjectBase, 5*time.Second)
 	def(&c.EjectMax, 60*time.Second)
 	if c.MaxAttempts == 0 {
@@ -216,6 +221,9 @@ func (c *Config) validate() error {
 		if !strings.HasPrefix(r.URL, "https://") {
 			bad(fmt.Sprintf("Regions[%d].URL", i), "%q is not an https URL", r.URL)
 		}
+	}
+	if c.FeedIdleTimeout < 0 {
+		bad("FeedIdleTimeout", "must be positive, got %s", c.FeedIdleTimeout)
 	}
 	if c.MaxAttempts < 1 {
 		bad("MaxAttempts", "must be at least 1, got %d", c.MaxAttempts)

@@ -118,6 +118,34 @@ func TestBadFeedsKeepTheLastGoodState(t *testing.T) {
 	}
 }
 
+// TestSilentFeedIsReopened: a feed stream that sends nothing for
+// FeedIdleTimeout (a real region sends a keepalive line every 10s) is
+// closed as failed and opened again; routing goes on from the last good
+// state meanwhile.
+func TestSilentFeedIsReopened(t *testing.T) {
+	in := pkitest.New(t, "fra")
+	ff := newFeedServer(t, in, "fra") // sends on changes only: silent otherwise
+	f1 := newBackend(t, "fra-1", nil)
+	ff.set(service("web", nil, endpointOf("f1", f1)))
+	s := startEdge(t, func(c *Config) {
+		c.Identity = edgeIdentity(t, in)
+		c.Regions = []Region{ff.Region(fra)}
+		c.FeedIdleTimeout = 300 * time.Millisecond
+	})
+	c := client()
+	testutil.Eventually(t, 10*time.Second, "routing", func() (bool, string) {
+		got := answers(t, c, s.URL(), 1)
+		return got["fra-1"] == 1, fmt.Sprint(got)
+	})
+	testutil.Eventually(t, 10*time.Second, "the silent stream reopened twice", func() (bool, string) {
+		n := metric(t, s, `meridian_edge_feed_errors_total{region="fra"}`)
+		return ff.streams.Load() >= 3 && n >= 2, fmt.Sprintf("streams %d, errors %v", ff.streams.Load(), n)
+	})
+	if got := answers(t, c, s.URL(), 10); got["fra-1"] != 10 {
+		t.Fatalf("while the feed is silent: %v", got)
+	}
+}
+
 // TestRestartServesFromSnapshot: an edge restarted while global and the
 // regions' APIs are down serves from its snapshot; a damaged snapshot is
 // ignored with a warning, not fatal.

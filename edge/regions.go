@@ -20,10 +20,6 @@ import (
 	"github.com/meridian-run/meridian/regionapi"
 )
 
-// feedIdleTimeout closes a feed stream that sent nothing (not even its
-// keepalive, every 10s) for this long: a blackholed link.
-const feedIdleTimeout = 25 * time.Second
-
 // applyRegions starts from the cached region list (and the static ones),
 // seeded with the snapshot's feeds.
 func (s *Server) applyRegions(snap Snapshot) {
@@ -166,7 +162,7 @@ func (s *Server) follow(rs *regionState) {
 		HTTP2: &http.HTTP2Config{SendPingTimeout: 2 * time.Second, PingTimeout: 2 * time.Second},
 	}
 	probe := &http.Client{Transport: tr}
-	feed := regionapi.NewClient(rs.info.URL, &http.Client{Transport: idleTransport{base: tr, idle: feedIdleTimeout}})
+	feed := regionapi.NewClient(rs.info.URL, &http.Client{Transport: regionapi.IdleTransport{Base: tr, Idle: s.cfg.FeedIdleTimeout}})
 	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
@@ -318,44 +314,6 @@ func (s *Server) otherReachable(rs *regionState) bool {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
-}
-
-// idleTransport cancels a response whose body sends nothing for idle.
-type idleTransport struct {
-	base http.RoundTripper
-	idle time.Duration
-}
-
-func (t idleTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	ctx, cancel := context.WithCancel(r.Context())
-	resp, err := t.base.RoundTrip(r.WithContext(ctx))
-	if err != nil {
-		cancel()
-		return nil, err
-	}
-	resp.Body = &idleBody{rc: resp.Body, idle: t.idle, cancel: cancel, timer: time.AfterFunc(t.idle, cancel)}
-	return resp, nil
-}
-
-type idleBody struct {
-	rc     io.ReadCloser
-	idle   time.Duration
-	cancel context.CancelFunc
-	timer  *time.Timer
-}
-
-func (b *idleBody) Read(p []byte) (int, error) {
-	n, err := b.rc.Read(p)
-	if n > 0 {
-		b.timer.Reset(b.idle)
-	}
-	return n, err
-}
-
-func (b *idleBody) Close() error {
-	b.timer.Stop()
-	b.cancel()
-	return b.rc.Close()
 }
 
 // RegionStatus is one region as the edge sees it.

@@ -270,8 +270,14 @@ func (s *Server) setPeers(w http.ResponseWriter, r *http.Request) error {
 // record in etcd) and folds their feeds into the merged feed. A peer whose
 // feed breaks keeps its last endpoints, marked disconnected.
 func (s *Server) followPeers(ctx context.Context) {
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: pki.ClientConfig(s.certs, s.roots, pki.AllowKinds(pki.KindServer)),
-		ForceAttemptHTTP2: true}}
+	// A silent feed is cut after PeerFeedIdle, and HTTP/2 pings find
+	// the dead connection under it, so the next attempt dials afresh.
+	ping := min(s.cfg.PeerFeedIdle/2, 5*time.Second)
+	tr := &http.Transport{TLSClientConfig: pki.ClientConfig(s.certs, s.roots, pki.AllowKinds(pki.KindServer)),
+		ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second, ResponseHeaderTimeout: 10 * time.Second,
+		HTTP2: &http.HTTP2Config{SendPingTimeout: ping, PingTimeout: ping}}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: regionapi.IdleTransport{Base: tr, Idle: s.cfg.PeerFeedIdle}}
 	running := map[string]context.CancelFunc{}
 	urls := map[string]string{}
 	defer func() {

@@ -3,9 +3,11 @@ package region
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/meridian-run/meridian/linkproxy"
 	"github.com/meridian-run/meridian/pki"
 	"github.com/meridian-run/meridian/pki/pkitest"
 	"github.com/meridian-run/meridian/regionapi"
@@ -29,11 +31,12 @@ func latestFeed(t testing.TB, c *regionapi.Client, local bool) regionapi.Feed {
 // address, host ports, mesh port and health) for an edge; a peer region
 // that global told about it follows that feed directly and serves it to
 // its agents merged with its own, and keeps the endpoints (marked
-// disconnected) when the peer goes away.
+// disconnected) when the link to the peer goes silent (then follows it
+// again) and when the peer goes away.
 func TestEndpointFeeds(t *testing.T) {
 	in := pkitest.New(t, "fra", "was")
 	fra := single(t, in, "fra", nil)
-	was := single(t, in, "was", nil)
+	was := single(t, in, "was", func(c *Config) { c.PeerFeedIdle = 500 * time.Millisecond })
 	ctx := testutil.Context(t, time.Minute)
 	gfra := regionapi.NewClient(fra.URL(), in.GlobalClient(t))
 	m := joinMachine(t, in, fra, "fra1-a", "fra1", 4000, 4096)
@@ -66,9 +69,15 @@ func TestEndpointFeeds(t *testing.T) {
 	})
 
 	// Global tells was about fra; was follows fra's feed and serves it merged.
+	// was reaches fra through a link proxy that can blackhole the link.
+	link, err := linkproxy.New(linkproxy.Config{Listen: "127.0.0.1:0", Target: strings.TrimPrefix(fra.URL(), "https://")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer link.Close()
 	gwas := regionapi.NewClient(was.URL(), in.GlobalClient(t))
 	if err := gwas.SetPeers(ctx, regionapi.Peers{Self: regionapi.Peer{ID: "was", URL: was.URL()},
-		Peers: []regionapi.Peer{{ID: "fra", URL: fra.URL(), Latitude: 50.1, Longitude: 8.7}}}); err != nil {
+		Peers: []regionapi.Peer{{ID: "fra", URL: "https://" + link.Addr(), Latitude: 50.1, Longitude: 8.7}}}); err != nil {
 		t.Fatal(err)
 	}
 	wm := joinMachine(t, in, was, "was1-a", "was1", 4000, 4096)
@@ -88,6 +97,20 @@ func TestEndpointFeeds(t *testing.T) {
 	if _, err := edge.Apply(ctx, testApply("fra", 2, "dep-2", 1)); err == nil {
 		t.Fatal("an edge applied a service")
 	}
+
+	// The link to fra goes silent (blackholed): after PeerFeedIdle was
+	// keeps fra's endpoints, marked disconnected; the link back, fra's
+	// feed is followed again.
+	link.Blackhole()
+	testutil.Eventually(t, 15*time.Second, "fra's endpoints kept, disconnected, while the link is silent", func() (bool, string) {
+		f := latestFeed(t, wm.client, false)
+		return len(f.Peers) == 1 && !f.Peers[0].Connected && len(f.Peers[0].Services) == 1, "still connected"
+	})
+	link.Unblackhole()
+	testutil.Eventually(t, 30*time.Second, "fra's feed followed again", func() (bool, string) {
+		f := latestFeed(t, wm.client, false)
+		return len(f.Peers) == 1 && f.Peers[0].Connected, "disconnected"
+	})
 
 	// fra goes away: was keeps fra's endpoints, marked disconnected.
 	fra.Close()

@@ -52,6 +52,11 @@ type Config struct {
 	// GCInterval is how often the leader deletes the specs of deployments
 	// nothing uses any more (default 1m).
 	GCInterval time.Duration
+	// PeerFeedIdle reopens a peer region's feed that sent nothing, not
+	// even its keepalive line (every 10s), for this long: a blackholed
+	// link. The peer's endpoints stay in use, marked disconnected
+	// (default 25s).
+	PeerFeedIdle time.Duration
 	// Logger receives the component's logs.
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
@@ -109,6 +114,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if cfg.GCInterval == 0 {
 		cfg.GCInterval = time.Minute
+	}
+	if cfg.PeerFeedIdle == 0 {
+		cfg.PeerFeedIdle = 25 * time.Second
+	}
+	if cfg.PeerFeedIdle < 0 {
+		return nil, fmt.Errorf("region: config: PeerFeedIdle %s is negative", cfg.PeerFeedIdle)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
