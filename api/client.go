@@ -17,8 +17,9 @@ import (
 type Client struct {
 	// BaseURL is the API's root, e.g. "http://127.0.0.1:7700".
 	BaseURL string
-	// Token is the bearer token: an organization's API token, or the
-	// installation's admin token for operator calls.
+	// Token is the bearer token: an organization's API token, the
+	// installation's admin token for operator calls, or an edge token
+	// (which may only read the region registry).
 	Token string
 	// HTTP is the underlying client.
 	HTTP *http.Client
@@ -158,6 +159,23 @@ func (c *Client) ListTokens(ctx context.Context, o ListOptions) (List[Token], er
 // DeleteToken revokes a token.
 func (c *Client) DeleteToken(ctx context.Context, id string) error {
 	return c.do(ctx, request{method: "DELETE", path: "/v1/tokens/" + esc(id)}, nil)
+}
+
+// CreateEdgeToken creates a read-only edge token (admin token). The
+// token's value is in the answer only: it cannot be read again.
+func (c *Client) CreateEdgeToken(ctx context.Context, name, idemKey string) (EdgeToken, error) {
+	return call[EdgeToken](ctx, c, request{method: "POST", path: "/v1/edge-tokens", body: jsonBody(CreateEdgeTokenRequest{Name: name}), idemKey: idemKey})
+}
+
+// ListEdgeTokens lists the edge tokens by name, without their values
+// (admin token).
+func (c *Client) ListEdgeTokens(ctx context.Context, o ListOptions) (List[EdgeToken], error) {
+	return call[List[EdgeToken]](ctx, c, request{method: "GET", path: "/v1/edge-tokens", query: o.query()})
+}
+
+// DeleteEdgeToken revokes an edge token (admin token).
+func (c *Client) DeleteEdgeToken(ctx context.Context, id string) error {
+	return c.do(ctx, request{method: "DELETE", path: "/v1/edge-tokens/" + esc(id)}, nil)
 }
 
 // CreateApp creates an app.

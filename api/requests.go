@@ -10,6 +10,13 @@ type CreateTokenRequest struct {
 	Name string `json:"name"`
 }
 
+// CreateEdgeTokenRequest is the body of POST /v1/edge-tokens. Name is
+// required: 1-63 lowercase letters, digits and '-', starting with a
+// letter, unique among the installation's edge tokens.
+type CreateEdgeTokenRequest struct {
+	Name string `json:"name"`
+}
+
 // CreateAppRequest is the body of POST /v1/apps.
 type CreateAppRequest struct {
 	Name string `json:"name"`

@@ -20,6 +20,18 @@ type Token struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
+// EdgeToken is an installation-wide, read-only bearer token for the edges:
+// it may read the region registry (GET /v1/regions and GET
+// /v1/regions/{id}) and nothing else, so an internet-facing edge never
+// holds the admin token. The admin token creates and revokes edge tokens.
+// Value is set only in the answer that creates it; the store keeps a hash.
+type EdgeToken struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Value     string    `json:"token,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
 // App groups services under one public host name.
 type App struct {
 	ID        string    `json:"id"`

@@ -32,10 +32,19 @@ func newID(prefix string) string {
 	return prefix + "_" + b32.EncodeToString(b)
 }
 
-func newTokenValue() string {
+// Token value prefixes: an organization's API token, an edge token. The
+// admin token (mra_) is generated outside the API.
+const (
+	orgTokenPrefix  = "mrd_"
+	edgeTokenPrefix = "mre_"
+)
+
+// newTokenValue returns a fresh random token value (256 bits) with a prefix
+// saying its kind.
+func newTokenValue(prefix string) string {
 	b := make([]byte, 32)
 	rand.Read(b)
-	return "mrd_" + b32.EncodeToString(b)
+	return prefix + b32.EncodeToString(b)
 }
 
 func checkLabel(path, v string) error {
@@ -57,6 +66,21 @@ func listOf[T any](items []T, next string) api.List[T] {
 // transaction, and a retry with the same key replays it without running fn
 // again; the same key with a different request is refused.
 func (s *Server) create(w http.ResponseWriter, r *http.Request, body []byte, status int, fn func(ctx context.Context, tx store.Tx) (any, error)) error {
+	return s.createReplayable(w, r, body, status, false, fn)
+}
+
+// createSecret is create for answers that carry a secret shown once (a new
+// token's value): the answer kept for an Idempotency-Key is sealed under
+// the secret key, so the store never holds the secret in clear while a
+// retry still gets it back.
+func (s *Server) createSecret(w http.ResponseWriter, r *http.Request, body []byte, status int, fn func(ctx context.Context, tx store.Tx) (any, error)) error {
+	return s.createReplayable(w, r, body, status, true, fn)
+}
+
+// idempotencySealName is what a sealed idempotent answer is bound to.
+func idempotencySealName(key string) string { return "idempotency/" + key }
+
+func (s *Server) createReplayable(w http.ResponseWriter, r *http.Request, body []byte, status int, seal bool, fn func(ctx context.Context, tx store.Tx) (any, error)) error {
 	ctx := r.Context()
 	key := r.Header.Get("Idempotency-Key")
 	if key == "" {
@@ -80,6 +104,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, body []byte, sta
 	errRace := errors.New("idempotency key taken concurrently")
 	for attempt := 0; ; attempt++ {
 		var rec store.Idempotency
+		var answer []byte
 		replay := false
 		err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
 			old, err := tx.GetIdempotency(ctx, scope, key)
@@ -97,6 +122,10 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, body []byte, sta
 			b, err := json.Marshal(out)
 			if err != nil {
 				return err
+			}
+			answer = b
+			if seal {
+				b = s.sealer.Seal(scope, idempotencySealName(key), b)
 			}
 			rec = store.Idempotency{OrgID: scope, Key: key, RequestHash: sum[:], Status: status, Body: b, CreatedAt: s.cfg.Now()}
 			if err := tx.PutIdempotency(ctx, rec); errors.Is(err, store.ErrConflict) {
@@ -117,11 +146,17 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, body []byte, sta
 				return apiErr(http.StatusUnprocessableEntity, api.CodeConflict,
 					"Idempotency-Key %q was already used with a different request", key)
 			}
+			answer = rec.Body
+			if seal {
+				if answer, err = s.sealer.Open(scope, idempotencySealName(key), rec.Body); err != nil {
+					return fmt.Errorf("replaying Idempotency-Key %q: %w", key, err)
+				}
+			}
 			w.Header().Set("Idempotent-Replayed", "true")
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(rec.Status)
-		w.Write(append(rec.Body, '\n'))
+		w.Write(append(answer, '\n'))
 		return nil
 	}
 }
@@ -224,7 +259,7 @@ func (s *Server) getOrg(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) newToken(ctx context.Context, tx store.Tx, orgID, name string) (api.Token, error) {
 	t := api.Token{ID: newID("tok"), OrgID: orgID, Name: name, CreatedAt: s.cfg.Now().UTC()}
-	value := newTokenValue()
+	value := newTokenValue(orgTokenPrefix)
 	if err := tx.CreateToken(ctx, store.TokenRecord{Token: t, Hash: hashToken(value)}); err != nil {
 		return t, storeErr(err, "token")
 	}
@@ -282,6 +317,58 @@ func (s *Server) deleteToken(w http.ResponseWriter, r *http.Request) error {
 		id := r.PathValue("id")
 		return storeErr(tx.DeleteToken(ctx, callerOf(ctx).orgID, id), fmt.Sprintf("token %q", id))
 	})
+}
+
+// Edge tokens.
+
+// checkEdgeTokenName checks the name of a new edge token: a label, as
+// "edge-par", so it reads well in lists and logs.
+func checkEdgeTokenName(name string) error {
+	switch {
+	case name == "":
+		return fieldErr("name", "required: a name to recognise the edge token by, such as edge-par")
+	case len(name) > 63:
+		return fieldErr("name", "longer than 63 characters (%d)", len(name))
+	}
+	return checkLabel("name", name)
+}
+
+func (s *Server) createEdgeToken(w http.ResponseWriter, r *http.Request) error {
+	var req api.CreateEdgeTokenRequest
+	body, err := s.decodeJSON(w, r, &req)
+	if err != nil {
+		return err
+	}
+	if err := checkEdgeTokenName(req.Name); err != nil {
+		return err
+	}
+	return s.createSecret(w, r, body, http.StatusCreated, func(ctx context.Context, tx store.Tx) (any, error) {
+		t := api.EdgeToken{ID: newID("etk"), Name: req.Name, CreatedAt: s.cfg.Now().UTC()}
+		value := newTokenValue(edgeTokenPrefix)
+		if err := tx.CreateEdgeToken(ctx, store.EdgeTokenRecord{EdgeToken: t, Hash: hashToken(value)}); err != nil {
+			return nil, storeErr(err, fmt.Sprintf("edge token %q", req.Name))
+		}
+		s.log.Info("edge token created", "name", t.Name, "id", t.ID)
+		t.Value = value
+		return t, nil
+	})
+}
+
+func (s *Server) listEdgeTokens(w http.ResponseWriter, r *http.Request) error {
+	return list(s, w, r, func(ctx context.Context, tx store.Tx, p store.Page) ([]api.EdgeToken, string, error) {
+		return tx.ListEdgeTokens(ctx, p)
+	})
+}
+
+func (s *Server) deleteEdgeToken(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	err := s.remove(w, r, func(ctx context.Context, tx store.Tx) error {
+		return storeErr(tx.DeleteEdgeToken(ctx, id), fmt.Sprintf("edge token %q", id))
+	})
+	if err == nil {
+		s.log.Info("edge token revoked", "id", id)
+	}
+	return err
 }
 
 // Apps.

@@ -157,6 +157,8 @@ func jsonErr(err error) error {
 		return errInvalid("request body: malformed JSON at offset %d: %v", se.Offset, err)
 	case errors.Is(err, io.EOF):
 		return errInvalid("request body: empty; want a JSON object")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return errInvalid("request body: malformed JSON: it ends inside a value")
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
 		return fieldErr(f, "unknown field")
@@ -199,8 +201,12 @@ func (s *Server) isAdmin(tok string) bool {
 var errForbidden = apiErr(http.StatusForbidden, api.CodeForbidden,
 	"this call needs the installation's admin token")
 
+var errEdgeForbidden = apiErr(http.StatusForbidden, api.CodeForbidden,
+	"an edge token may only read the region registry (GET /v1/regions and GET /v1/regions/{id})")
+
 // authenticate checks the caller's bearer token against what the route
-// needs and records the caller in the request context.
+// needs and records the caller in the request context. A token other than
+// the admin token costs one store read, whichever kind it turns out to be.
 func (s *Server) authenticate(r *http.Request, need authKind) (context.Context, error) {
 	ctx := r.Context()
 	if need == authNone {
@@ -217,10 +223,10 @@ func (s *Server) authenticate(r *http.Request, need authKind) (context.Context, 
 		}
 		return withPrincipal(ctx, principal{admin: true}), nil
 	}
-	var t api.Token
+	var b store.Bearer
 	err := s.cfg.Store.View(ctx, func(tx store.Tx) error {
 		var err error
-		t, err = tx.TokenByHash(ctx, hashToken(tok))
+		b, err = tx.BearerByHash(ctx, hashToken(tok))
 		return err
 	})
 	if errors.Is(err, store.ErrNotFound) {
@@ -229,10 +235,15 @@ func (s *Server) authenticate(r *http.Request, need authKind) (context.Context, 
 	if err != nil {
 		return nil, fmt.Errorf("token lookup: %w", err)
 	}
-	if need == authAdmin {
+	switch {
+	case b.Edge && need != authRegistry:
+		return nil, errEdgeForbidden
+	case b.Edge:
+		return withPrincipal(ctx, principal{edge: true}), nil
+	case need == authAdmin:
 		return nil, errForbidden
 	}
-	return withPrincipal(ctx, principal{orgID: t.OrgID}), nil
+	return withPrincipal(ctx, principal{orgID: b.OrgID}), nil
 }
 
 var errUnauthenticated = apiErr(http.StatusUnauthorized, api.CodeUnauthenticated,

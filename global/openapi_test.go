@@ -35,6 +35,10 @@ func TestOpenAPIDocumentHoldsAgainstRoutes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	etok, err := h.admin.CreateEdgeToken(ctx, "spare-edge", "")
+	if err != nil {
+		t.Fatal(err)
+	}
 	params := map[string]string{"org": "acme", "app": "hello", "service": "hello", "name": "db", "id": d.ID}
 
 	status, body := raw(t, h, "GET", "/v1/openapi.json", "", "", nil)
@@ -78,10 +82,14 @@ func TestOpenAPIDocumentHoldsAgainstRoutes(t *testing.T) {
 			if strings.Contains(o.path, "/regions/{id}") && k == "id" {
 				v = "fra"
 			}
+			if strings.Contains(o.path, "/edge-tokens/{id}") && k == "id" {
+				v = etok.ID
+			}
 			path = strings.ReplaceAll(path, "{"+k+"}", v)
 		}
 		token := h.acme.Token
-		if strings.Contains(o.path, "organizations") || (o.path == "/v1/regions" && o.method == "POST") || (strings.HasPrefix(o.path, "/v1/regions/") && o.method != "GET") {
+		if strings.Contains(o.path, "organizations") || strings.HasPrefix(o.path, "/v1/edge-tokens") ||
+			(o.path == "/v1/regions" && o.method == "POST") || (strings.HasPrefix(o.path, "/v1/regions/") && o.method != "GET") {
 			token = testAdminToken
 		}
 		var reqBody []byte

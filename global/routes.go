@@ -12,10 +12,10 @@ import (
 type authKind int
 
 const (
-	authNone  authKind = iota // anyone
-	authAdmin                 // the installation's admin token
-	authOrg                   // an organization's API token
-	authAny                   // the admin token or any organization token
+	authNone     authKind = iota // anyone
+	authAdmin                    // the installation's admin token
+	authOrg                      // an organization's API token
+	authRegistry                 // reading the region registry: the admin token, any organization token, or an edge token
 )
 
 // route is one API operation. The route table is the single source of the
@@ -72,6 +72,14 @@ func (s *Server) routes() []route {
 		{Method: "DELETE", Path: "/v1/tokens/{id}", ID: "deleteToken", Summary: "Revoke an API token.",
 			Auth: authOrg, Status: 204, Errors: read, handler: s.deleteToken},
 
+		{Method: "POST", Path: "/v1/edge-tokens", ID: "createEdgeToken", Summary: "Create an edge token (admin): an installation-wide, read-only token that may only read the region registry, for the edges (meridian edge --global-token-file). The token value is returned once.",
+			Auth: authAdmin, Request: typeOf[api.CreateEdgeTokenRequest](), Response: typeOf[api.EdgeToken](), Status: 201,
+			Errors: write, Idempotent: true, handler: s.createEdgeToken},
+		{Method: "GET", Path: "/v1/edge-tokens", ID: "listEdgeTokens", Summary: "List the edge tokens by name, without values (admin).",
+			Auth: authAdmin, Response: typeOf[api.List[api.EdgeToken]](), Status: 200, Errors: read, handler: s.listEdgeTokens},
+		{Method: "DELETE", Path: "/v1/edge-tokens/{id}", ID: "deleteEdgeToken", Summary: "Revoke an edge token (admin): it is refused from the next request on.",
+			Auth: authAdmin, Status: 204, Errors: read, handler: s.deleteEdgeToken},
+
 		{Method: "POST", Path: "/v1/apps", ID: "createApp", Summary: "Create an app.",
 			Auth: authOrg, Request: typeOf[api.CreateAppRequest](), Response: typeOf[api.App](), Status: 201,
 			Errors: write, Idempotent: true, handler: s.createApp},
@@ -113,10 +121,10 @@ func (s *Server) routes() []route {
 		{Method: "POST", Path: "/v1/regions", ID: "createRegion", Summary: "Register a region (admin). It starts as provisioning.",
 			Auth: authAdmin, Request: typeOf[api.CreateRegionRequest](), Response: typeOf[api.Region](), Status: 201,
 			Errors: write, Idempotent: true, handler: s.createRegion},
-		{Method: "GET", Path: "/v1/regions", ID: "listRegions", Summary: "List the region registry.",
-			Auth: authAny, Response: typeOf[api.List[api.Region]](), Status: 200, Errors: read, handler: s.listRegions},
-		{Method: "GET", Path: "/v1/regions/{id}", ID: "getRegion", Summary: "Get a region.",
-			Auth: authAny, Response: typeOf[api.Region](), Status: 200, Errors: read, handler: s.getRegion},
+		{Method: "GET", Path: "/v1/regions", ID: "listRegions", Summary: "List the region registry (admin token, any organization token, or an edge token).",
+			Auth: authRegistry, Response: typeOf[api.List[api.Region]](), Status: 200, Errors: read, handler: s.listRegions},
+		{Method: "GET", Path: "/v1/regions/{id}", ID: "getRegion", Summary: "Get a region (admin token, any organization token, or an edge token).",
+			Auth: authRegistry, Response: typeOf[api.Region](), Status: 200, Errors: read, handler: s.getRegion},
 		{Method: "PATCH", Path: "/v1/regions/{id}", ID: "updateRegion", Summary: "Update a region's name, location, URL or status (admin).",
 			Auth: authAdmin, Request: typeOf[api.UpdateRegionRequest](), Response: typeOf[api.Region](), Status: 200,
 			Errors: append(write, notFound), handler: s.updateRegion},
@@ -127,9 +135,11 @@ func (s *Server) routes() []route {
 	}
 }
 
-// principal is the authenticated caller of a request.
+// principal is the authenticated caller of a request: the admin, an edge
+// (an edge token), or an organization (one of its API tokens).
 type principal struct {
 	admin bool
+	edge  bool
 	orgID string
 }
 

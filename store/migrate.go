@@ -171,6 +171,17 @@ var sqliteMigrations = []migration{{
 			expires_at INTEGER NOT NULL
 		) STRICT`,
 	},
+}, {
+	version: 3,
+	name:    "edge tokens",
+	stmts: []string{
+		`CREATE TABLE edge_tokens (
+			id         TEXT PRIMARY KEY,
+			name       TEXT NOT NULL UNIQUE,
+			hash       BLOB NOT NULL UNIQUE,
+			created_at INTEGER NOT NULL
+		) STRICT`,
+	},
 }}
 
 var postgresMigrations = []migration{{
@@ -314,6 +325,17 @@ var postgresMigrations = []migration{{
 			name       TEXT COLLATE "C" PRIMARY KEY,
 			owner      TEXT NOT NULL,
 			expires_at TIMESTAMPTZ NOT NULL
+		)`,
+	},
+}, {
+	version: 3,
+	name:    "edge tokens",
+	stmts: []string{
+		`CREATE TABLE edge_tokens (
+			id         TEXT COLLATE "C" PRIMARY KEY,
+			name       TEXT COLLATE "C" NOT NULL UNIQUE,
+			hash       BYTEA NOT NULL UNIQUE,
+			created_at TIMESTAMPTZ NOT NULL
 		)`,
 	},
 }}

@@ -29,6 +29,7 @@ const (
 //	ListServices    name
 //	ListSecrets     name
 //	ListTokens      created_at, then id
+//	ListEdgeTokens  name
 //	ListRegions     id
 //	ListDeployments version, newest first
 //

@@ -1,5 +1,5 @@
 // Package store is the global control plane's durable state: organizations,
-// API tokens, apps, services, deployments, secrets, the region registry and
+// API tokens, edge tokens, apps, services, deployments, secrets, the region registry and
 // idempotency records. One interface has two implementations over
 // database/sql: SQLite (modernc.org/sqlite, the embedded default) and
 // PostgreSQL (pgx), sharing versioned migrations and one contract test suite.
@@ -58,6 +58,23 @@ type TokenRecord struct {
 	Hash []byte
 }
 
+// EdgeTokenRecord is a stored edge token: its hash, never its value.
+type EdgeTokenRecord struct {
+	api.EdgeToken
+	Hash []byte
+}
+
+// Bearer is whom a bearer token's hash belongs to: an organization's API
+// token, or an edge token (installation-wide, read-only).
+type Bearer struct {
+	// Edge is true for an edge token; OrgID is then empty.
+	Edge bool
+	// TokenID is the id of the API token or edge token.
+	TokenID string
+	// OrgID is the organization of an API token.
+	OrgID string
+}
+
 // SecretRecord is a stored secret: its sealed value, never its plaintext.
 type SecretRecord struct {
 	api.Secret
@@ -85,7 +102,8 @@ type NewDeployment struct {
 
 // Tx is one transaction. Lists return items in a stable order and the
 // cursor of the next page ("" on the last page): orgs, apps, services and
-// secrets by name; tokens by creation time, then id; regions by id;
+// secrets by name; tokens by creation time, then id; edge tokens by name;
+// regions by id;
 // deployments newest version first. Text sorts bytewise. A token that is
 // not the list's own fails with ErrBadPageToken. A Tx is used by the
 // goroutine running fn only, and not after fn returns.
@@ -99,6 +117,16 @@ type Tx interface {
 	TokenByHash(ctx context.Context, hash []byte) (api.Token, error)
 	ListTokens(ctx context.Context, orgID string, p Page) ([]api.Token, string, error)
 	DeleteToken(ctx context.Context, orgID, id string) error
+	// BearerByHash finds the API token or edge token whose hash is hash,
+	// in one read: it is how a request's caller is found. ErrNotFound when
+	// neither has it.
+	BearerByHash(ctx context.Context, hash []byte) (Bearer, error)
+
+	// Edge tokens are not scoped by organization. The id, the name and
+	// the hash are unique (ErrConflict).
+	CreateEdgeToken(ctx context.Context, t EdgeTokenRecord) error
+	ListEdgeTokens(ctx context.Context, p Page) ([]api.EdgeToken, string, error)
+	DeleteEdgeToken(ctx context.Context, id string) error
 
 	CreateApp(ctx context.Context, a api.App) error
 	GetApp(ctx context.Context, orgID, name string) (api.App, error)

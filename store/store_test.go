@@ -114,6 +114,8 @@ func runContract(t *testing.T, b backend) {
 	}{
 		{"Orgs", testOrgs},
 		{"Tokens", testTokens},
+		{"EdgeTokens", testEdgeTokens},
+		{"UpgradeToEdgeTokens", testUpgradeToEdgeTokens},
 		{"Apps", testApps},
 		{"Secrets", testSecrets},
 		{"Regions", testRegions},
@@ -1230,6 +1232,7 @@ func testBadPageTokens(t *testing.T, b backend) {
 		calls := map[string]func(Page) error{
 			"ListOrgs":        func(p Page) error { _, _, err := tx.ListOrgs(ctx, p); return err },
 			"ListTokens":      func(p Page) error { _, _, err := tx.ListTokens(ctx, acme.ID, p); return err },
+			"ListEdgeTokens":  func(p Page) error { _, _, err := tx.ListEdgeTokens(ctx, p); return err },
 			"ListSecrets":     func(p Page) error { _, _, err := tx.ListSecrets(ctx, acme.ID, p); return err },
 			"ListRegions":     func(p Page) error { _, _, err := tx.ListRegions(ctx, p); return err },
 			"ListServices":    func(p Page) error { _, _, err := tx.ListServices(ctx, acme.ID, "app", p); return err },

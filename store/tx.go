@@ -165,26 +165,8 @@ func (t *sqlTx) GetOrgByName(ctx context.Context, name string) (api.Organization
 
 // ListOrgs implements Tx, ordered by name.
 func (t *sqlTx) ListOrgs(ctx context.Context, p Page) ([]api.Organization, string, error) {
-	const list = "orgs"
-	c, after, err := parseCursor(list, p.Token)
-	if err != nil {
-		return nil, "", err
-	}
-	q, args := `SELECT `+orgCols+` FROM orgs`, []any{}
-	if after {
-		q += ` WHERE name > ?`
-		args = append(args, c.S)
-	}
-	q += ` ORDER BY name LIMIT ?`
-	items, err := collect(ctx, t, q, append(args, p.limit()+1), scanOrg)
-	if err != nil {
-		return nil, "", mapErr("list orgs", err)
-	}
-	items, last, more := trim(items, p.limit())
-	if !more {
-		return items, "", nil
-	}
-	return items, cursor{List: list, S: last.Name}.token(), nil
+	return listByText(ctx, t, "orgs", `SELECT `+orgCols+` FROM orgs`, "", nil, "name", p, scanOrg,
+		func(o api.Organization) string { return o.Name })
 }
 
 // collect runs q and scans every row with scan.
@@ -203,6 +185,38 @@ func collect[T any](ctx context.Context, t *sqlTx, q string, args []any, scan fu
 		items = append(items, v)
 	}
 	return items, rows.Err()
+}
+
+// listByText answers one page of a list sorted by a unique text column
+// (col): query selects the rows, where (holding args) filters them or is
+// empty, and key is an item's sort key, the cursor of the next page.
+func listByText[T any](ctx context.Context, t *sqlTx, list, query, where string, args []any, col string, p Page,
+	scan func(interface{ Scan(...any) error }) (T, error), key func(T) string) ([]T, string, error) {
+	c, after, err := parseCursor(list, p.Token)
+	if err != nil {
+		return nil, "", err
+	}
+	var conds []string
+	if where != "" {
+		conds = append(conds, where)
+	}
+	if after {
+		conds = append(conds, col+" > ?")
+		args = append(args, c.S)
+	}
+	if len(conds) > 0 {
+		query += ` WHERE ` + strings.Join(conds, " AND ")
+	}
+	query += ` ORDER BY ` + col + ` LIMIT ?`
+	items, err := collect(ctx, t, query, append(args, p.limit()+1), scan)
+	if err != nil {
+		return nil, "", mapErr("list "+strings.ReplaceAll(list, "_", " "), err)
+	}
+	items, last, more := trim(items, p.limit())
+	if !more {
+		return items, "", nil
+	}
+	return items, cursor{List: list, S: key(last)}.token(), nil
 }
 
 // trim cuts a limit+1 query result to limit items and reports the last item
@@ -285,6 +299,56 @@ func (t *sqlTx) DeleteToken(ctx context.Context, orgID, id string) error {
 	return t.affected(ctx, fmt.Sprintf("delete token %q", id), `DELETE FROM tokens WHERE org_id = ? AND id = ?`, orgID, id)
 }
 
+// BearerByHash implements Tx with one query over both token tables.
+func (t *sqlTx) BearerByHash(ctx context.Context, hash []byte) (Bearer, error) {
+	var b Bearer
+	var kind string
+	h := bytesOrEmpty(hash)
+	err := t.queryRow(ctx, `SELECT 'org', id, org_id FROM tokens WHERE hash = ?
+		UNION ALL SELECT 'edge', id, '' FROM edge_tokens WHERE hash = ?`, h, h).Scan(&kind, &b.TokenID, &b.OrgID)
+	b.Edge = kind == "edge"
+	return b, mapErr("bearer by hash", err)
+}
+
+// Edge tokens.
+
+// CreateEdgeToken implements Tx.
+func (t *sqlTx) CreateEdgeToken(ctx context.Context, r EdgeTokenRecord) error {
+	op := fmt.Sprintf("create edge token %q", r.Name)
+	if err := need(op, "id", r.ID, "name", r.Name); err != nil {
+		return err
+	}
+	if len(r.Hash) == 0 {
+		return fmt.Errorf("store: %s: hash is empty", op)
+	}
+	ok, err := t.insert(ctx, `INSERT INTO edge_tokens (id, name, hash, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+		r.ID, r.Name, r.Hash, t.d.ts(r.CreatedAt))
+	if err != nil {
+		return mapErr(op, err)
+	}
+	if !ok {
+		return fmt.Errorf("store: %s: %w", op, ErrConflict)
+	}
+	return nil
+}
+
+func scanEdgeToken(sc interface{ Scan(...any) error }) (api.EdgeToken, error) {
+	var k api.EdgeToken
+	err := sc.Scan(&k.ID, &k.Name, scanTime{&k.CreatedAt})
+	return k, err
+}
+
+// ListEdgeTokens implements Tx, ordered by name, without values.
+func (t *sqlTx) ListEdgeTokens(ctx context.Context, p Page) ([]api.EdgeToken, string, error) {
+	return listByText(ctx, t, "edge_tokens", `SELECT id, name, created_at FROM edge_tokens`, "", nil, "name", p, scanEdgeToken,
+		func(e api.EdgeToken) string { return e.Name })
+}
+
+// DeleteEdgeToken implements Tx.
+func (t *sqlTx) DeleteEdgeToken(ctx context.Context, id string) error {
+	return t.affected(ctx, fmt.Sprintf("delete edge token %q", id), `DELETE FROM edge_tokens WHERE id = ?`, id)
+}
+
 // Apps.
 
 // CreateApp implements Tx. The id, the (org, name) pair and a non-empty
@@ -322,26 +386,8 @@ func (t *sqlTx) GetApp(ctx context.Context, orgID, name string) (api.App, error)
 
 // ListApps implements Tx, ordered by name.
 func (t *sqlTx) ListApps(ctx context.Context, orgID string, p Page) ([]api.App, string, error) {
-	const list = "apps"
-	c, after, err := parseCursor(list, p.Token)
-	if err != nil {
-		return nil, "", err
-	}
-	q, args := `SELECT `+appCols+` FROM apps WHERE org_id = ?`, []any{orgID}
-	if after {
-		q += ` AND name > ?`
-		args = append(args, c.S)
-	}
-	q += ` ORDER BY name LIMIT ?`
-	items, err := collect(ctx, t, q, append(args, p.limit()+1), scanApp)
-	if err != nil {
-		return nil, "", mapErr("list apps", err)
-	}
-	items, last, more := trim(items, p.limit())
-	if !more {
-		return items, "", nil
-	}
-	return items, cursor{List: list, S: last.Name}.token(), nil
+	return listByText(ctx, t, "apps", `SELECT `+appCols+` FROM apps`, "org_id = ?", []any{orgID}, "name", p, scanApp,
+		func(a api.App) string { return a.Name })
 }
 
 // DeleteApp implements Tx.
@@ -408,26 +454,8 @@ func scanSecret(sc interface{ Scan(...any) error }) (api.Secret, error) {
 
 // ListSecrets implements Tx, ordered by name, without values.
 func (t *sqlTx) ListSecrets(ctx context.Context, orgID string, p Page) ([]api.Secret, string, error) {
-	const list = "secrets"
-	c, after, err := parseCursor(list, p.Token)
-	if err != nil {
-		return nil, "", err
-	}
-	q, args := `SELECT id, org_id, name, created_at, updated_at FROM secrets WHERE org_id = ?`, []any{orgID}
-	if after {
-		q += ` AND name > ?`
-		args = append(args, c.S)
-	}
-	q += ` ORDER BY name LIMIT ?`
-	items, err := collect(ctx, t, q, append(args, p.limit()+1), scanSecret)
-	if err != nil {
-		return nil, "", mapErr("list secrets", err)
-	}
-	items, last, more := trim(items, p.limit())
-	if !more {
-		return items, "", nil
-	}
-	return items, cursor{List: list, S: last.Name}.token(), nil
+	return listByText(ctx, t, "secrets", `SELECT id, org_id, name, created_at, updated_at FROM secrets`, "org_id = ?", []any{orgID}, "name", p, scanSecret,
+		func(s api.Secret) string { return s.Name })
 }
 
 // DeleteSecret implements Tx.
@@ -643,28 +671,9 @@ func (t *sqlTx) GetService(ctx context.Context, orgID, appID, name string) (api.
 // ListServices implements Tx, ordered by name. Services carry their latest
 // deployment's status but not its definition.
 func (t *sqlTx) ListServices(ctx context.Context, orgID, appID string, p Page) ([]api.Service, string, error) {
-	const list = "services"
-	c, after, err := parseCursor(list, p.Token)
-	if err != nil {
-		return nil, "", err
-	}
-	q, args := `SELECT `+serviceCols+serviceFrom+` WHERE s.org_id = ? AND s.app_id = ?`, []any{orgID, appID}
-	if after {
-		q += ` AND s.name > ?`
-		args = append(args, c.S)
-	}
-	q += ` ORDER BY s.name LIMIT ?`
-	items, err := collect(ctx, t, q, append(args, p.limit()+1), func(sc interface{ Scan(...any) error }) (api.Service, error) {
-		return scanService(sc)
-	})
-	if err != nil {
-		return nil, "", mapErr("list services", err)
-	}
-	items, last, more := trim(items, p.limit())
-	if !more {
-		return items, "", nil
-	}
-	return items, cursor{List: list, S: last.Name}.token(), nil
+	return listByText(ctx, t, "services", `SELECT `+serviceCols+serviceFrom, "s.org_id = ? AND s.app_id = ?", []any{orgID, appID}, "s.name", p,
+		func(sc interface{ Scan(...any) error }) (api.Service, error) { return scanService(sc) },
+		func(s api.Service) string { return s.Name })
 }
 
 // DeleteService implements Tx. Its deployments and their regional
@@ -846,26 +855,8 @@ func (t *sqlTx) GetRegion(ctx context.Context, id string) (api.Region, error) {
 
 // ListRegions implements Tx, ordered by id.
 func (t *sqlTx) ListRegions(ctx context.Context, p Page) ([]api.Region, string, error) {
-	const list = "regions"
-	c, after, err := parseCursor(list, p.Token)
-	if err != nil {
-		return nil, "", err
-	}
-	q, args := `SELECT `+regionCols+` FROM regions`, []any{}
-	if after {
-		q += ` WHERE id > ?`
-		args = append(args, c.S)
-	}
-	q += ` ORDER BY id LIMIT ?`
-	items, err := collect(ctx, t, q, append(args, p.limit()+1), scanRegion)
-	if err != nil {
-		return nil, "", mapErr("list regions", err)
-	}
-	items, last, more := trim(items, p.limit())
-	if !more {
-		return items, "", nil
-	}
-	return items, cursor{List: list, S: last.ID}.token(), nil
+	return listByText(ctx, t, "regions", `SELECT `+regionCols+` FROM regions`, "", nil, "id", p, scanRegion,
+		func(r api.Region) string { return r.ID })
 }
 
 // UpdateRegion implements Tx: it sets everything but the id and the
