@@ -656,7 +656,18 @@ func (m *mesh) candidates(ms *meshService, region string) []meshEndpoint {
 	now := m.d.Clock.Now()
 	m.rndMu.Lock()
 	defer m.rndMu.Unlock()
-	return orderEndpoints(ms.Endpoints, m.self, region, m.rtt.get,
+	t := m.table.Load()
+	rtt := func(r string) (time.Duration, bool) {
+		if d, ok := m.rtt.get(r); ok {
+			return d, true
+		}
+		if t == nil {
+			return 0, false
+		}
+		d, ok := t.geo[r]
+		return d, ok
+	}
+	return orderEndpoints(ms.Endpoints, m.self, region, rtt,
 		func(ep meshEndpoint) (bool, bool) { return m.health.state(ep, now) }, m.rnd)
 }
 

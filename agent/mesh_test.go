@@ -563,6 +563,50 @@ func TestOrderEndpoints(t *testing.T) {
 	}
 }
 
+// TestMeshRanksUnmeasuredRegionsByCoordinates: before a region's round
+// trip is measured, the coordinates global gave the regions (the merged
+// feed's Self and peers) estimate it; a measurement then wins.
+func TestMeshRanksUnmeasuredRegionsByCoordinates(t *testing.T) {
+	in := pkitest.New(t, "fra")
+	n := newTestNode(t, in, "fra", "fra1", "fra1-a", nil)
+	closed := testutil.FreePort(t) // nothing listens: probes measure nothing
+	ep := func(id string) regionapi.Endpoint {
+		return regionapi.Endpoint{Instance: id, Datacenter: id + "1", Machine: id + "-m", Address: "127.0.0.1",
+			Ports: map[string]int{"8080": 1}, MeshPort: closed, Healthy: true}
+	}
+	peer := func(region string, lat, lon float64) regionapi.PeerFeed {
+		return regionapi.PeerFeed{Region: region, Latitude: lat, Longitude: lon, Connected: true, Received: time.Now(),
+			Services: []regionapi.FeedService{service("acme", "shop", "b", ep(region))}}
+	}
+	// Listed in an order that is neither by id nor by distance.
+	feed := regionapi.Feed{Region: "fra", Services: []regionapi.FeedService{},
+		Self:  &regionapi.Peer{ID: "fra", Latitude: 50.11, Longitude: 8.68},
+		Peers: []regionapi.PeerFeed{peer("syd", -33.87, 151.21), peer("sin", 1.35, 103.82), peer("was", 38.9, -77.04)}}
+	n.m.setFeed(feed)
+	order := func() string {
+		var ids []string
+		for _, e := range n.m.candidates(n.m.table.Load().services["acme.shop.b"], "") {
+			ids = append(ids, e.Region)
+		}
+		return strings.Join(ids, ",")
+	}
+	// From Frankfurt: Washington ~6,500 km, Singapore ~10,300 km, Sydney
+	// ~16,500 km.
+	if got := order(); got != "was,sin,syd" {
+		t.Fatalf("unmeasured regions ranked %s, want was,sin,syd by distance", got)
+	}
+	n.m.rtt.observe("syd", 20*time.Millisecond)
+	if got := order(); got != "syd,was,sin" {
+		t.Fatalf("with syd measured at 20ms: %s, want syd first", got)
+	}
+	// Without the region's own coordinates, unmeasured regions come last by id.
+	feed.Self = nil
+	n.m.setFeed(feed)
+	if got := order(); got != "syd,sin,was" {
+		t.Fatalf("without coordinates: %s, want syd (measured), then sin, was by id", got)
+	}
+}
+
 // TestMeshRefusesOtherOrganizations checks that another organization's
 // workload is refused at the destination's node proxy, logged with both
 // identities, and that its names do not resolve there.

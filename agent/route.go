@@ -55,13 +55,16 @@ type meshTable struct {
 	// probe lists, per other region, node proxies to measure the round
 	// trip to.
 	probe map[string][]string
+	// geo estimates, from the coordinates global gave the regions, the
+	// round trip to each other region (when both are known).
+	geo map[string]time.Duration
 }
 
 // buildTable turns a merged feed into a routing table. Entries that do not
 // make sense (bad names, addresses or ports) are skipped, so a peer's
 // garbage cannot break routing to the rest.
 func buildTable(f regionapi.Feed, now time.Time) *meshTable {
-	t := &meshTable{region: f.Region, services: map[string]*meshService{}, probe: map[string][]string{}}
+	t := &meshTable{region: f.Region, services: map[string]*meshService{}, probe: map[string][]string{}, geo: map[string]time.Duration{}}
 	add := func(region string, connected bool, received time.Time, svcs []regionapi.FeedService) {
 		if pki.ValidateName(region) != nil {
 			return
@@ -101,6 +104,9 @@ func buildTable(f regionapi.Feed, now time.Time) *meshTable {
 			continue
 		}
 		add(p.Region, p.Connected, p.Received, p.Services)
+		if f.Self != nil && f.Self.ID == f.Region {
+			t.geo[p.Region] = regionapi.GeoRTT(f.Self.Latitude, f.Self.Longitude, p.Latitude, p.Longitude)
+		}
 	}
 	for _, ms := range t.services {
 		slices.Sort(ms.Ports)
@@ -184,8 +190,9 @@ func (h *endpointHealth) forget(keep func(key string) bool) {
 const rttBucket = time.Millisecond
 
 // orderEndpoints returns the endpoints to try, best first: same data
-// center, then same region, then other regions by measured round trip
-// (unknown last), ties by region id; endpoints of equal rank are shuffled
+// center, then same region, then other regions by round trip (measured,
+// else estimated from the regions' coordinates; unknown last), ties by
+// region id; endpoints of equal rank are shuffled
 // (load spreading). Ejected endpoints come after all others; dropped ones
 // are left out. region, when set, keeps only that region's.
 func orderEndpoints(eps []meshEndpoint, self locality, region string, rtt func(string) (time.Duration, bool),

@@ -3,7 +3,6 @@ package edge
 import (
 	"context"
 	"errors"
-	"math"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -67,7 +66,7 @@ func (rs *regionState) rttSample(d time.Duration) time.Duration {
 }
 
 func newRegionState(r Region, lat, lon float64) *regionState {
-	rs := &regionState{info: r, geoRTT: geoRTT(lat, lon, r.Latitude, r.Longitude)}
+	rs := &regionState{info: r, geoRTT: regionapi.GeoRTT(lat, lon, r.Latitude, r.Longitude)}
 	rs.cutCtx, rs.cut = context.WithCancelCause(context.Background())
 	return rs
 }
@@ -86,18 +85,6 @@ func (rs *regionState) cutAttempts() {
 	defer rs.cutMu.Unlock()
 	rs.cut(errRegionUnreachable)
 	rs.cutCtx, rs.cut = context.WithCancelCause(context.Background())
-}
-
-// geoRTT estimates a round trip from the great-circle distance: light in
-// fibre covers about 100 km per millisecond of round trip.
-func geoRTT(lat1, lon1, lat2, lon2 float64) time.Duration {
-	const earthKm = 6371.0
-	rad := math.Pi / 180
-	dlat := (lat2 - lat1) * rad
-	dlon := (lon2 - lon1) * rad
-	a := math.Sin(dlat/2)*math.Sin(dlat/2) + math.Cos(lat1*rad)*math.Cos(lat2*rad)*math.Sin(dlon/2)*math.Sin(dlon/2)
-	km := 2 * earthKm * math.Asin(math.Min(1, math.Sqrt(a)))
-	return time.Duration(km * float64(10*time.Microsecond))
 }
 
 // rankRegions orders regions: reachable first; then by measured RTT (or

@@ -100,7 +100,7 @@ func TestRankByRTTThenCoordinates(t *testing.T) {
 	if got := order(); got != "was,fra,sin" {
 		t.Fatalf("unreachable last: %s", got)
 	}
-	if d := geoRTT(parLat, parLon, fra.Latitude, fra.Longitude); d < 4*time.Millisecond || d > 5*time.Millisecond {
+	if d := regionapi.GeoRTT(parLat, parLon, fra.Latitude, fra.Longitude); d < 4*time.Millisecond || d > 5*time.Millisecond {
 		t.Fatalf("Paris-Frankfurt estimate %s, want about 4.8ms (480 km)", d)
 	}
 }

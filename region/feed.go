@@ -30,6 +30,7 @@ type feedHub struct {
 	local   []byte // JSON of the local feed
 	merged  []byte // JSON of the merged feed
 	peers   map[string]*regionapi.PeerFeed
+	self    *regionapi.Peer // as global last described this region
 	kick    chan struct{}
 }
 
@@ -160,6 +161,10 @@ func (s *Server) buildFeeds(ctx context.Context) error {
 	s.feeds.mu.Lock()
 	for _, id := range slices.Sorted(mapsKeys(s.feeds.peers)) {
 		merged.Peers = append(merged.Peers, *s.feeds.peers[id])
+	}
+	if s.feeds.self != nil {
+		self := *s.feeds.self
+		merged.Self = &self
 	}
 	s.feeds.mu.Unlock()
 	mb, err := json.Marshal(merged)
@@ -293,6 +298,16 @@ func (s *Server) followPeers(ctx context.Context) {
 			if len(resp.Kvs) == 1 {
 				if err := json.Unmarshal(resp.Kvs[0].Value, &p); err != nil {
 					s.log.Warn("peers record", "err", err)
+				}
+			}
+			if p.Self.ID == s.cfg.Region {
+				self := p.Self
+				s.feeds.mu.Lock()
+				changed := s.feeds.self == nil || *s.feeds.self != self
+				s.feeds.self = &self
+				s.feeds.mu.Unlock()
+				if changed {
+					s.feeds.rebuild()
 				}
 			}
 			want := map[string]regionapi.Peer{}

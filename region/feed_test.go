@@ -30,9 +30,9 @@ func latestFeed(t testing.TB, c *regionapi.Client, local bool) regionapi.Feed {
 // TestEndpointFeeds: a region's feed lists its services' endpoints (with
 // address, host ports, mesh port and health) for an edge; a peer region
 // that global told about it follows that feed directly and serves it to
-// its agents merged with its own, and keeps the endpoints (marked
-// disconnected) when the link to the peer goes silent (then follows it
-// again) and when the peer goes away.
+// its agents merged with its own (and with its own coordinates), and
+// keeps the endpoints (marked disconnected) when the link to the peer goes
+// silent (then follows it again) and when the peer goes away.
 func TestEndpointFeeds(t *testing.T) {
 	in := pkitest.New(t, "fra", "was")
 	fra := single(t, in, "fra", nil)
@@ -76,7 +76,7 @@ func TestEndpointFeeds(t *testing.T) {
 	}
 	defer link.Close()
 	gwas := regionapi.NewClient(was.URL(), in.GlobalClient(t))
-	if err := gwas.SetPeers(ctx, regionapi.Peers{Self: regionapi.Peer{ID: "was", URL: was.URL()},
+	if err := gwas.SetPeers(ctx, regionapi.Peers{Self: regionapi.Peer{ID: "was", URL: was.URL(), Latitude: 38.9, Longitude: -77.04},
 		Peers: []regionapi.Peer{{ID: "fra", URL: "https://" + link.Addr(), Latitude: 50.1, Longitude: 8.7}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,8 @@ func TestEndpointFeeds(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, "fra's endpoints in was's merged feed", func() (bool, string) {
 		f := latestFeed(t, wm.client, false)
 		return len(f.Peers) == 1 && f.Peers[0].Region == "fra" && f.Peers[0].Connected && len(f.Peers[0].Services) == 1 &&
-			len(f.Peers[0].Services[0].Endpoints) == 1, "not yet"
+			len(f.Peers[0].Services[0].Endpoints) == 1 && f.Peers[0].Latitude == 50.1 &&
+			f.Self != nil && f.Self.ID == "was" && f.Self.Latitude == 38.9 && f.Self.Longitude == -77.04, "not yet"
 	})
 	if f := latestFeed(t, wm.client, true); len(f.Peers) != 0 {
 		t.Fatalf("was's local feed carries peers: %+v", f.Peers)

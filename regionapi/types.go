@@ -251,6 +251,10 @@ type Feed struct {
 	// Peers holds, in a merged feed, each peer region's last feed and when
 	// it was received.
 	Peers []PeerFeed `json:"peers,omitempty"`
+	// Self is, in a merged feed, the region itself as global registered
+	// it (its coordinates rank peers before their round trips are
+	// measured); nil until global has told the region its peers.
+	Self *Peer `json:"self,omitempty"`
 }
 
 // PeerFeed is another region's feed as a region last received it.
