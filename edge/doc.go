@@ -39,11 +39,12 @@
 // most ConnectTimeout, response headers at most ResponseHeaderTimeout.
 //
 // HTTP: HTTP/1.1 and HTTP/2 (h2c with prior knowledge on the plain
-// listener, ALPN on TLS). The plain listener's connections start in the
-// front lane (front.go): requests parsed with http.ReadRequest and
-// answered by a small HTTP/1.1 writer, while they are bodyless HTTP/1.1;
-// at the first other request the connection is handed to net/http's
-// server with that request's bytes replayed. A request without a body
+// listener, ALPN on TLS). Connections start in the front lane (front.go):
+// requests parsed with http.ReadRequest and answered by a small HTTP/1.1
+// writer, while they are bodyless HTTP/1.1; at the first other request
+// the connection is handed to net/http's server with that request's bytes
+// replayed (HTTPS clients that negotiate h2 are handed over after the
+// handshake). A request without a body
 // or upgrade takes the fast path: the handler's goroutine writes it over a kept-alive
 // HTTP/1.1 connection from the instance's own pool and copies the answer
 // back (half the CPU of httputil.ReverseProxy over http.Transport).

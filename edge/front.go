@@ -3,6 +3,7 @@ package edge
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -38,6 +39,7 @@ import (
 type front struct {
 	s       *Server
 	ln      net.Listener
+	tls     *tls.Config // set on the HTTPS listener
 	handoff *handoffListener
 	served  atomic.Int64 // requests the lane answered
 	handed  atomic.Int64 // connections handed to net/http
@@ -51,6 +53,7 @@ type front struct {
 // frontConn is one client connection in the front lane.
 type frontConn struct {
 	c      net.Conn
+	tls    *tls.ConnectionState // HTTPS
 	remote string
 	rec    recorder
 	br     *bufio.Reader
@@ -62,8 +65,8 @@ var (
 	frontWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
 )
 
-func newFront(s *Server, ln net.Listener) *front {
-	return &front{s: s, ln: ln, conns: map[*frontConn]bool{},
+func newFront(s *Server, ln net.Listener, tc *tls.Config) *front {
+	return &front{s: s, ln: ln, tls: tc, conns: map[*frontConn]bool{},
 		handoff: &handoffListener{addr: ln.Addr(), ch: make(chan net.Conn), done: make(chan struct{})}}
 }
 
@@ -164,6 +167,31 @@ func (f *front) serveConn(fc *frontConn) {
 		frontWriters.Put(fc.bw)
 		f.wg.Done()
 	}()
+	if f.tls != nil {
+		// HTTPS: the handshake within ReadHeaderTimeout; HTTP/2 goes to
+		// net/http at once (the *tls.Conn itself, so that it serves h2).
+		tc := tls.Server(fc.c, f.tls)
+		fc.c.SetReadDeadline(time.Now().Add(cfg.ReadHeaderTimeout))
+		if err := tc.HandshakeContext(f.s.ctx); err != nil {
+			var re tls.RecordHeaderError
+			if errors.As(err, &re) && re.Conn != nil && looksLikeHTTP(re.RecordHeader) {
+				io.WriteString(re.Conn, "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+			}
+			f.s.log.Debug("TLS handshake failed", "remote", fc.remote, "err", err)
+			return
+		}
+		state := tc.ConnectionState()
+		f.mu.Lock()
+		fc.c, fc.tls, fc.rec.c = tc, &state, tc
+		f.mu.Unlock()
+		fc.bw.Reset(tc)
+		if state.NegotiatedProtocol == "h2" {
+			f.handed.Add(1)
+			tc.SetReadDeadline(time.Time{})
+			handedOff = f.handoff.give(tc)
+			return
+		}
+	}
 	for {
 		if fc.br.Buffered() == 0 {
 			if !f.setIdle(fc, true) {
@@ -193,6 +221,7 @@ func (f *front) serveConn(fc *frontConn) {
 			return
 		}
 		r.RemoteAddr = fc.remote
+		r.TLS = fc.tls
 		w := &h1Writer{bw: fc.bw, h: make(http.Header, 8), head: r.Method == http.MethodHead, closeAfter: r.Close}
 		f.served.Add(1)
 		if !f.serveRequest(w, r) {
@@ -266,7 +295,35 @@ func (f *front) handOff(fc *frontConn) bool {
 	replay := make([]byte, len(fc.rec.buf))
 	copy(replay, fc.rec.buf)
 	fc.c.SetReadDeadline(time.Time{})
-	return f.handoff.give(&replayConn{Conn: fc.c, replay: replay})
+	return f.handoff.give(&replayConn{Conn: fc.c, replay: replay, tls: fc.tls})
+}
+
+// looksLikeHTTP reports whether a TLS record header is the start of a
+// plain HTTP request (as net/http checks).
+func looksLikeHTTP(hdr [5]byte) bool {
+	switch string(hdr[:]) {
+	case "GET /", "HEAD ", "POST ", "PUT /", "OPTIO":
+		return true
+	}
+	return false
+}
+
+type tlsStateKey struct{}
+
+// connContext gives net/http's requests on a handed-off HTTPS connection
+// the connection's TLS state (net/http sets Request.TLS only for a
+// *tls.Conn, and a replayed one is wrapped).
+func connContext(ctx context.Context, c net.Conn) context.Context {
+	if rc, ok := c.(*replayConn); ok && rc.tls != nil {
+		return context.WithValue(ctx, tlsStateKey{}, rc.tls)
+	}
+	return ctx
+}
+
+// tlsStateOf is the TLS state connContext recorded, or nil.
+func tlsStateOf(ctx context.Context) *tls.ConnectionState {
+	cs, _ := ctx.Value(tlsStateKey{}).(*tls.ConnectionState)
+	return cs
 }
 
 // recorder reads a connection and, while on, keeps a copy of what it
@@ -303,10 +360,12 @@ func (r *recorder) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// replayConn reads its replay bytes before the connection's.
+// replayConn reads its replay bytes before the connection's; tls is the
+// state of an HTTPS connection.
 type replayConn struct {
 	net.Conn
 	replay []byte
+	tls    *tls.ConnectionState
 }
 
 func (c *replayConn) Read(p []byte) (int, error) {

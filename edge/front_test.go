@@ -2,6 +2,8 @@ package edge
 
 import (
 	"bufio"
+	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meridian-run/meridian/pki/pkitest"
 	"github.com/meridian-run/meridian/testutil"
 )
 
@@ -69,7 +72,7 @@ func (rc *rawConn) closed() bool {
 func TestFrontLaneHandsOff(t *testing.T) {
 	s := startEdge(t, nil)
 	seed(t, s, fra, service("web", nil, endpointOf("e", echoBackend(t))))
-	f := s.front
+	f := s.fronts[0]
 	rc := dialEdge(t, s)
 	get := "GET /a HTTP/1.1\r\nHost: " + testHost + "\r\n\r\n"
 	rc.send(get)
@@ -193,8 +196,8 @@ func TestFrontLaneAnswers(t *testing.T) {
 	if !rc.closed() {
 		t.Fatal("the connection stayed open after the client's Connection: close")
 	}
-	if s.front.handed.Load() != 0 {
-		t.Fatalf("handed off %d connections, want 0", s.front.handed.Load())
+	if s.fronts[0].handed.Load() != 0 {
+		t.Fatalf("handed off %d connections, want 0", s.fronts[0].handed.Load())
 	}
 }
 
@@ -225,9 +228,9 @@ func TestFrontLaneTimeoutsAndShutdown(t *testing.T) {
 	idle.send("GET / HTTP/1.1\r\nHost: " + testHost + "\r\n\r\n")
 	idle.read("GET")
 	testutil.Eventually(t, 5*time.Second, "the connection idle", func() (bool, string) {
-		s2.front.mu.Lock()
-		defer s2.front.mu.Unlock()
-		for _, isIdle := range s2.front.conns {
+		s2.fronts[0].mu.Lock()
+		defer s2.fronts[0].mu.Unlock()
+		for _, isIdle := range s2.fronts[0].conns {
 			return isIdle, "active"
 		}
 		return false, "no connection"
@@ -238,5 +241,85 @@ func TestFrontLaneTimeoutsAndShutdown(t *testing.T) {
 	}
 	if !idle.closed() || time.Since(start) > 4*time.Second {
 		t.Fatalf("the idle connection was not closed promptly by Close (%s)", time.Since(start))
+	}
+}
+
+// TestFrontLaneHTTPS: on the HTTPS listener, HTTP/1.1 requests are served
+// by the front lane with the instance told the request came over https;
+// a request with a body hands the connection to net/http, which still
+// knows it is HTTPS; clients that negotiate h2 are served by net/http.
+func TestFrontLaneHTTPS(t *testing.T) {
+	in := pkitest.New(t, "fra")
+	s := startEdge(t, func(c *Config) {
+		c.TLSListen = "127.0.0.1:0"
+		c.TLSCertificates = edgeIdentity(t, in)
+	})
+	seed(t, s, fra, service("web", nil, endpointOf("e", echoBackend(t))))
+	lane := s.fronts[1]
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(s.TLSURL(), "https://"))
+	newClient := func(h2 bool) *http.Client {
+		tc := &tls.Config{RootCAs: in.Root.Pool(), ServerName: testHost}
+		return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: h2,
+			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, network, "127.0.0.1:"+port)
+			}}}
+	}
+	url := "https://" + testHost + ":" + port
+	h1 := newClient(false)
+	for i := range 3 {
+		resp, err := h1.Get(url + "/get")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := decodeEcho(t, resp); resp.ProtoMajor != 1 || m["proto"] != "https" || m["path"] != "/get" {
+			t.Fatalf("GET %d over HTTPS: %s, instance saw %v", i, resp.Proto, m)
+		}
+	}
+	if n, h := lane.served.Load(), lane.handed.Load(); n != 3 || h != 0 {
+		t.Fatalf("HTTPS lane served %d, handed off %d; want 3 and 0", n, h)
+	}
+	resp, err := h1.Post(url+"/post", "text/plain", strings.NewReader("sealed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := decodeEcho(t, resp); m["proto"] != "https" || m["body"] != "sealed" {
+		t.Fatalf("POST handed off over HTTPS: instance saw %v", m)
+	}
+	resp, err = h1.Get(url + "/after")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := decodeEcho(t, resp); m["proto"] != "https" || m["path"] != "/after" {
+		t.Fatalf("GET after the handoff: instance saw %v", m)
+	}
+	if h := lane.handed.Load(); h != 1 {
+		t.Fatalf("handed off %d HTTPS connections, want 1", h)
+	}
+	resp, err = newClient(true).Get(url + "/h2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := decodeEcho(t, resp); resp.ProtoMajor != 2 || m["proto"] != "https" {
+		t.Fatalf("h2: %s, instance saw %v", resp.Proto, m)
+	}
+	if h := lane.handed.Load(); h != 2 {
+		t.Fatalf("handed off %d HTTPS connections after an h2 client, want 2", h)
+	}
+	// Plain HTTP on the HTTPS port: a 400 saying so, the edge still serving.
+	rc, err := net.Dial("tcp", "127.0.0.1:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Write([]byte("GET / HTTP/1.1\r\nHost: " + testHost + "\r\n\r\n"))
+	rc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, _ := io.ReadAll(rc)
+	rc.Close()
+	if !strings.HasPrefix(string(b), "HTTP/1.0 400 Bad Request") || !strings.Contains(string(b), "HTTPS server") {
+		t.Fatalf("plaintext on the HTTPS port: %q", b)
+	}
+	if resp, err := h1.Get(url + "/still"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("after plaintext on the HTTPS port: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 }

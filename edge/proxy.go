@@ -191,6 +191,9 @@ func (s *Server) dialInstance(ctx context.Context, addr string) (net.Conn, error
 
 // ServeHTTP routes one public request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.TLS == nil {
+		r.TLS = tlsStateOf(r.Context()) // an HTTPS connection the front lane handed over
+	}
 	st := &reqState{start: time.Now(), id: r.Header.Get("X-Request-Id")}
 	if !validRequestID(st.id) {
 		st.id = s.reqPrefix + strconv.FormatUint(s.reqSeq.Add(1), 36)

@@ -40,7 +40,7 @@ type Server struct {
 
 	plain, secure, admin       *http.Server
 	plainLn, secureLn, adminLn net.Listener
-	front                      *front // the plain listener's HTTP/1.1 lane
+	fronts                     []*front // the listeners' HTTP/1.1 lanes
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -125,17 +125,11 @@ func (s *Server) listen() error {
 			IdleTimeout: cfg.IdleTimeout, MaxHeaderBytes: cfg.MaxHeaderBytes,
 			ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
 	}
-	serve := func(name string, srv *http.Server, ln net.Listener, tlsOn bool) {
+	serve := func(name string, srv *http.Server, ln net.Listener) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			var err error
-			if tlsOn {
-				err = srv.ServeTLS(ln, "", "")
-			} else {
-				err = srv.Serve(ln)
-			}
-			if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				select {
 				case s.errc <- fmt.Errorf("edge: %s listener: %w", name, err):
 				default:
@@ -169,25 +163,30 @@ func (s *Server) listen() error {
 		s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
 	}
-	if s.plain != nil {
-		s.front = newFront(s, s.plainLn)
-		serve("HTTP", s.plain, s.front.handoff, false)
+	lane := func(name string, srv *http.Server, f *front) {
+		srv.ConnContext = connContext
+		s.fronts = append(s.fronts, f)
+		serve(name, srv, f.handoff)
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			if err := s.front.serve(); err != nil {
+			if err := f.serve(); err != nil {
 				select {
-				case s.errc <- fmt.Errorf("edge: HTTP listener: %w", err):
+				case s.errc <- fmt.Errorf("edge: %s listener: %w", name, err):
 				default:
 				}
 			}
 		}()
 	}
+	if s.plain != nil {
+		lane("HTTP", s.plain, newFront(s, s.plainLn, nil))
+	}
 	if s.secure != nil {
-		serve("HTTPS", s.secure, s.secureLn, true)
+		// The lane's own copy: net/http adjusts the server's for HTTP/2.
+		lane("HTTPS", s.secure, newFront(s, s.secureLn, s.secure.TLSConfig.Clone()))
 	}
 	if s.admin != nil {
-		serve("admin", s.admin, s.adminLn, false)
+		serve("admin", s.admin, s.adminLn)
 	}
 	return nil
 }
@@ -229,11 +228,11 @@ func (s *Server) Close() error {
 		defer cancel()
 		var wg sync.WaitGroup
 		var mu sync.Mutex
-		if s.front != nil {
+		for _, f := range s.fronts {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if e := s.front.shutdown(ctx); e != nil {
+				if e := f.shutdown(ctx); e != nil {
 					mu.Lock()
 					err = errors.Join(err, fmt.Errorf("edge: shutdown: %w", e))
 					mu.Unlock()
