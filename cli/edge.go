@@ -28,7 +28,9 @@ func newEdgeCmd(g *globals) *cobra.Command {
 cleartext) and HTTPS, and send each request to the closest healthy instance.
 
 The edge lists the open regions from global at start (GET /v1/regions with
---global-token-file; cached in --state-dir), then follows every region's
+the edge token in --global-token-file, from ` + "`meridian edge-tokens create`" + `:
+it may read the region registry and nothing else; cached in --state-dir),
+then follows every region's
 endpoint feed directly with its edge certificate (--pki-dir, from
 ` + "`meridian pki edge`" + `): it keeps routing while global is down, and serves
 from its snapshot in --state-dir after a restart. HTTPS uses --tls-cert and
@@ -143,7 +145,7 @@ from its snapshot in --state-dir after a restart. HTTPS uses --tls-cert and
 	f.StringVar(&cfg.AdminListen, "admin-listen", "127.0.0.1:0", `admin address: /metrics, /healthz, /readyz, /v1/state ("" for none)`)
 	f.StringVar(&pkiDir, "pki-dir", "", "the edge's certificate directory (edge.pem, edge-key.pem, root.pem)")
 	f.StringVar(&cfg.GlobalURL, "global", "", "global API URL, to list the regions")
-	f.StringVar(&tokenFile, "global-token-file", "", "file holding the token for listing regions (default $MERIDIAN_EDGE_TOKEN)")
+	f.StringVar(&tokenFile, "global-token-file", "", "file holding the edge token for listing regions, from `meridian edge-tokens create` (default $MERIDIAN_EDGE_TOKEN)")
 	f.StringArrayVar(&regions, "region", nil, "a region to route to besides global's: ID=URL@LAT,LON (repeatable)")
 	f.StringVar(&cfg.StateDir, "state-dir", "", "snapshot and region cache directory (default .meridian/edge-LOCATION)")
 	f.DurationVar(&cfg.RegionRefresh, "region-refresh", 0, "how often the region list is read again (default 30s)")

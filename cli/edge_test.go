@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,7 +18,8 @@ import (
 
 // TestEdgeCommands: `meridian pki edge` issues an edge certificate;
 // `meridian edge` refuses bad flags with exit 2, runs against a real
-// global, answers unknown hosts with a 404, and stops cleanly.
+// global with an edge token (and lists the region registry with it),
+// answers unknown hosts with a 404, and stops cleanly.
 func TestEdgeCommands(t *testing.T) {
 	dir := t.TempDir()
 	pkiDir := filepath.Join(dir, "pki")
@@ -39,8 +41,25 @@ func TestEdgeCommands(t *testing.T) {
 	}
 
 	api := startGlobal(t)
+	// The edge holds an edge token, which may only read the region
+	// registry; one region is registered and open for it to find.
+	code, out, errOut = run(t, "edge-tokens", "create", "edge-par", "-o", "json", "--api", api, "--token", adminToken)
+	var etok struct {
+		Value string `json:"token"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &etok) != nil || etok.Value == "" {
+		t.Fatalf("edge-tokens create: %d %s %s", code, out, errOut)
+	}
 	tokenFile := filepath.Join(dir, "token")
-	os.WriteFile(tokenFile, []byte(adminToken+"\n"), 0o600)
+	os.WriteFile(tokenFile, []byte(etok.Value+"\n"), 0o600)
+	for _, a := range [][]string{
+		{"regions", "add", "fra", "--url", "https://127.0.0.1:1", "--lat", "50.1", "--lon", "8.7"},
+		{"regions", "open", "fra"},
+	} {
+		if code, _, errOut := run(t, append(a, "--api", api, "--token", adminToken)...); code != 0 {
+			t.Fatalf("%v: %d %s", a, code, errOut)
+		}
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -75,6 +94,22 @@ func TestEdgeCommands(t *testing.T) {
 		}
 		resp.Body.Close()
 		return resp.StatusCode == 200, resp.Status
+	})
+	testutil.Eventually(t, 10*time.Second, "the edge listing fra with its edge token", func() (bool, string) {
+		resp, err := http.Get("http://" + admin + "/v1/state")
+		if err != nil {
+			return false, err.Error()
+		}
+		defer resp.Body.Close()
+		var st struct {
+			Regions []struct {
+				ID string `json:"id"`
+			} `json:"regions"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+			return false, err.Error()
+		}
+		return len(st.Regions) == 1 && st.Regions[0].ID == "fra", fmt.Sprintf("regions %+v", st.Regions)
 	})
 	req, _ := http.NewRequest("GET", "http://"+listen+"/", nil)
 	req.Host = "nope-demo.meridian.localhost"

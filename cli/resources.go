@@ -36,6 +36,11 @@ var (
 		{"NAME", func(t api.Token) string { return t.Name }},
 		{"CREATED", func(t api.Token) string { return ts(t.CreatedAt) }},
 	}
+	edgeTokenCols = []column[api.EdgeToken]{
+		{"ID", func(t api.EdgeToken) string { return t.ID }},
+		{"NAME", func(t api.EdgeToken) string { return t.Name }},
+		{"CREATED", func(t api.EdgeToken) string { return ts(t.CreatedAt) }},
+	}
 	appCols = []column[api.App]{
 		{"NAME", func(a api.App) string { return a.Name }},
 		{"HOST", func(a api.App) string { return a.Host }},
@@ -157,6 +162,16 @@ func newOrgsCmd(g *globals) *cobra.Command {
 	return group("orgs", "Manage organizations (operators)", create, ls, get)
 }
 
+// printNewToken prints a token just created, whose value is shown this
+// once: a sentence and the value, or the whole answer as JSON or YAML.
+func printNewToken(g *globals, kind, id, name, value string, answer any) error {
+	if g.output != "table" {
+		return printValue(g, answer)
+	}
+	_, err := fmt.Fprintf(g.stdout, "%s %s (%s) created; it is shown only once:\n%s\n", kind, id, name, value)
+	return err
+}
+
 func newTokensCmd(g *globals) *cobra.Command {
 	var org, name string
 	create := &cobra.Command{Use: "create", Short: "Create an API token: with --org and the admin token for that organization, else another token of your organization", Args: args(0),
@@ -180,11 +195,7 @@ func newTokensCmd(g *globals) *cobra.Command {
 					return err
 				}
 			}
-			if g.output == "table" {
-				fmt.Fprintf(g.stdout, "token %s (%s) created; it is shown only once:\n%s\n", t.ID, t.Name, t.Value)
-				return nil
-			}
-			return printValue(g, t)
+			return printNewToken(g, "token", t.ID, t.Name, t.Value, t)
 		}}
 	create.Flags().StringVar(&org, "org", "", "organization to create the token for (admin token)")
 	create.Flags().StringVar(&name, "name", "", "a name to recognise the token by")
@@ -201,6 +212,32 @@ func newTokensCmd(g *globals) *cobra.Command {
 			return c.DeleteToken(ctx, a[0])
 		})}
 	return group("tokens", "Manage API tokens", create, ls, rm)
+}
+
+func newEdgeTokensCmd(g *globals) *cobra.Command {
+	var idem string
+	create := &cobra.Command{Use: "create NAME", Short: "Create an edge token (admin token): it may only read the region registry; give it to `meridian edge --global-token-file`", Args: args(1, "NAME"),
+		RunE: withAdmin(g, func(ctx context.Context, c *api.Client, a []string) error {
+			t, err := c.CreateEdgeToken(ctx, a[0], idem)
+			if err != nil {
+				return err
+			}
+			return printNewToken(g, "edge token", t.ID, t.Name, t.Value, t)
+		})}
+	create.Flags().StringVar(&idem, "idempotency-key", "", "key that makes a retried create safe (a retry gets the same token)")
+	ls := &cobra.Command{Use: "ls", Short: "List the edge tokens, without their values (admin token)", Args: args(0),
+		RunE: withAdmin(g, func(ctx context.Context, c *api.Client, _ []string) error {
+			items, err := api.All(func(o api.ListOptions) (api.List[api.EdgeToken], error) { return c.ListEdgeTokens(ctx, o) })
+			if err != nil {
+				return err
+			}
+			return printList(g, items, edgeTokenCols)
+		})}
+	rm := &cobra.Command{Use: "rm ID", Short: "Revoke an edge token (admin token)", Args: args(1, "ID"),
+		RunE: withAdmin(g, func(ctx context.Context, c *api.Client, a []string) error {
+			return c.DeleteEdgeToken(ctx, a[0])
+		})}
+	return group("edge-tokens", "Manage the edges' read-only tokens (operators)", create, ls, rm)
 }
 
 func newAppsCmd(g *globals) *cobra.Command {

@@ -119,6 +119,7 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 		newRenderCmd(g),
 		newOrgsCmd(g),
 		newTokensCmd(g),
+		newEdgeTokensCmd(g),
 		newAppsCmd(g),
 		newDeployCmd(g),
 		newServicesCmd(g),

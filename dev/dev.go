@@ -2,9 +2,10 @@
 // newcomer's first five minutes and for end-to-end tests: the global
 // control plane, every region of a topology and their agents, each as a
 // separate process of the meridian binary so that any of them can be
-// killed like a real one. It generates the PKI, the admin and
-// organization tokens and the join tokens in a state directory, registers
-// and opens the regions, and writes DIR/dev.json once everything is up.
+// killed like a real one. It generates the PKI, the admin, organization
+// and edge tokens and the join tokens in a state directory, registers and
+// opens the regions, and writes DIR/dev.json once everything is up. The
+// edges get a read-only edge token, never the admin token.
 package dev
 
 import (
@@ -392,7 +393,11 @@ func (e *Env) start(ctx context.Context) error {
 			return fmt.Errorf("dev: region %s: %w (see %s)", r.ID, err, e.path("logs"))
 		}
 	}
-	if err := e.startEdges(ctx, root); err != nil {
+	edgeToken, err := e.edgeTokenFile(ctx, adminAPI)
+	if err != nil {
+		return err
+	}
+	if err := e.startEdges(ctx, root, edgeToken); err != nil {
 		return err
 	}
 	e.mu.Lock()
@@ -445,13 +450,14 @@ func meshNetBase(t Topology) int {
 }
 
 // startEdges starts an edge per topology edge location, once the regions
-// are open (edges list them from global, then follow their feeds), with a
-// certificate from the root under pki/edges/<location> (which also serves
-// their HTTPS), and waits until each has the regions' routing state.
+// are open (edges list them from global with the read-only edge token in
+// tokenFile, then follow their feeds), with a certificate from the root
+// under pki/edges/<location> (which also serves their HTTPS), and waits
+// until each has the regions' routing state.
 // Public ports are 8000, 8001, ... for HTTP and 8443, 8444, ... for HTTPS
 // when free (free ones otherwise, and always when the API took a free
 // port).
-func (e *Env) startEdges(ctx context.Context, root *pki.CA) error {
+func (e *Env) startEdges(ctx context.Context, root *pki.CA, tokenFile string) error {
 	t := e.cfg.Topology
 	for i, ed := range t.Edges {
 		dir := filepath.Join(e.info.PKIDir, "edges", ed.Location)
@@ -476,7 +482,7 @@ func (e *Env) startEdges(ctx context.Context, root *pki.CA) error {
 			Admin: "http://" + admin, DataDir: e.path("edges", ed.Location), Args: []string{"edge", "--location", ed.Location,
 				"--lat", strconv.FormatFloat(ed.Latitude, 'f', -1, 64), "--lon", strconv.FormatFloat(ed.Longitude, 'f', -1, 64),
 				"--listen", listen, "--tls-listen", tlsListen, "--tls-from-pki", "--admin-listen", admin, "--pki-dir", dir, "--domain", t.Domain,
-				"--global", e.info.API, "--global-token-file", e.path("global", "admin.token"),
+				"--global", e.info.API, "--global-token-file", tokenFile,
 				"--state-dir", e.path("edges", ed.Location)}}
 		if err := e.spawn(c); err != nil {
 			return err
@@ -547,6 +553,60 @@ func (e *Env) orgToken(ctx context.Context, admin *api.Client) (string, error) {
 		return "", fmt.Errorf("dev: token for %s: %w", org, err)
 	}
 	return tok.Value, os.WriteFile(path, []byte(tok.Value+"\n"), 0o600)
+}
+
+// devEdgeTokenName names the edge token dev makes for its edges.
+const devEdgeTokenName = "dev-edges"
+
+// edgeTokenFile makes the edges' read-only edge token once and keeps it in
+// DIR/edge.token (mode 0600), whose path it returns: the edges never hold
+// the admin token. A restart with the same state dir reuses the token
+// while global accepts it, and makes another when global does not (it was
+// revoked, or global's store started afresh) or when the file is missing
+// although global has a token of that name (a run that stopped before
+// writing the file): its value is lost, so that one is revoked first.
+func (e *Env) edgeTokenFile(ctx context.Context, admin *api.Client) (string, error) {
+	path := e.path("edge.token")
+	if b, err := os.ReadFile(path); err == nil {
+		_, err := api.NewClient(e.info.API, strings.TrimSpace(string(b))).ListRegions(ctx, api.ListOptions{Limit: 1})
+		if err == nil {
+			return path, nil
+		}
+		if !isStatus(err, http.StatusUnauthorized) {
+			return "", fmt.Errorf("dev: checking the edge token in %s: %w", path, err)
+		}
+		e.log.Warn("global no longer accepts the edge token of the state dir; making another", "file", path)
+	}
+	tok, err := admin.CreateEdgeToken(ctx, devEdgeTokenName, "")
+	if isStatus(err, http.StatusConflict) {
+		if err = revokeEdgeToken(ctx, admin, devEdgeTokenName); err == nil {
+			tok, err = admin.CreateEdgeToken(ctx, devEdgeTokenName, "")
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("dev: edge token: %w", err)
+	}
+	if err := pki.WriteFileAtomic(path, []byte(tok.Value+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("dev: edge token: %w", err)
+	}
+	return path, nil
+}
+
+// revokeEdgeToken revokes the edge token named name, if there is one.
+func revokeEdgeToken(ctx context.Context, admin *api.Client, name string) error {
+	all, err := api.All(func(o api.ListOptions) (api.List[api.EdgeToken], error) { return admin.ListEdgeTokens(ctx, o) })
+	if err != nil {
+		return err
+	}
+	for _, t := range all {
+		if t.Name != name {
+			continue
+		}
+		if err := admin.DeleteEdgeToken(ctx, t.ID); err != nil && !isStatus(err, http.StatusNotFound) {
+			return err
+		}
+	}
+	return nil
 }
 
 func isStatus(err error, status int) bool {

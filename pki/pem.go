@@ -117,9 +117,10 @@ func ParseCSRPEM(data []byte) (*x509.CertificateRequest, error) {
 // ChainPEM returns the leaf's chain (leaf first) as PEM.
 func (l *Leaf) ChainPEM() []byte { return EncodeCertsPEM(l.Chain...) }
 
-// writeFileAtomic writes data to path through a temporary file and a
-// rename, so readers never see a partial file.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+// WriteFileAtomic writes data to path with mode perm through a temporary
+// file and a rename, so readers never see a partial file. Keys and other
+// secret files (such as `meridian dev`'s tokens) are written with it.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
@@ -167,7 +168,7 @@ func SaveCA(dir string, ca *CA) error {
 		{RootFile, EncodeCertsPEM(ca.Root.Raw), 0o644},
 	}
 	for _, f := range files {
-		if err := writeFileAtomic(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
+		if err := WriteFileAtomic(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
 			return fmt.Errorf("pki: save CA: %w", err)
 		}
 	}
@@ -269,10 +270,10 @@ func SaveLeaf(dir, name string, leaf *Leaf) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("pki: save leaf %q: %w", name, err)
 	}
-	if err := writeFileAtomic(keyPath, keyPEM, 0o600); err != nil {
+	if err := WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
 		return fmt.Errorf("pki: save leaf %q: %w", name, err)
 	}
-	if err := writeFileAtomic(certPath, leaf.ChainPEM(), 0o644); err != nil {
+	if err := WriteFileAtomic(certPath, leaf.ChainPEM(), 0o644); err != nil {
 		return fmt.Errorf("pki: save leaf %q: %w", name, err)
 	}
 	return nil
@@ -315,7 +316,7 @@ func SaveRoots(path string, roots ...*x509.Certificate) error {
 	for _, r := range roots {
 		ders = append(ders, r.Raw)
 	}
-	if err := writeFileAtomic(path, EncodeCertsPEM(ders...), 0o644); err != nil {
+	if err := WriteFileAtomic(path, EncodeCertsPEM(ders...), 0o644); err != nil {
 		return fmt.Errorf("pki: save roots: %w", err)
 	}
 	return nil
