@@ -20,10 +20,12 @@ package agent
 // resolved once keep working.
 //
 // Without network namespaces anything on the host can connect to any
-// loopback address, so the slot is a claim, not a proof, on the calling
-// side; the guarantee the mesh gives is between machines: a node proxy
-// delivers only to callers whose workload certificate (issued by a
-// region's CA to a machine that runs that service) passes the policy.
+// loopback address, so the address alone is only a claim: the node proxy
+// checks with the kernel that the calling socket belongs to a process of
+// one of the slot's instances (caller.go) before it speaks for the slot.
+// Between machines, a node proxy delivers only to callers whose workload
+// certificate (issued by a region's CA to a machine that runs that
+// service) passes the policy.
 
 import (
 	"context"
@@ -97,6 +99,11 @@ type MeshConfig struct {
 	// DNSTTL is the TTL of the mesh's DNS answers. Default
 	// DefaultMeshDNSTTL.
 	DNSTTL time.Duration
+	// UnverifiedCallers turns off the check that a connection to a
+	// service address comes from a process of that service's instances
+	// (caller.go): any local process may then speak as any service with an
+	// instance on the machine. Only for machines that run nothing else.
+	UnverifiedCallers bool
 }
 
 // SameOrganization is the default mesh policy: services of one
@@ -234,6 +241,9 @@ type meshDeps struct {
 	Issue func(ctx context.Context, service string, csr []byte) ([]byte, error)
 	// Local finds an instance of this machine.
 	Local func(instance string) (localInstance, bool)
+	// PID is the host pid of a running instance's top process (0: not
+	// running); the processes under it are the instance's callers.
+	PID func(instance string) int
 	// Feed streams the merged feed until ctx ends (reconnecting itself).
 	// Nil: tests call setFeed.
 	Feed func(ctx context.Context, fn func(regionapi.Feed)) error

@@ -14,6 +14,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -86,6 +88,7 @@ type testNode struct {
 
 	mu     sync.Mutex
 	locals map[string]localInstance
+	pids   map[string]int // callers' top processes (default: the test process)
 }
 
 func newTestNode(t testing.TB, in *pkitest.Installation, region, dc, machine string, tweak func(*meshDeps)) *testNode {
@@ -107,7 +110,7 @@ func newTestNode(t testing.TB, in *pkitest.Installation, region, dc, machine str
 		StateDir: filepath.Join(t.TempDir(), "mesh"), HostResolvConf: "nameserver 192.0.2.1\nsearch example.test\noptions ndots:1\n",
 		Dialer: &net.Dialer{Timeout: 2 * time.Second}, Clock: n.clock,
 		Logger: slog.New(slog.NewTextHandler(n.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Issue:  n.issue, Local: n.local,
+		Issue:  n.issue, Local: n.local, PID: n.pid,
 	}
 	if tweak != nil {
 		tweak(&d)
@@ -137,6 +140,26 @@ func (n *testNode) issue(_ context.Context, service string, csr []byte) ([]byte,
 	}
 	n.issued.Add(1)
 	return leaf.ChainPEM(), nil
+}
+
+// pid is a caller instance's top process: the test process itself, which
+// makes the calls, unless a test set another.
+func (n *testNode) pid(id string) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if pid, ok := n.pids[id]; ok {
+		return pid
+	}
+	return os.Getpid()
+}
+
+func (n *testNode) setPID(id string, pid int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.pids == nil {
+		n.pids = map[string]int{}
+	}
+	n.pids[id] = pid
 }
 
 func (n *testNode) local(id string) (localInstance, bool) {
@@ -640,6 +663,67 @@ func TestMeshRefusesOtherOrganizations(t *testing.T) {
 	acme := p.a.caller("a-1", "acme", "shop", "a")
 	if got := mustGet(t, resolveA(t, acme, "b.shop.internal.")); got != "b-fra1" {
 		t.Fatalf("answered by %s", got)
+	}
+}
+
+// TestMeshVerifiesCallers: a service address carries only connections
+// made by a process of one of the slot's instances (its top process or a
+// descendant, found through the kernel's socket table): another process
+// of the machine that connects to it is refused and logged; the instance's
+// own process tree gets through. With UnverifiedCallers any process
+// passes.
+func TestMeshVerifiesCallers(t *testing.T) {
+	p := newMeshPair(t)
+	b1, _ := backend(t, "b-fra1")
+	p.b.run("b-1", "acme", "shop", "b", b1)
+	p.a.m.setFeed(regionapi.Feed{Region: "fra", Services: []regionapi.FeedService{
+		service("acme", "shop", "b", p.b.endpoint("b-1", true))}})
+	ip := resolveA(t, p.a.caller("a-1", "acme", "shop", "a"), "b.shop.internal.")
+	if got := mustGet(t, ip); got != "b-fra1" {
+		t.Fatalf("from the instance (the test process): %s", got)
+	}
+
+	// The instance is now a shell waiting for a line; the test process is
+	// no longer one of its processes.
+	sh := exec.Command("bash", "-c", `read go; exec 3<>/dev/tcp/`+ip.String()+`/8080; `+
+		`printf 'GET / HTTP/1.0\r\nHost: b\r\n\r\n' >&3; cat <&3`)
+	stdin, _ := sh.StdinPipe()
+	var out syncBuffer
+	sh.Stdout = &out
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sh.Process.Kill(); sh.Wait() })
+	p.a.setPID("a-1", sh.Process.Pid)
+	if got, err := getVia(ip); err == nil {
+		t.Fatalf("a process outside the instance reached the service address: %s", got)
+	}
+	if logs := p.a.logs.String(); !strings.Contains(logs, "not from the service's instances") {
+		t.Fatalf("the refusal is not logged:\n%s", logs)
+	}
+	io.WriteString(stdin, "go\n")
+	done := make(chan error, 1)
+	go func() { done <- sh.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil || !strings.HasSuffix(strings.TrimSpace(out.String()), "b-fra1") {
+			t.Fatalf("the instance's own process: %v, answered %q", err, out.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("the instance's own process got no answer: %q", out.String())
+	}
+
+	// A node configured without verification lets any process through.
+	in := pkitest.New(t, "fra")
+	src := newTestNode(t, in, "fra", "fra1", "fra1-u", func(d *meshDeps) {
+		d.Config.UnverifiedCallers = true
+		d.PID = func(string) int { return sh.Process.Pid }
+	})
+	dst := newTestNode(t, in, "fra", "fra2", "fra2-u", nil)
+	dst.run("b-2", "acme", "shop", "b", b1)
+	src.m.setFeed(regionapi.Feed{Region: "fra", Services: []regionapi.FeedService{service("acme", "shop", "b", dst.endpoint("b-2", true))}})
+	if got := mustGet(t, resolveA(t, src.caller("a-2", "acme", "shop", "a"), "b.shop.internal.")); got != "b-fra1" {
+		t.Fatalf("unverified: %s", got)
 	}
 }
 

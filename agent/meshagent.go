@@ -43,6 +43,7 @@ func (a *Agent) startMesh() error {
 		Logger:         a.log,
 		Issue:          a.issueWorkloadCert,
 		Local:          a.localInstance,
+		PID:            a.instancePID,
 		Feed:           a.followFeed,
 	})
 	if err != nil {
@@ -69,6 +70,17 @@ func (a *Agent) localInstance(id string) (localInstance, bool) {
 		return localInstance{}, false
 	}
 	return localInstance{Org: in.asg.Org, App: in.asg.App, Service: in.asg.ServiceName, Ports: in.ports}, true
+}
+
+// instancePID is the host pid of a running instance's top process (0 when
+// it does not run).
+func (a *Agent) instancePID(id string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if in, ok := a.insts[id]; ok && !in.stopping {
+		return in.pid
+	}
+	return 0
 }
 
 // meshResolvConf registers an instance with the mesh and returns its

@@ -259,6 +259,23 @@ func (m *mesh) outbound(c net.Conn, s *slot, v *vip, port int) {
 		return
 	}
 	defer m.conns.remove(c)
+	// The caller is verified while the first endpoint is dialed; none of
+	// its bytes is read before the check passed.
+	verified := make(chan error, 1)
+	go func() { verified <- m.verifyCaller(c, s) }()
+	var verr error
+	checked := false
+	callerOK := func() bool {
+		if !checked {
+			verr, checked = <-verified, true
+			if verr != nil {
+				m.warnLimited(s.key+"!caller", "mesh: refused a connection to a service address that is not from the service's instances",
+					"caller", s.key, "service_address", c.LocalAddr().String(), "from", c.RemoteAddr().String(), "err", verr)
+			}
+		}
+		return verr == nil
+	}
+	defer callerOK() // waited for in every case
 	t := m.table.Load()
 	var ms *meshService
 	if t != nil {
@@ -287,6 +304,11 @@ func (m *mesh) outbound(c net.Conn, s *slot, v *vip, port int) {
 			m.health.fail(ep, m.d.Clock.Now())
 			m.log.Debug("mesh: endpoint failed; trying the next", "service", ms.Key, "instance", ep.Instance, "region", ep.Region, "err", err)
 			continue
+		}
+		if !callerOK() {
+			up.Close()
+			reset(c)
+			return
 		}
 		if !m.conns.add(up) {
 			up.Close()
