@@ -18,6 +18,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 		meshNetArg                                    string
 		meshPort, meshDNSPort                         int
 		meshUpstreams                                 []string
+		meshUnverified                                bool
 	)
 	cmd := &cobra.Command{
 		Use:   "agent --region ID --region-url URL --join-token TOKEN --ca-file ROOT.pem --datacenter DC --name NAME",
@@ -51,7 +52,8 @@ func newAgentCmd(g *globals) *cobra.Command {
 			}
 			cfg.Logger = log
 			if meshNetArg != "off" {
-				cfg.Mesh = &agent.MeshConfig{Net: meshNetArg, Port: meshPort, DNSPort: meshDNSPort, Upstreams: meshUpstreams}
+				cfg.Mesh = &agent.MeshConfig{Net: meshNetArg, Port: meshPort, DNSPort: meshDNSPort, Upstreams: meshUpstreams,
+					UnverifiedCallers: meshUnverified}
 			}
 			if cfg.ShimPath == "" {
 				cfg.ShimPath = defaultShim()
@@ -90,6 +92,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.StringVar(&meshNetArg, "mesh-net", agent.DefaultMeshNet, "loopback /16 for the mesh's DNS servers and service addresses (distinct per agent on one host), or off")
 	f.IntVar(&meshPort, "mesh-port", agent.DefaultMeshPort, "node proxy port (mutual TLS) on --address; 0 picks a free one")
 	f.IntVar(&meshDNSPort, "mesh-dns-port", agent.DefaultMeshDNSPort, "port of the mesh's DNS servers (instances' resolv.conf needs 53)")
+	f.BoolVar(&meshUnverified, "mesh-unverified-callers", false, "carry connections to a service address from any local process, not only from that service's instances (machines that run nothing else)")
 	f.StringArrayVar(&meshUpstreams, "mesh-upstream", nil, "resolver (ip:port) for names outside .internal (repeatable; default: the host's /etc/resolv.conf)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
