@@ -82,7 +82,9 @@ type SecretRecord struct {
 }
 
 // Idempotency is a stored answer to a creating request with an
-// Idempotency-Key, replayed when the same key comes again.
+// Idempotency-Key, replayed when the same key comes again. Records expire:
+// the global plane treats a record older than its TTL as absent and
+// deletes expired ones (DeleteIdempotencyBefore); CreatedAt is indexed.
 type Idempotency struct {
 	OrgID       string
 	Key         string
@@ -201,4 +203,16 @@ type Tx interface {
 	GetIdempotency(ctx context.Context, orgID, key string) (Idempotency, error)
 	// PutIdempotency fails with ErrConflict when the key is taken.
 	PutIdempotency(ctx context.Context, rec Idempotency) error
+	// DeleteIdempotency deletes the record of one key (ErrNotFound when
+	// there is none), so that an expired key can be put again in the same
+	// transaction.
+	DeleteIdempotency(ctx context.Context, orgID, key string) error
+	// DeleteIdempotencyBefore deletes at most limit (> 0) records created
+	// before before, of every organization, oldest first, and returns how
+	// many it deleted. In PostgreSQL it skips the rows another transaction
+	// holds (FOR UPDATE SKIP LOCKED), so concurrent callers, such as the
+	// janitors of two replicas, never wait for each other or for a request
+	// replacing an expired record; the rows skipped are left for the next
+	// call. Deleting what is already gone is not an error.
+	DeleteIdempotencyBefore(ctx context.Context, before time.Time, limit int) (int, error)
 }

@@ -121,6 +121,8 @@ func runContract(t *testing.T, b backend) {
 		{"Regions", testRegions},
 		{"Idempotency", testIdempotency},
 		{"IdempotencyRace", testIdempotencyRace},
+		{"IdempotencyExpiry", testIdempotencyExpiry},
+		{"IdempotencyExpiryConcurrent", testIdempotencyExpiryConcurrent},
 		{"Deployments", testDeployments},
 		{"DeploymentIsolation", testDeploymentIsolation},
 		{"DeploymentErrors", testDeploymentErrors},
@@ -622,6 +624,188 @@ func testIdempotency(t *testing.T, b backend) {
 		wantErr(t, "GetIdempotency unknown", err, ErrNotFound)
 		return nil
 	})
+}
+
+// idempotencyKeys lists the keys of orgID's records that are still
+// stored, among keys.
+func (f *fixture) idempotencyKeys(orgID string, keys ...string) []string {
+	f.t.Helper()
+	ctx := context.Background()
+	var out []string
+	f.view(func(tx Tx) error {
+		out = nil
+		for _, k := range keys {
+			_, err := tx.GetIdempotency(ctx, orgID, k)
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			out = append(out, k)
+		}
+		return nil
+	})
+	return out
+}
+
+// testIdempotencyExpiry: DeleteIdempotencyBefore deletes records strictly
+// older than its time, oldest first, at most limit at a time, in every
+// organization; DeleteIdempotency deletes one key so that it can be put
+// again in the same transaction.
+func testIdempotencyExpiry(t *testing.T, b backend) {
+	f := newFixture(t, b)
+	ctx := context.Background()
+	acme, beta := f.org("acme"), f.org("beta")
+	keys := []string{"k0", "k1", "k2", "k3", "k4"}
+	// acme's record of key i is created at times[i], beta's a second later.
+	times := make([]time.Time, len(keys))
+	for i, k := range keys {
+		times[i] = f.now()
+		betaAt := f.now()
+		f.update(func(tx Tx) error {
+			if err := tx.PutIdempotency(ctx, Idempotency{OrgID: acme.ID, Key: k, RequestHash: []byte{1}, Status: 201, Body: []byte(`{}`), CreatedAt: times[i]}); err != nil {
+				return err
+			}
+			return tx.PutIdempotency(ctx, Idempotency{OrgID: beta.ID, Key: k, RequestHash: []byte{2}, Status: 201, Body: []byte(`{}`), CreatedAt: betaAt})
+		})
+	}
+	del := func(before time.Time, limit int) int {
+		t.Helper()
+		var n int
+		f.update(func(tx Tx) (err error) {
+			n, err = tx.DeleteIdempotencyBefore(ctx, before, limit)
+			return err
+		})
+		return n
+	}
+	// Four records (k0 and k1 of both organizations) are older than
+	// times[2]; the limit bounds one call, oldest first.
+	equal(t, "first batch", del(times[2], 3), 3)
+	equal(t, "acme after the first batch", f.idempotencyKeys(acme.ID, keys...), []string{"k2", "k3", "k4"})
+	equal(t, "beta after the first batch", f.idempotencyKeys(beta.ID, keys...), []string{"k1", "k2", "k3", "k4"})
+	equal(t, "second batch", del(times[2], 3), 1)
+	equal(t, "nothing left before times[2]", del(times[2], 3), 0)
+	equal(t, "beta after the second batch", f.idempotencyKeys(beta.ID, keys...), []string{"k2", "k3", "k4"})
+	// A record created at exactly the time given is kept.
+	equal(t, "at times[2]", del(times[2], 10), 0)
+	equal(t, "just after times[2]", del(times[2].Add(time.Microsecond), 10), 1)
+	equal(t, "acme kept", f.idempotencyKeys(acme.ID, keys...), []string{"k3", "k4"})
+	equal(t, "beta kept", f.idempotencyKeys(beta.ID, keys...), []string{"k2", "k3", "k4"})
+
+	err := f.updateErr(func(tx Tx) error {
+		_, err := tx.DeleteIdempotencyBefore(ctx, times[4], 0)
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "limit 0") {
+		t.Fatalf("DeleteIdempotencyBefore with limit 0: %v", err)
+	}
+
+	// Replacing one key in one transaction; the other org's is untouched.
+	fresh := Idempotency{OrgID: acme.ID, Key: "k3", RequestHash: []byte{3}, Status: 200, Body: []byte(`{"new":true}`), CreatedAt: f.now()}
+	f.update(func(tx Tx) error {
+		if err := tx.DeleteIdempotency(ctx, acme.ID, "k3"); err != nil {
+			return err
+		}
+		return tx.PutIdempotency(ctx, fresh)
+	})
+	f.view(func(tx Tx) error {
+		got, err := tx.GetIdempotency(ctx, acme.ID, "k3")
+		if err != nil {
+			return err
+		}
+		equal(t, "replaced record", got, fresh)
+		got, err = tx.GetIdempotency(ctx, beta.ID, "k3")
+		if err != nil {
+			return err
+		}
+		equal(t, "beta's record", got.CreatedAt, times[3].Add(time.Second))
+		return nil
+	})
+	err = f.updateErr(func(tx Tx) error { return tx.DeleteIdempotency(ctx, acme.ID, "k2") })
+	wantErr(t, "DeleteIdempotency of a deleted key", err, ErrNotFound)
+	err = f.updateErr(func(tx Tx) error { return tx.DeleteIdempotency(ctx, "org-none", "k4") })
+	wantErr(t, "DeleteIdempotency in another org", err, ErrNotFound)
+	equal(t, "beta still has k4", f.idempotencyKeys(beta.ID, "k4"), []string{"k4"})
+	// A rolled-back replacement leaves the old record.
+	errBoom := errors.New("boom")
+	err = f.updateErr(func(tx Tx) error {
+		if err := tx.DeleteIdempotency(ctx, beta.ID, "k4"); err != nil {
+			return err
+		}
+		return errBoom
+	})
+	wantErr(t, "rolled back", err, errBoom)
+	equal(t, "beta's k4 after a rollback", f.idempotencyKeys(beta.ID, "k4"), []string{"k4"})
+}
+
+// testIdempotencyExpiryConcurrent: two callers deleting expired records
+// at once (two replicas' janitors) delete each record once between them.
+// In PostgreSQL the second does not wait for the first, whose transaction
+// is still open: it skips the rows the first holds.
+func testIdempotencyExpiryConcurrent(t *testing.T, b backend) {
+	f := newFixture(t, b)
+	ctx := context.Background()
+	acme := f.org("acme")
+	var keys []string
+	f.update(func(tx Tx) error {
+		for i := range 10 {
+			k := fmt.Sprintf("k%d", i)
+			keys = append(keys, k)
+			if err := tx.PutIdempotency(ctx, Idempotency{OrgID: acme.ID, Key: k, RequestHash: []byte{1}, Status: 201, CreatedAt: base.Add(time.Duration(i) * time.Second)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	cutoff := base.Add(time.Hour)
+	if b.name != "postgres" {
+		// SQLite runs one write transaction at a time: the two calls
+		// follow each other.
+		var n1, n2 int
+		f.update(func(tx Tx) (err error) { n1, err = tx.DeleteIdempotencyBefore(ctx, cutoff, 4); return err })
+		f.update(func(tx Tx) (err error) { n2, err = tx.DeleteIdempotencyBefore(ctx, cutoff, 100); return err })
+		equal(t, "deleted", []int{n1, n2}, []int{4, 6})
+		equal(t, "left", f.idempotencyKeys(acme.ID, keys...), []string(nil))
+		return
+	}
+	firstDone := make(chan struct{})
+	release := make(chan struct{})
+	errA := make(chan error, 1)
+	var nA int
+	go func() {
+		errA <- f.s.Update(ctx, func(tx Tx) (err error) {
+			nA, err = tx.DeleteIdempotencyBefore(ctx, cutoff, 4)
+			if err != nil {
+				return err
+			}
+			close(firstDone)
+			<-release
+			return nil
+		})
+	}()
+	select {
+	case <-firstDone:
+	case err := <-errA:
+		t.Fatalf("first delete: %v", err)
+	}
+	// The first transaction is open, holding its 4 rows.
+	bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var nB int
+	err := f.s.Update(bctx, func(tx Tx) (err error) {
+		nB, err = tx.DeleteIdempotencyBefore(bctx, cutoff, 100)
+		return err
+	})
+	close(release)
+	if err != nil {
+		t.Fatalf("second delete while the first is open: %v", err)
+	}
+	if err := <-errA; err != nil {
+		t.Fatalf("first delete: %v", err)
+	}
+	equal(t, "deleted", []int{nA, nB}, []int{4, 6})
+	equal(t, "left", f.idempotencyKeys(acme.ID, keys...), []string(nil))
 }
 
 func testDeployments(t *testing.T, b backend) {

@@ -907,3 +907,35 @@ func (t *sqlTx) PutIdempotency(ctx context.Context, rec Idempotency) error {
 	}
 	return nil
 }
+
+// DeleteIdempotency implements Tx.
+func (t *sqlTx) DeleteIdempotency(ctx context.Context, orgID, key string) error {
+	return t.affected(ctx, fmt.Sprintf("delete idempotency key %q", key),
+		`DELETE FROM idempotency WHERE org_id = ? AND idem_key = ?`, orgID, key)
+}
+
+// DeleteIdempotencyBefore implements Tx. One statement deletes the batch:
+// the rows are found through the index on created_at and deleted by their
+// physical row id (ctid in PostgreSQL, rowid in SQLite), so a large table
+// is never scanned.
+func (t *sqlTx) DeleteIdempotencyBefore(ctx context.Context, before time.Time, limit int) (int, error) {
+	op := "delete idempotency records before " + before.UTC().Format(time.RFC3339Nano)
+	if limit <= 0 {
+		return 0, fmt.Errorf("store: %s: limit %d: want at least 1", op, limit)
+	}
+	q := `DELETE FROM idempotency WHERE rowid IN (
+		SELECT rowid FROM idempotency WHERE created_at < ? ORDER BY created_at LIMIT ?)`
+	if t.d.postgres {
+		q = `DELETE FROM idempotency WHERE ctid = ANY (ARRAY (
+			SELECT ctid FROM idempotency WHERE created_at < ? ORDER BY created_at LIMIT ? FOR UPDATE SKIP LOCKED))`
+	}
+	res, err := t.exec(ctx, q, t.d.ts(before), limit)
+	if err != nil {
+		return 0, mapErr(op, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, mapErr(op, err)
+	}
+	return int(n), nil
+}
