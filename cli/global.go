@@ -67,7 +67,7 @@ func newGlobalCmd(g *globals) *cobra.Command {
 	var (
 		listen, stateDir, storeURL, adminToken, keyFile, domain, catalogue, logLevel, logFormat, pkiDir string
 		maxScale                                                                                        int
-		rolloutPoll                                                                                     time.Duration
+		rolloutPoll, idempotencyTTL                                                                     time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "global",
@@ -83,6 +83,9 @@ postgres://... for PostgreSQL in production.`,
 			}
 			if maxScale < 1 {
 				return usagef("--max-scale %d: want at least 1", maxScale)
+			}
+			if err := global.CheckIdempotencyTTL(idempotencyTTL); err != nil {
+				return usagef("--idempotency-ttl: %w", err)
 			}
 			opts := spec.Options{Catalogue: spec.DefaultCatalogue()}
 			opts.Limits.MaxScale = maxScale
@@ -142,6 +145,7 @@ postgres://... for PostgreSQL in production.`,
 			srv, err := global.Start(ctx, global.Config{
 				Listen: listen, Store: st, AdminToken: adminToken, SecretKey: key,
 				Domain: domain, Spec: opts, Logger: log, RegionHTTP: regionHTTP, RolloutPoll: rolloutPoll,
+				IdempotencyTTL: idempotencyTTL,
 			})
 			if err != nil {
 				return err
@@ -166,6 +170,8 @@ postgres://... for PostgreSQL in production.`,
 	f.StringVar(&catalogue, "instance-types", "", "YAML file with the instance type catalogue (default: the built-in catalogue)")
 	f.StringVar(&pkiDir, "pki", "", "PKI directory holding the global certificate for calling regions (from `meridian pki global`)")
 	f.DurationVar(&rolloutPoll, "rollout-poll", time.Second, "how often rollout workers look at the store and the regions")
+	f.DurationVar(&idempotencyTTL, "idempotency-ttl", global.DefaultIdempotencyTTL,
+		"how long a create's answer is replayed for a retry with the same Idempotency-Key; older keys are used anew and their records deleted (1m to 720h)")
 	f.IntVar(&maxScale, "max-scale", spec.DefaultMaxScale, "most instances a service may ask for in one region")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")

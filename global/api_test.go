@@ -19,6 +19,13 @@ import (
 // raw sends a request with full control over headers and body.
 func raw(t testing.TB, h *harness, method, path, token, contentType string, body []byte, hdr ...string) (int, []byte) {
 	t.Helper()
+	status, _, b := rawHeader(t, h, method, path, token, contentType, body, hdr...)
+	return status, b
+}
+
+// rawHeader is raw answering the response's header too.
+func rawHeader(t testing.TB, h *harness, method, path, token, contentType string, body []byte, hdr ...string) (int, http.Header, []byte) {
+	t.Helper()
 	req, err := http.NewRequest(method, h.srv.URL()+path, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
@@ -38,7 +45,7 @@ func raw(t testing.TB, h *harness, method, path, token, contentType string, body
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, b
+	return resp.StatusCode, resp.Header, b
 }
 
 func TestQuickstartDeploysExampleToEveryRegion(t *testing.T) {

@@ -1,12 +1,9 @@
 package global
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base32"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -59,106 +56,6 @@ func listOf[T any](items []T, next string) api.List[T] {
 		items = []T{}
 	}
 	return api.List[T]{Items: items, NextPageToken: next}
-}
-
-// create runs fn in one write transaction and answers its result with
-// status. With an Idempotency-Key header the answer is stored in the same
-// transaction, and a retry with the same key replays it without running fn
-// again; the same key with a different request is refused.
-func (s *Server) create(w http.ResponseWriter, r *http.Request, body []byte, status int, fn func(ctx context.Context, tx store.Tx) (any, error)) error {
-	return s.createReplayable(w, r, body, status, false, fn)
-}
-
-// createSecret is create for answers that carry a secret shown once (a new
-// token's value): the answer kept for an Idempotency-Key is sealed under
-// the secret key, so the store never holds the secret in clear while a
-// retry still gets it back.
-func (s *Server) createSecret(w http.ResponseWriter, r *http.Request, body []byte, status int, fn func(ctx context.Context, tx store.Tx) (any, error)) error {
-	return s.createReplayable(w, r, body, status, true, fn)
-}
-
-// idempotencySealName is what a sealed idempotent answer is bound to.
-func idempotencySealName(key string) string { return "idempotency/" + key }
-
-func (s *Server) createReplayable(w http.ResponseWriter, r *http.Request, body []byte, status int, seal bool, fn func(ctx context.Context, tx store.Tx) (any, error)) error {
-	ctx := r.Context()
-	key := r.Header.Get("Idempotency-Key")
-	if key == "" {
-		var out any
-		err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
-			var err error
-			out, err = fn(ctx, tx)
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		writeJSON(w, status, out)
-		return nil
-	}
-	if len(key) > 255 {
-		return fieldErr("Idempotency-Key", "longer than 255 characters")
-	}
-	scope := callerOf(ctx).orgID
-	sum := sha256.Sum256(append([]byte(r.Method+" "+r.URL.Path+"\n"), body...))
-	errRace := errors.New("idempotency key taken concurrently")
-	for attempt := 0; ; attempt++ {
-		var rec store.Idempotency
-		var answer []byte
-		replay := false
-		err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
-			old, err := tx.GetIdempotency(ctx, scope, key)
-			if err == nil {
-				rec, replay = old, true
-				return nil
-			}
-			if !errors.Is(err, store.ErrNotFound) {
-				return err
-			}
-			out, err := fn(ctx, tx)
-			if err != nil {
-				return err
-			}
-			b, err := json.Marshal(out)
-			if err != nil {
-				return err
-			}
-			answer = b
-			if seal {
-				b = s.sealer.Seal(scope, idempotencySealName(key), b)
-			}
-			rec = store.Idempotency{OrgID: scope, Key: key, RequestHash: sum[:], Status: status, Body: b, CreatedAt: s.cfg.Now()}
-			if err := tx.PutIdempotency(ctx, rec); errors.Is(err, store.ErrConflict) {
-				return errRace
-			} else if err != nil {
-				return err
-			}
-			return nil
-		})
-		if errors.Is(err, errRace) && attempt < 3 {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if replay {
-			if !bytes.Equal(rec.RequestHash, sum[:]) {
-				return apiErr(http.StatusUnprocessableEntity, api.CodeConflict,
-					"Idempotency-Key %q was already used with a different request", key)
-			}
-			answer = rec.Body
-			if seal {
-				if answer, err = s.sealer.Open(scope, idempotencySealName(key), rec.Body); err != nil {
-					return fmt.Errorf("replaying Idempotency-Key %q: %w", key, err)
-				}
-			}
-			w.Header().Set("Idempotent-Replayed", "true")
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(rec.Status)
-		w.Write(append(answer, '\n'))
-		return nil
-	}
 }
 
 // list answers one page of a list read in a read-only transaction.
@@ -287,7 +184,7 @@ func (s *Server) createOrgToken(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return s.create(w, r, body, http.StatusCreated, func(ctx context.Context, tx store.Tx) (any, error) {
+	return s.createSecret(w, r, body, http.StatusCreated, func(ctx context.Context, tx store.Tx) (any, error) {
 		o, err := findOrg(ctx, tx, r.PathValue("org"))
 		if err != nil {
 			return nil, err
@@ -301,7 +198,7 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return s.create(w, r, body, http.StatusCreated, func(ctx context.Context, tx store.Tx) (any, error) {
+	return s.createSecret(w, r, body, http.StatusCreated, func(ctx context.Context, tx store.Tx) (any, error) {
 		return s.newToken(ctx, tx, callerOf(ctx).orgID, req.Name)
 	})
 }

@@ -26,13 +26,18 @@ type harness struct {
 	acme  *api.Client
 }
 
-func newHarness(t testing.TB, st store.Store) *harness {
+// newHarness starts a server on st; opts change its configuration.
+func newHarness(t testing.TB, st store.Store, opts ...func(*Config)) *harness {
 	t.Helper()
 	key, _ := base64.StdEncoding.DecodeString(NewSecretKey())
-	srv, err := Start(context.Background(), Config{
+	cfg := Config{
 		Listen: "127.0.0.1:0", Store: st, AdminToken: testAdminToken, SecretKey: key,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv, err := Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("start global: %v", err)
 	}
@@ -102,6 +107,8 @@ func readExample(t testing.TB) []byte {
 	return b
 }
 
-func forEachStore(t *testing.T, fn func(t *testing.T, h *harness)) {
-	storetest.Each(t, func(t *testing.T, st store.Store) { fn(t, newHarness(t, st)) })
+// forEachStore runs fn once per store kind, on a fresh harness configured
+// with opts.
+func forEachStore(t *testing.T, fn func(t *testing.T, h *harness), opts ...func(*Config)) {
+	storetest.Each(t, func(t *testing.T, st store.Store) { fn(t, newHarness(t, st, opts...)) })
 }

@@ -1,6 +1,7 @@
 package global
 
 import (
+	"fmt"
 	"net/http"
 	"reflect"
 	"regexp"
@@ -30,7 +31,7 @@ func (s *Server) openAPI() map[string]any {
 		}
 		if rt.Idempotent {
 			params = append(params, map[string]any{"name": "Idempotency-Key", "in": "header",
-				"description": "A retried request with the same key replays the first answer instead of creating again.",
+				"description": fmt.Sprintf("A retried request with the same key replays the first answer instead of creating again, for %s; past that the key is used anew.", shortDuration(s.cfg.IdempotencyTTL)),
 				"schema":      map[string]any{"type": "string", "maxLength": 255}})
 		}
 		if params != nil {

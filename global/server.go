@@ -15,6 +15,10 @@
 // status is computed from its regions. Leases in the store keep two
 // replicas from driving one deployment; a restarted replica resumes from
 // the store.
+//
+// The answers to creates with an Idempotency-Key are kept for
+// Config.IdempotencyTTL (those carrying a new token sealed under the
+// secret key); a janitor deletes expired ones.
 package global
 
 import (
@@ -59,6 +63,18 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+
+	// IdempotencyTTL is how long the answer to a request with an
+	// Idempotency-Key is replayed (default DefaultIdempotencyTTL, 24h;
+	// between MinIdempotencyTTL and MaxIdempotencyTTL). A request whose
+	// key's record is older is treated as new, its record replaced.
+	IdempotencyTTL time.Duration
+	// IdempotencySweep is how often the janitor deletes expired
+	// idempotency records (default DefaultIdempotencySweep, 5m).
+	IdempotencySweep time.Duration
+	// IdempotencySweepBatch bounds the records one delete statement of the
+	// janitor removes (default DefaultIdempotencySweepBatch, 1000).
+	IdempotencySweepBatch int
 
 	// RegionHTTP calls the regions: an *http.Client whose transport
 	// presents the global control plane's certificate (mutual TLS). Without
@@ -120,6 +136,9 @@ type Server struct {
 	errc    chan error
 	once    sync.Once
 
+	stopJanitor context.CancelFunc
+	janitorDone chan struct{}
+
 	smokeMu sync.Mutex
 	smoking map[string]bool // regions whose smoke test runs here
 }
@@ -151,6 +170,18 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.IdempotencyTTL == 0 {
+		cfg.IdempotencyTTL = DefaultIdempotencyTTL
+	}
+	if err := CheckIdempotencyTTL(cfg.IdempotencyTTL); err != nil {
+		return nil, fmt.Errorf("global: config: IdempotencyTTL: %w", err)
+	}
+	if cfg.IdempotencySweep <= 0 {
+		cfg.IdempotencySweep = DefaultIdempotencySweep
+	}
+	if cfg.IdempotencySweepBatch <= 0 {
+		cfg.IdempotencySweepBatch = DefaultIdempotencySweepBatch
 	}
 	if len(cfg.Spec.Catalogue.Types) == 0 {
 		cfg.Spec.Catalogue = spec.DefaultCatalogue()
@@ -226,6 +257,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		close(s.errc)
 	}()
 	s.engine.start()
+	jctx, stop := context.WithCancel(context.Background())
+	s.stopJanitor, s.janitorDone = stop, make(chan struct{})
+	go func() {
+		defer close(s.janitorDone)
+		s.janitor(jctx)
+	}()
 	close(s.ready)
 	s.log.Info("global control plane serving", "addr", ln.Addr().String(), "owner", cfg.Owner)
 	return s, nil
@@ -246,13 +283,15 @@ func (s *Server) Ready() <-chan struct{} { return s.ready }
 // Err reports a fatal serving error; it is closed when the server stops.
 func (s *Server) Err() <-chan error { return s.errc }
 
-// Close stops the rollout workers (releasing their leases, so another
-// replica resumes at once) and the API, waiting up to 5 s for requests in
-// flight. Rollout state is in the store: a new server on the same store
-// resumes where this one stopped.
+// Close stops the idempotency janitor, the rollout workers (releasing
+// their leases, so another replica resumes at once) and the API, waiting
+// up to 5 s for requests in flight. Rollout state is in the store: a new
+// server on the same store resumes where this one stopped.
 func (s *Server) Close() error {
 	var err error
 	s.once.Do(func() {
+		s.stopJanitor()
+		<-s.janitorDone
 		s.engine.stop()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -1,7 +1,8 @@
 // Package testutil holds what Meridian's tests share: a TestMain that
 // builds the demo app (and serves the process driver's shim), a quiet
-// logger, free loopback ports, bounded contexts, and polling a condition
-// against a deadline instead of sleeping and hoping.
+// logger, free loopback ports, bounded contexts, a buffer safe for
+// concurrent use, and polling a condition against a deadline instead of
+// sleeping and hoping.
 package testutil
 
 import (
