@@ -53,6 +53,12 @@ type Config struct {
 	APIListen string
 	// Logger receives dev's own progress logs.
 	Logger *slog.Logger
+	// FreeAddr picks a loopback address that is free now for a purpose
+	// ("global", "region <id>", "edge <location>", ...); default: the
+	// kernel's choice. Another program may take it before the component
+	// binds it: dev then starts that component again on another (tests
+	// provoke this through FreeAddr).
+	FreeAddr func(purpose string) (string, error)
 }
 
 // Component is one process of the installation, as dev.json lists it.
@@ -112,9 +118,10 @@ type Env struct {
 
 // proc is a child process.
 type proc struct {
-	comp Component
-	cmd  *exec.Cmd
-	done chan struct{}
+	comp    Component
+	cmd     *exec.Cmd
+	done    chan struct{}
+	logFrom int64 // the log's size when the process started
 }
 
 // Start brings the installation up and returns once dev.json is written.
@@ -202,8 +209,18 @@ func readOrCreate(path string, make func() string) (string, error) {
 	return v, os.WriteFile(path, []byte(v+"\n"), 0o600)
 }
 
-// freeAddr returns a loopback address whose port was free a moment ago.
-func freeAddr() (string, error) {
+// freeAddr returns a loopback address for a purpose from Config.FreeAddr,
+// or one whose port was free a moment ago.
+func (e *Env) freeAddr(purpose string) (string, error) {
+	if e.cfg.FreeAddr != nil {
+		return e.cfg.FreeAddr(purpose)
+	}
+	return kernelFreeAddr()
+}
+
+// kernelFreeAddr returns a loopback address whose port was free a moment
+// ago.
+func kernelFreeAddr() (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err
@@ -238,7 +255,7 @@ func (e *Env) start(ctx context.Context) error {
 		if ln != nil {
 			ln.Close()
 		}
-		if apiAddr, err = freeAddr(); err != nil {
+		if apiAddr, err = e.freeAddr("global"); err != nil {
 			return err
 		}
 	}
@@ -246,9 +263,13 @@ func (e *Env) start(ctx context.Context) error {
 		StateDir: e.cfg.StateDir, PKIDir: pkiDir}
 
 	// The global control plane.
-	if err := e.spawn(Component{Role: "global", Address: e.info.API, DataDir: e.path("global"), Args: []string{"global",
-		"--state-dir", e.path("global"), "--listen", apiAddr, "--domain", t.Domain,
-		"--pki", pkiDir, "--rollout-poll", "250ms"}}); err != nil {
+	spawnGlobal := func() (*proc, error) {
+		return e.spawnProc(Component{Role: "global", Address: e.info.API, DataDir: e.path("global"), Args: []string{"global",
+			"--state-dir", e.path("global"), "--listen", apiAddr, "--domain", t.Domain,
+			"--pki", pkiDir, "--rollout-poll", "250ms"}})
+	}
+	globalProc, err := spawnGlobal()
+	if err != nil {
 		return err
 	}
 	// The regions.
@@ -257,7 +278,7 @@ func (e *Env) start(ctx context.Context) error {
 	spawnRegion := func(r RegionTopo) error {
 		addrs := make([]string, 3)
 		for i := range addrs {
-			if addrs[i], err = freeAddr(); err != nil {
+			if addrs[i], err = e.freeAddr("region " + r.ID); err != nil {
 				return err
 			}
 		}
@@ -281,7 +302,24 @@ func (e *Env) start(ctx context.Context) error {
 	}
 	anon := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: pki.ClientConfig(nil, root.Pool(), pki.AllowKinds(pki.KindServer))}}
-	if err := waitHTTP(ctx, http.DefaultClient, e.info.API+"/healthz", 30*time.Second); err != nil {
+	// Nothing started so far calls global: when the port picked for it was
+	// taken meanwhile, it starts again on another.
+	for attempt := 0; ; attempt++ {
+		err := waitHTTP(ctx, probeClient, e.info.API+"/healthz", 30*time.Second, globalProc.done)
+		if err == nil {
+			break
+		}
+		if attempt < 3 && e.portClash(globalProc) {
+			if apiAddr, err = e.freeAddr("global"); err != nil {
+				return err
+			}
+			e.log.Warn("global's port was taken meanwhile; starting it again on another", "address", apiAddr)
+			e.info.API = "http://" + apiAddr
+			if globalProc, err = spawnGlobal(); err != nil {
+				return err
+			}
+			continue
+		}
 		return fmt.Errorf("dev: global did not come up (see %s): %w", e.path("logs", "global.log"), err)
 	}
 	for _, r := range t.Regions {
@@ -319,7 +357,7 @@ func (e *Env) start(ctx context.Context) error {
 					"--millicpu", strconv.Itoa(t.Machine.MilliCPU), "--memory-mb", strconv.Itoa(t.Machine.MemoryMB),
 					"--port-min", strconv.Itoa(portBase), "--port-max", strconv.Itoa(portBase + 199)}
 				portBase += 200
-				meshAddr, err := freeAddr()
+				meshAddr, err := e.freeAddr("agent " + name)
 				if err != nil {
 					return err
 				}
@@ -459,6 +497,12 @@ func meshNetBase(t Topology) int {
 // port).
 func (e *Env) startEdges(ctx context.Context, root *pki.CA, tokenFile string) error {
 	t := e.cfg.Topology
+	type edgeStart struct {
+		location string
+		p        *proc
+		spawn    func(fresh bool) (*proc, error)
+	}
+	var edges []edgeStart
 	for i, ed := range t.Edges {
 		dir := filepath.Join(e.info.PKIDir, "edges", ed.Location)
 		if _, err := edge.LoadIdentity(dir); err != nil {
@@ -466,39 +510,54 @@ func (e *Env) startEdges(ctx context.Context, root *pki.CA, tokenFile string) er
 				return fmt.Errorf("dev: edge %s certificate: %w", ed.Location, err)
 			}
 		}
-		listen, err := e.edgePort(8000 + i)
-		if err != nil {
-			return err
-		}
-		tlsListen, err := e.edgePort(8443 + i)
-		if err != nil {
-			return err
-		}
-		admin, err := freeAddr()
-		if err != nil {
-			return err
-		}
-		c := Component{Role: "edge", Location: ed.Location, Address: "http://" + listen, TLSAddress: "https://" + tlsListen,
-			Admin: "http://" + admin, DataDir: e.path("edges", ed.Location), Args: []string{"edge", "--location", ed.Location,
-				"--lat", strconv.FormatFloat(ed.Latitude, 'f', -1, 64), "--lon", strconv.FormatFloat(ed.Longitude, 'f', -1, 64),
-				"--listen", listen, "--tls-listen", tlsListen, "--tls-from-pki", "--admin-listen", admin, "--pki-dir", dir, "--domain", t.Domain,
-				"--global", e.info.API, "--global-token-file", tokenFile,
-				"--state-dir", e.path("edges", ed.Location)}}
-		if err := e.spawn(c); err != nil {
-			return err
-		}
-	}
-	for _, ed := range t.Edges {
-		var admin string
-		e.mu.Lock()
-		for _, p := range e.procs {
-			if p.comp.Role == "edge" && p.comp.Location == ed.Location {
-				admin = p.comp.Admin
+		spawnEdge := func(fresh bool) (*proc, error) {
+			pick := func(port int) (string, error) {
+				if fresh {
+					return e.freeAddr("edge " + ed.Location)
+				}
+				return e.edgePort(port, "edge "+ed.Location)
 			}
+			listen, err := pick(8000 + i)
+			if err != nil {
+				return nil, err
+			}
+			tlsListen, err := pick(8443 + i)
+			if err != nil {
+				return nil, err
+			}
+			admin, err := e.freeAddr("edge " + ed.Location + " admin")
+			if err != nil {
+				return nil, err
+			}
+			return e.spawnProc(Component{Role: "edge", Location: ed.Location, Address: "http://" + listen, TLSAddress: "https://" + tlsListen,
+				Admin: "http://" + admin, DataDir: e.path("edges", ed.Location), Args: []string{"edge", "--location", ed.Location,
+					"--lat", strconv.FormatFloat(ed.Latitude, 'f', -1, 64), "--lon", strconv.FormatFloat(ed.Longitude, 'f', -1, 64),
+					"--listen", listen, "--tls-listen", tlsListen, "--tls-from-pki", "--admin-listen", admin, "--pki-dir", dir, "--domain", t.Domain,
+					"--global", e.info.API, "--global-token-file", tokenFile,
+					"--state-dir", e.path("edges", ed.Location)}})
 		}
-		e.mu.Unlock()
-		if err := waitHTTP(ctx, http.DefaultClient, admin+"/readyz", 30*time.Second); err != nil {
-			return fmt.Errorf("dev: edge %s did not get the regions' routes (see %s): %w", ed.Location, e.path("logs", "edge-"+ed.Location+".log"), err)
+		p, err := spawnEdge(false)
+		if err != nil {
+			return err
+		}
+		edges = append(edges, edgeStart{ed.Location, p, spawnEdge})
+	}
+	// Each edge is ready once it has the regions' routes; one whose port
+	// was taken meanwhile starts again on free ones.
+	for _, es := range edges {
+		for attempt := 0; ; attempt++ {
+			err := waitHTTP(ctx, probeClient, es.p.comp.Admin+"/readyz", 30*time.Second, es.p.done)
+			if err == nil {
+				break
+			}
+			if attempt < 3 && e.portClash(es.p) {
+				e.log.Warn("an edge's port was taken meanwhile; starting it again on free ones", "edge", es.location)
+				if es.p, err = es.spawn(true); err != nil {
+					return err
+				}
+				continue
+			}
+			return fmt.Errorf("dev: edge %s did not get the regions' routes (see %s): %w", es.location, e.path("logs", "edge-"+es.location+".log"), err)
 		}
 	}
 	return nil
@@ -506,14 +565,14 @@ func (e *Env) startEdges(ctx context.Context, root *pki.CA, tokenFile string) er
 
 // edgePort returns 127.0.0.1:port when that port is free (and the API
 // did not take a free port, as tests do), else a free one.
-func (e *Env) edgePort(port int) (string, error) {
+func (e *Env) edgePort(port int, purpose string) (string, error) {
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	if strings.HasSuffix(e.cfg.APIListen, ":0") {
-		return freeAddr()
+		return e.freeAddr(purpose)
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return freeAddr()
+		return e.freeAddr(purpose)
 	}
 	ln.Close()
 	return addr, nil
@@ -677,8 +736,8 @@ func waitFor(ctx context.Context, within time.Duration, cond func() error) error
 	deadline := time.Now().Add(within)
 	var err error
 	for time.Now().Before(deadline) {
-		if err = cond(); err == nil {
-			return nil
+		if err = cond(); err == nil || errors.Is(err, errExited) {
+			return err // up, or gone: no use waiting
 		}
 		select {
 		case <-ctx.Done():
@@ -688,6 +747,10 @@ func waitFor(ctx context.Context, within time.Duration, cond func() error) error
 	}
 	return err
 }
+
+// probeClient asks components whether they are up; a request never hangs
+// (the address may belong to another program that does not answer).
+var probeClient = &http.Client{Timeout: 2 * time.Second}
 
 // waitHTTP waits until url answers 200, or a process it depends on exits
 // (exited, when given).
@@ -724,7 +787,7 @@ func (e *Env) portClash(p *proc) bool {
 		return false
 	}
 	log, _ := os.ReadFile(p.comp.Log)
-	if !strings.Contains(string(log), "address already in use") {
+	if int64(len(log)) < p.logFrom || !strings.Contains(string(log[p.logFrom:]), "address already in use") {
 		return false
 	}
 	e.mu.Lock()
@@ -760,6 +823,10 @@ func (e *Env) spawnProc(c Component) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}
+	var logFrom int64
+	if fi, err := logf.Stat(); err == nil {
+		logFrom = fi.Size()
+	}
 	cmd := exec.Command(e.cfg.Binary, c.Args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "PATH="+strings.Join(append(e.cfg.PathDirs, os.Getenv("PATH")), ":"))
@@ -771,7 +838,7 @@ func (e *Env) spawnProc(c Component) (*proc, error) {
 		return nil, fmt.Errorf("dev: starting %s: %w", name, err)
 	}
 	c.PID = cmd.Process.Pid
-	p := &proc{comp: c, cmd: cmd, done: make(chan struct{})}
+	p := &proc{comp: c, cmd: cmd, done: make(chan struct{}), logFrom: logFrom}
 	go func() {
 		err := cmd.Wait()
 		logf.Close()
