@@ -41,6 +41,9 @@ type AgentConfig struct {
 	// MeshNet and MeshPort turn the agent's mesh on (empty: off).
 	MeshNet  string `json:"mesh_net,omitempty"`
 	MeshPort int    `json:"mesh_port,omitempty"`
+	// MeshUnverifiedCallers lets the bench process call service
+	// addresses on behalf of an instance (MeshConfig.UnverifiedCallers).
+	MeshUnverifiedCallers bool `json:"mesh_unverified_callers,omitempty"`
 }
 
 // Maybe runs the role named by RoleEnv and exits; without one it returns.
@@ -75,7 +78,7 @@ func runAgent() int {
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
 	if c.MeshNet != "" {
-		cfg.Mesh = &agent.MeshConfig{Net: c.MeshNet, Port: c.MeshPort}
+		cfg.Mesh = &agent.MeshConfig{Net: c.MeshNet, Port: c.MeshPort, UnverifiedCallers: c.MeshUnverifiedCallers}
 	}
 	a, err := agent.Start(ctx, cfg)
 	if err != nil {

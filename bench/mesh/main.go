@@ -309,7 +309,10 @@ func (b *bench) startAgent(regionID, dc, machine string, octet, portMin int) (*a
 	cfg := benchproc.AgentConfig{Region: regionID, RegionURLs: []string{b.regions[regionID].URL()}, JoinToken: tok.Value,
 		RootsFile: b.roots, TrustDomain: trustDomain, DataDir: filepath.Join(b.tmp, "agent-"+machine), Machine: machine,
 		Datacenter: dc, PortMin: portMin, PortMax: portMin + 999, ShimPath: b.shim,
-		MeshNet: fmt.Sprintf("127.%d.0.0/16", octet)}
+		MeshNet: fmt.Sprintf("127.%d.0.0/16", octet),
+		// This process resolves and calls on behalf of the caller
+		// instance, so the agents carry calls from any local process.
+		MeshUnverifiedCallers: true}
 	js, _ := json.Marshal(cfg)
 	cmd := exec.Command(b.bin)
 	cmd.Env = append(os.Environ(), benchproc.RoleEnv+"=agent", benchproc.ConfigEnv+"="+string(js))
