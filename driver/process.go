@@ -76,7 +76,12 @@ func NewProcess(cfg ProcessConfig) (*Process, error) {
 		return nil, fmt.Errorf("process driver: DataDir: %w", err)
 	}
 	cfg.DataDir = dir
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// Instances' specs hold their secrets' values, their logs whatever
+	// they print: only the agent's user may read them.
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("process driver: DataDir: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil { // made by an older version, or by hand
 		return nil, fmt.Errorf("process driver: DataDir: %w", err)
 	}
 	if cfg.ShimPath == "" {
@@ -206,7 +211,10 @@ func (p *Process) start(ctx context.Context, spec Spec) (_ *processHandle, err e
 	if spec.LogMaxBytes == 0 {
 		spec.LogMaxBytes = DefaultLogMaxBytes
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create instance directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create instance directory: %w", err)
 	}
 	if spec.WorkDir == "" {
@@ -239,7 +247,7 @@ func (p *Process) start(ctx context.Context, spec Spec) (_ *processHandle, err e
 		}
 	}
 
-	shimLog, err := os.OpenFile(filepath.Join(dir, fileShim), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	shimLog, err := os.OpenFile(filepath.Join(dir, fileShim), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open shim log: %w", err)
 	}

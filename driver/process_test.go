@@ -149,6 +149,34 @@ func TestWorkDirAndPathLookup(t *testing.T) {
 	}
 }
 
+// TestFilesArePrivate: an instance's spec (which holds its secrets'
+// values) and its logs are readable by the agent's user only, and so are
+// the directories holding them.
+func TestFilesArePrivate(t *testing.T) {
+	dataDir := filepath.Join(t.TempDir(), "instances")
+	if err := os.MkdirAll(dataDir, 0o755); err != nil { // as an older version left it
+		t.Fatal(err)
+	}
+	p := newTestDriver(t, ProcessConfig{DataDir: dataDir})
+	spec := Spec{ID: uniqueID(t, "private"), Command: []string{testExe(t), "info"},
+		Env: []string{workloadEnv + "=1", raceEnv, "DB_PASSWORD=hunter2"}}
+	h := start(t, p, spec)
+	if es := wait(t, h); !es.Success() {
+		t.Fatalf("exit %v", es)
+	}
+	dir := filepath.Join(dataDir, spec.ID)
+	for path, want := range map[string]os.FileMode{dataDir: 0o700, dir: 0o700, filepath.Join(dir, fileSpec): 0o600,
+		filepath.Join(dir, fileShim): 0o600, h.LogPath(): 0o600} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fi.Mode().Perm(); got != want {
+			t.Errorf("%s: mode %v, want %v", path, got, want)
+		}
+	}
+}
+
 func TestStartErrors(t *testing.T) {
 	p := newTestDriver(t, ProcessConfig{})
 	notExec := filepath.Join(t.TempDir(), "data")
