@@ -98,6 +98,13 @@ type Config struct {
 	// DataDir/instances (its shim is /proc/self/exe: call
 	// driver.MaybeRunShim first thing in main).
 	Driver driver.Driver
+	// InstanceUIDBase, when not 0, runs every service's instances as an
+	// unprivileged user and group of their own, InstanceUIDBase + n (n
+	// from 1, per service, kept in DataDir): they cannot read the agent's
+	// files, other instances' or each other's. Their programs must be
+	// readable and executable by those users. 0 runs instances as the
+	// agent's user.
+	InstanceUIDBase uint32
 	// ShimPath is the shim binary of the default driver (default
 	// /proc/self/exe). A small dedicated shim (driver/meridian-shim) keeps
 	// each instance's overhead lower than re-executing a large binary.
@@ -155,6 +162,7 @@ type Agent struct {
 	log   *slog.Logger
 	clock supervise.Clock
 	drv   driver.Driver
+	uids  *serviceUIDs // nil: instances run as the agent's user
 	id    *identity
 	rc    *regionClients
 	ports *portAllocator
@@ -222,6 +230,11 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 			lock.Close()
 		}
 	}()
+	if cfg.InstanceUIDBase != 0 {
+		if a.uids, err = loadServiceUIDs(cfg.DataDir, cfg.InstanceUIDBase); err != nil {
+			return nil, err
+		}
+	}
 	a.drv = cfg.Driver
 	if a.drv == nil {
 		p, err := driver.NewProcess(driver.ProcessConfig{DataDir: filepath.Join(cfg.DataDir, "instances"),
@@ -314,6 +327,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.PortMin < 1 || c.PortMax > 65535 || c.PortMin > c.PortMax {
 		bad("PortMin..PortMax %d..%d is not a port range", c.PortMin, c.PortMax)
+	}
+	if c.InstanceUIDBase != 0 && (c.InstanceUIDBase < 1000 || c.InstanceUIDBase > 1<<31) {
+		bad("InstanceUIDBase %d: want 0 (off) or an unused range from 1000 to 2^31", c.InstanceUIDBase)
 	}
 	if c.Mesh != nil {
 		mc := *c.Mesh

@@ -474,6 +474,11 @@ func (a *Agent) buildSpec(as regionapi.Assignment, ports map[int]int) (driver.Sp
 	if spec.ResolvConf, err = a.meshResolvConf(as.ID, as.Org, as.App, as.ServiceName); err != nil {
 		return spec, err
 	}
+	if a.uids != nil {
+		if spec.User, err = a.uids.user(regionapi.ServiceKey(as.Org, as.App, as.ServiceName)); err != nil {
+			return spec, err
+		}
+	}
 	return spec, nil
 }
 

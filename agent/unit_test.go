@@ -14,11 +14,13 @@ import (
 )
 
 func TestConfigErrors(t *testing.T) {
-	_, err := Start(context.Background(), Config{Region: "Bad Region", RegionURLs: []string{"http://x"}, Address: "nope", PortMin: 10, PortMax: 5})
+	_, err := Start(context.Background(), Config{Region: "Bad Region", RegionURLs: []string{"http://x"}, Address: "nope", PortMin: 10, PortMax: 5,
+		InstanceUIDBase: 5})
 	if err == nil {
 		t.Fatal("bad config accepted")
 	}
-	for _, want := range []string{"Region", "Name", "Datacenter", `RegionURLs[0] "http://x"`, "Roots", "DataDir", `Address "nope"`, "PortMin..PortMax 10..5"} {
+	for _, want := range []string{"Region", "Name", "Datacenter", `RegionURLs[0] "http://x"`, "Roots", "DataDir", `Address "nope"`, "PortMin..PortMax 10..5",
+		"InstanceUIDBase 5"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not name %s", err, want)
 		}

@@ -92,6 +92,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.StringVar(&meshNetArg, "mesh-net", agent.DefaultMeshNet, "loopback /16 for the mesh's DNS servers and service addresses (distinct per agent on one host), or off")
 	f.IntVar(&meshPort, "mesh-port", agent.DefaultMeshPort, "node proxy port (mutual TLS) on --address; 0 picks a free one")
 	f.IntVar(&meshDNSPort, "mesh-dns-port", agent.DefaultMeshDNSPort, "port of the mesh's DNS servers (instances' resolv.conf needs 53)")
+	f.Uint32Var(&cfg.InstanceUIDBase, "instance-uid-base", 0, "run each service's instances as its own unprivileged user, uid and gid BASE+1, BASE+2, ... (0: as the agent's user); their programs must be readable and executable by those users")
 	f.BoolVar(&meshUnverified, "mesh-unverified-callers", false, "carry connections to a service address from any local process, not only from that service's instances (machines that run nothing else)")
 	f.StringArrayVar(&meshUpstreams, "mesh-upstream", nil, "resolver (ip:port) for names outside .internal (repeatable; default: the host's /etc/resolv.conf)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")

@@ -112,7 +112,26 @@ type Spec struct {
 	// file, so it takes at most twice this on disk. 0 means
 	// DefaultLogMaxBytes.
 	LogMaxBytes int64 `json:"log_max_bytes,omitempty"`
+	// User, when set, runs the workload as this unprivileged user and
+	// group (its shim stays root): it cannot read the agent's files or
+	// other instances'. Its default working directory is then its own and
+	// appears inside it at UserWorkDir.
+	User *User `json:"user,omitempty"`
+	// MountedWorkDir is where WorkDir appears inside the instance, when
+	// the runtime mounts it elsewhere (set by the runtime, not by callers).
+	MountedWorkDir string `json:"mounted_work_dir,omitempty"`
 }
+
+// User is an unprivileged user and group id to run a workload as.
+type User struct {
+	UID uint32 `json:"uid"`
+	GID uint32 `json:"gid"`
+}
+
+// UserWorkDir is where a workload run as a User finds its default working
+// directory (a bind mount in its mount namespace: the agent's data
+// directory, which holds it, is closed to the workload).
+const UserWorkDir = "/run/meridian-work"
 
 // DefaultLogMaxBytes is the log bound of a Spec that sets none.
 const DefaultLogMaxBytes = 4 << 20
@@ -150,6 +169,9 @@ func (s Spec) Validate() error {
 	}
 	if s.WorkDir != "" && !strings.HasPrefix(s.WorkDir, "/") {
 		return fmt.Errorf("spec.work_dir: %q is not an absolute path", s.WorkDir)
+	}
+	if s.User != nil && (s.User.UID == 0 || s.User.GID == 0) {
+		return fmt.Errorf("spec.user: uid %d, gid %d: root is not an unprivileged user", s.User.UID, s.User.GID)
 	}
 	return nil
 }

@@ -217,11 +217,27 @@ func (p *Process) start(ctx context.Context, spec Spec) (_ *processHandle, err e
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create instance directory: %w", err)
 	}
-	if spec.WorkDir == "" {
+	defaultWork := spec.WorkDir == ""
+	if defaultWork {
 		spec.WorkDir = filepath.Join(dir, dirWork)
 	}
 	if err := os.MkdirAll(spec.WorkDir, 0o755); err != nil {
 		return nil, fmt.Errorf("spec.work_dir: %w", err)
+	}
+	spec.MountedWorkDir = ""
+	if spec.User != nil && defaultWork {
+		// The workload's own directory, shown to it at UserWorkDir (the
+		// instance directory around it is closed to it).
+		if err := os.MkdirAll(UserWorkDir, 0o755); err != nil {
+			return nil, fmt.Errorf("spec.user: mount point %s: %w", UserWorkDir, err)
+		}
+		if err := os.Chown(spec.WorkDir, int(spec.User.UID), int(spec.User.GID)); err != nil {
+			return nil, fmt.Errorf("spec.user: %w", err)
+		}
+		if err := os.Chmod(spec.WorkDir, 0o700); err != nil {
+			return nil, fmt.Errorf("spec.user: %w", err)
+		}
+		spec.MountedWorkDir = UserWorkDir
 	}
 	if spec.ResolvConf != "" {
 		if _, err := os.Stat("/etc/resolv.conf"); err != nil {

@@ -177,6 +177,59 @@ func TestFilesArePrivate(t *testing.T) {
 	}
 }
 
+// TestRunAsUser: a workload with a User runs as that user, in its own
+// working directory (mounted at UserWorkDir, writable by it), and cannot
+// read its own instance's spec, which holds its secrets' values; root is
+// refused as a User.
+func TestRunAsUser(t *testing.T) {
+	dataDir := t.TempDir()
+	p := newTestDriver(t, ProcessConfig{DataDir: dataDir})
+	// The workload binary where the user can reach it (the test's own
+	// directories are closed to other users).
+	binDir, err := os.MkdirTemp("", "meridian-user-bin-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(binDir) })
+	exe, err := os.ReadFile(testExe(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wl := filepath.Join(binDir, "wl")
+	if err := os.WriteFile(wl, exe, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(binDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	id := uniqueID(t, "user")
+	user := &User{UID: 4000123, GID: 4000123}
+	spec := Spec{ID: id, Command: []string{wl, "info"}, User: user,
+		Env: []string{workloadEnv + "=1", raceEnv, "PROBE_PATH=" + filepath.Join(dataDir, id, fileSpec)}}
+	h := start(t, p, spec)
+	if es := wait(t, h); !es.Success() {
+		t.Fatalf("exit %v: %v", es, readLog(t, h.LogPath()))
+	}
+	var wi workloadInfo
+	e := waitLog(t, h.LogPath(), func(e LogEntry) bool { return strings.HasPrefix(e.Text, "{") })
+	if err := json.Unmarshal([]byte(e.Text), &wi); err != nil {
+		t.Fatal(err)
+	}
+	if wi.UID != int(user.UID) || wi.Cwd != UserWorkDir || !wi.CwdWritable {
+		t.Fatalf("uid %d, cwd %q (writable %v); want uid %d in a writable %s", wi.UID, wi.Cwd, wi.CwdWritable, user.UID, UserWorkDir)
+	}
+	if !strings.Contains(wi.ProbeErr, "permission denied") {
+		t.Fatalf("the workload read its spec (error %q)", wi.ProbeErr)
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, id, dirWork, "written-by-workload")); err != nil {
+		t.Fatalf("the file the workload wrote is not in its working directory: %v", err)
+	}
+	if _, err := p.Start(bgCtx(), Spec{ID: uniqueID(t, "root"), Command: []string{wl}, User: &User{UID: 0, GID: 0}}); err == nil ||
+		!strings.Contains(err.Error(), "spec.user") {
+		t.Fatalf("root as a User: %v, want an error naming spec.user", err)
+	}
+}
+
 func TestStartErrors(t *testing.T) {
 	p := newTestDriver(t, ProcessConfig{})
 	notExec := filepath.Join(t.TempDir(), "data")

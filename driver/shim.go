@@ -136,11 +136,19 @@ func runShim(dir string) int {
 		return fail("%v", err)
 	}
 	argv := append(append([]string{}, spec.Command...), spec.Args...)
+	sys := &syscall.SysProcAttr{Setsid: true}
+	if spec.User != nil {
+		sys.Credential = &syscall.Credential{Uid: spec.User.UID, Gid: spec.User.GID, Groups: []uint32{}}
+	}
+	workDir := spec.WorkDir
+	if spec.MountedWorkDir != "" {
+		workDir = spec.MountedWorkDir
+	}
 	child, err := syscall.ForkExec(prog, argv, &syscall.ProcAttr{
-		Dir:   spec.WorkDir,
+		Dir:   workDir,
 		Env:   spec.Env,
 		Files: []uintptr{devnull.Fd(), uintptr(outW), uintptr(errW)},
-		Sys:   &syscall.SysProcAttr{Setsid: true},
+		Sys:   sys,
 	})
 	syscall.Close(outW)
 	syscall.Close(errW)
@@ -251,6 +259,11 @@ func shimSetup(dir string, spec Spec) error {
 	}
 	if err := syscall.Sethostname([]byte(spec.Hostname)); err != nil {
 		return fmt.Errorf("spec.hostname: %w", err)
+	}
+	if spec.MountedWorkDir != "" {
+		if err := syscall.Mount(spec.WorkDir, spec.MountedWorkDir, "", syscall.MS_BIND, ""); err != nil {
+			return fmt.Errorf("spec.user: bind-mount the working directory on %s: %w", spec.MountedWorkDir, err)
+		}
 	}
 	if err := os.Chdir(spec.WorkDir); err != nil {
 		return fmt.Errorf("spec.work_dir: %w", err)

@@ -42,6 +42,11 @@ type workloadInfo struct {
 	Env      []string `json:"env"`
 	Cwd      string   `json:"cwd"`
 	ProcPids []int    `json:"proc_pids"`
+	UID      int      `json:"uid"`
+	// CwdWritable says a file could be created in the working directory;
+	// ProbeErr is the error reading the file named by $PROBE_PATH.
+	CwdWritable bool   `json:"cwd_writable"`
+	ProbeErr    string `json:"probe_err,omitempty"`
 }
 
 func runWorkload(args []string) int {
@@ -62,6 +67,13 @@ func runWorkload(args []string) int {
 		for _, e := range ents {
 			if p, err := strconv.Atoi(e.Name()); err == nil {
 				wi.ProcPids = append(wi.ProcPids, p)
+			}
+		}
+		wi.UID = os.Getuid()
+		wi.CwdWritable = os.WriteFile("written-by-workload", []byte("x"), 0o600) == nil
+		if p := os.Getenv("PROBE_PATH"); p != "" {
+			if _, err := os.ReadFile(p); err != nil {
+				wi.ProbeErr = err.Error()
 			}
 		}
 		out, _ := json.Marshal(wi)

@@ -36,6 +36,11 @@ func Main(m *testing.M, paths map[string]*string) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	// Reachable by instances that run as unprivileged users.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	root, err := moduleRoot()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
