@@ -21,7 +21,9 @@ import (
 // slot's instances — the instance's top process or any of its
 // descendants — holds that socket. Only then does the slot's workload
 // certificate speak for it. The check costs one netlink round trip and a
-// scan of the instance processes' file descriptors, once per connection.
+// scan of the instance processes' file descriptors, once per connection;
+// when instances run as their service's own user (Config.InstanceUIDBase)
+// the socket's owner, from the same lookup, settles it.
 
 // maxCallerProcs bounds the processes scanned for one connection.
 const maxCallerProcs = 4096
@@ -29,35 +31,42 @@ const maxCallerProcs = 4096
 // errNotACaller is a connection no instance of the slot made.
 var errNotACaller = errors.New("the connection does not come from an instance of this service")
 
-// callerSocket returns the inode of the socket at the other end of an
-// accepted loopback connection: one exact sock_diag lookup (not a dump,
-// which walks every socket of the machine).
-func callerSocket(c net.Conn) (uint32, error) {
+// diagSocket is what sock_diag says of a socket.
+type diagSocket struct{ uid, inode uint32 }
+
+// callerSocket returns the owner and inode of the socket at the other end
+// of an accepted loopback connection: one exact sock_diag lookup (not a
+// dump, which walks every socket of the machine).
+func callerSocket(c net.Conn) (diagSocket, error) {
 	remote, ok1 := c.RemoteAddr().(*net.TCPAddr)
 	local, ok2 := c.LocalAddr().(*net.TCPAddr)
 	if !ok1 || !ok2 || remote.IP.To4() == nil || local.IP.To4() == nil {
-		return 0, fmt.Errorf("sock_diag: %s -> %s is not an IPv4 TCP connection", c.RemoteAddr(), c.LocalAddr())
+		return diagSocket{}, fmt.Errorf("sock_diag: %s -> %s is not an IPv4 TCP connection", c.RemoteAddr(), c.LocalAddr())
 	}
 	req := nl.NewNetlinkRequest(nl.SOCK_DIAG_BY_FAMILY, 0)
 	req.AddData(&diagRequest{src: remote, dst: local})
 	msgs, err := req.Execute(unix.NETLINK_INET_DIAG, nl.SOCK_DIAG_BY_FAMILY)
 	if err != nil {
-		return 0, fmt.Errorf("sock_diag for %s: %w", remote, err)
+		return diagSocket{}, fmt.Errorf("sock_diag for %s: %w", remote, err)
 	}
 	if len(msgs) != 1 || len(msgs[0]) < diagMsgInode+4 {
-		return 0, fmt.Errorf("sock_diag for %s: %d answers", remote, len(msgs))
+		return diagSocket{}, fmt.Errorf("sock_diag for %s: %d answers", remote, len(msgs))
 	}
-	return nl.NativeEndian().Uint32(msgs[0][diagMsgInode:]), nil
+	m := msgs[0]
+	return diagSocket{uid: nl.NativeEndian().Uint32(m[diagMsgUID:]), inode: nl.NativeEndian().Uint32(m[diagMsgInode:])}, nil
 }
 
 // diagRequest is an inet_diag_req_v2 naming one IPv4 TCP socket by its
 // address pair (linux/inet_diag.h).
 type diagRequest struct{ src, dst *net.TCPAddr }
 
-// diagMsgInode is the offset of idiag_inode in an inet_diag_msg: family,
-// state, timer, retrans (4 bytes), the socket id (48), expires, rqueue,
-// wqueue, uid (16).
-const diagMsgInode = 4 + 48 + 16
+// diagMsgUID and diagMsgInode are the offsets of idiag_uid and
+// idiag_inode in an inet_diag_msg: family, state, timer, retrans (4
+// bytes), the socket id (48), expires, rqueue, wqueue (12), uid, inode.
+const (
+	diagMsgUID   = 4 + 48 + 12
+	diagMsgInode = diagMsgUID + 4
+)
 
 func (r *diagRequest) Len() int { return 56 }
 
@@ -80,10 +89,21 @@ func (m *mesh) verifyCaller(c net.Conn, s *slot) error {
 	if m.cfg.UnverifiedCallers {
 		return nil
 	}
-	inode, err := callerSocket(c)
+	sock, err := callerSocket(c)
 	if err != nil {
 		return err
 	}
+	if m.d.ServiceUID != nil {
+		// Instances run as their service's own user: the socket's owner
+		// answers at once.
+		if uid, ok := m.d.ServiceUID(s.key); ok {
+			if sock.uid == uid {
+				return nil
+			}
+			return fmt.Errorf("%w (the socket belongs to uid %d, the service runs as %d)", errNotACaller, sock.uid, uid)
+		}
+	}
+	inode := sock.inode
 	var roots []int
 	m.mu.Lock()
 	for inst, key := range m.owner {

@@ -56,18 +56,21 @@ func inodeOf(t testing.TB, c net.Conn) uint32 {
 }
 
 // TestCallerSocket: from the accepted end, the kernel names the dialing
-// socket (not the accepted one), and this process is found holding it;
-// another process tree is not.
+// socket (not the accepted one) and its owner, and this process is found
+// holding it; another process tree is not.
 func TestCallerSocket(t *testing.T) {
 	d, a := loopbackPair(t)
 	got, err := callerSocket(a)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := inodeOf(t, d); got != want {
-		t.Fatalf("callerSocket = %d, want the dialing socket's inode %d (accepted: %d)", got, want, inodeOf(t, a))
+	if want := inodeOf(t, d); got.inode != want {
+		t.Fatalf("callerSocket = inode %d, want the dialing socket's %d (accepted: %d)", got.inode, want, inodeOf(t, a))
 	}
-	target := "socket:[" + strconv.FormatUint(uint64(got), 10) + "]"
+	if got.uid != uint32(os.Getuid()) {
+		t.Fatalf("callerSocket = uid %d, want this process's %d", got.uid, os.Getuid())
+	}
+	target := "socket:[" + strconv.FormatUint(uint64(got.inode), 10) + "]"
 	if !processTreeHolds([]int{os.Getpid()}, target) {
 		t.Fatal("this process does not hold the socket it dialed")
 	}
@@ -102,11 +105,11 @@ func BenchmarkVerifyCaller(b *testing.B) {
 	fds, _ := os.ReadDir("/proc/self/fd")
 	b.ReportMetric(float64(len(fds)), "fds")
 	for b.Loop() {
-		inode, err := callerSocket(a)
+		sock, err := callerSocket(a)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if !processTreeHolds(pid, fmt.Sprintf("socket:[%d]", inode)) {
+		if !processTreeHolds(pid, fmt.Sprintf("socket:[%d]", sock.inode)) {
 			b.Fatal("not found")
 		}
 	}

@@ -244,6 +244,9 @@ type meshDeps struct {
 	// PID is the host pid of a running instance's top process (0: not
 	// running); the processes under it are the instance's callers.
 	PID func(instance string) int
+	// ServiceUID is the user a service's instances run as, when they run
+	// as their own (nil or false: as the agent's user).
+	ServiceUID func(service string) (uint32, bool)
 	// Feed streams the merged feed until ctx ends (reconnecting itself).
 	// Nil: tests call setFeed.
 	Feed func(ctx context.Context, fn func(regionapi.Feed)) error

@@ -21,6 +21,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -671,7 +672,8 @@ func TestMeshRefusesOtherOrganizations(t *testing.T) {
 // descendant, found through the kernel's socket table): another process
 // of the machine that connects to it is refused and logged; the instance's
 // own process tree gets through. With UnverifiedCallers any process
-// passes.
+// passes; where services run as their own users, the socket's owner
+// decides.
 func TestMeshVerifiesCallers(t *testing.T) {
 	p := newMeshPair(t)
 	b1, _ := backend(t, "b-fra1")
@@ -724,6 +726,25 @@ func TestMeshVerifiesCallers(t *testing.T) {
 	src.m.setFeed(regionapi.Feed{Region: "fra", Services: []regionapi.FeedService{service("acme", "shop", "b", dst.endpoint("b-2", true))}})
 	if got := mustGet(t, resolveA(t, src.caller("a-2", "acme", "shop", "a"), "b.shop.internal.")); got != "b-fra1" {
 		t.Fatalf("unverified: %s", got)
+	}
+
+	// Where services run as their own users, the socket's owner decides:
+	// this (root) process is refused, a process of the service's user
+	// gets through.
+	const svcUID = 4100777
+	usr := newTestNode(t, in, "fra", "fra1", "fra1-v", func(d *meshDeps) {
+		d.ServiceUID = func(string) (uint32, bool) { return svcUID, true }
+	})
+	usr.m.setFeed(regionapi.Feed{Region: "fra", Services: []regionapi.FeedService{service("acme", "shop", "b", dst.endpoint("b-2", true))}})
+	uip := resolveA(t, usr.caller("a-3", "acme", "shop", "a"), "b.shop.internal.")
+	if got, err := getVia(uip); err == nil {
+		t.Fatalf("root reached a service address of a service that runs as uid %d: %s", svcUID, got)
+	}
+	as := exec.Command("bash", "-c", `exec 3<>/dev/tcp/`+uip.String()+`/8080; printf 'GET / HTTP/1.0\r\nHost: b\r\n\r\n' >&3; cat <&3`)
+	as.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: svcUID, Gid: svcUID}}
+	out2, err := as.Output()
+	if err != nil || !strings.HasSuffix(strings.TrimSpace(string(out2)), "b-fra1") {
+		t.Fatalf("the service's user: %v, answered %q", err, out2)
 	}
 }
 

@@ -44,6 +44,7 @@ func (a *Agent) startMesh() error {
 		Issue:          a.issueWorkloadCert,
 		Local:          a.localInstance,
 		PID:            a.instancePID,
+		ServiceUID:     a.serviceUID,
 		Feed:           a.followFeed,
 	})
 	if err != nil {
@@ -70,6 +71,19 @@ func (a *Agent) localInstance(id string) (localInstance, bool) {
 		return localInstance{}, false
 	}
 	return localInstance{Org: in.asg.Org, App: in.asg.App, Service: in.asg.ServiceName, Ports: in.ports}, true
+}
+
+// serviceUID is the user a service's instances run as, when the agent
+// gives services their own.
+func (a *Agent) serviceUID(service string) (uint32, bool) {
+	if a.uids == nil {
+		return 0, false
+	}
+	u, err := a.uids.user(service)
+	if err != nil {
+		return 0, false
+	}
+	return u.UID, true
 }
 
 // instancePID is the host pid of a running instance's top process (0 when
