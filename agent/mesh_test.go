@@ -54,24 +54,6 @@ func (c *offsetClock) Now() time.Time                       { return time.Now().
 func (c *offsetClock) NewTimer(d time.Duration) clock.Timer { return clock.Real().NewTimer(d) }
 func (c *offsetClock) advance(d time.Duration)              { c.off.Add(int64(d)) }
 
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // testNode is one machine's mesh, with real certificates from a test
 // installation and real backends as its instances.
 type testNode struct {
@@ -82,7 +64,7 @@ type testNode struct {
 	machine string
 	m       *mesh
 	clock   *offsetClock
-	logs    *syncBuffer
+	logs    *testutil.Buffer
 	certs   *pki.Reloader
 	issued  atomic.Int32
 	certTTL atomic.Int64
@@ -94,7 +76,7 @@ type testNode struct {
 
 func newTestNode(t testing.TB, in *pkitest.Installation, region, dc, machine string, tweak func(*meshDeps)) *testNode {
 	t.Helper()
-	n := &testNode{t: t, in: in, region: region, dc: dc, machine: machine, clock: &offsetClock{}, logs: &syncBuffer{},
+	n := &testNode{t: t, in: in, region: region, dc: dc, machine: machine, clock: &offsetClock{}, logs: &testutil.Buffer{},
 		locals: map[string]localInstance{}}
 	n.certTTL.Store(int64(time.Hour))
 	leaf, err := in.Regions[region].Issue(pki.LeafRequest{ID: pki.MachineID(pkitest.TrustDomain, region, machine),
@@ -690,7 +672,7 @@ func TestMeshVerifiesCallers(t *testing.T) {
 	sh := exec.Command("bash", "-c", `read go; exec 3<>/dev/tcp/`+ip.String()+`/8080; `+
 		`printf 'GET / HTTP/1.0\r\nHost: b\r\n\r\n' >&3; cat <&3`)
 	stdin, _ := sh.StdinPipe()
-	var out syncBuffer
+	var out testutil.Buffer
 	sh.Stdout = &out
 	if err := sh.Start(); err != nil {
 		t.Fatal(err)
