@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -80,7 +81,11 @@ func (s *Server) applyService(w http.ResponseWriter, r *http.Request) error {
 	if err := s.checkApply(key, a); err != nil {
 		return err
 	}
-	ctx := r.Context()
+	// Not cut by the caller leaving: a write etcd committed is then
+	// always logged (a caller that left retries the same generation,
+	// which answers applied: false).
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 30*time.Second)
+	defer cancel()
 	for {
 		resp, err := s.cli.Get(ctx, s.keys.svc(key))
 		if err != nil {
