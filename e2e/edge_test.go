@@ -329,8 +329,13 @@ func TestEdges(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The read-only edge token dev made for its edges, as a real edge.
+		edgeToken, err := os.ReadFile(filepath.Join(in.info.StateDir, "edge.token"))
+		if err != nil {
+			t.Fatal(err)
+		}
 		e, err := edge.Start(t.Context(), edge.Config{Location: "par", Latitude: 48.86, Longitude: 2.35, Domain: in.info.Domain,
-			Listen: "127.0.0.1:0", StateDir: t.TempDir(), GlobalURL: in.info.API, GlobalToken: in.info.AdminToken, Identity: id,
+			Listen: "127.0.0.1:0", StateDir: t.TempDir(), GlobalURL: in.info.API, GlobalToken: strings.TrimSpace(string(edgeToken)), Identity: id,
 			Dial: links.dial, DialRegion: links.dial, Logger: testutil.Logger()})
 		if err != nil {
 			t.Fatal(err)
