@@ -103,18 +103,19 @@ func (m *mesh) verifyCaller(c net.Conn, s *slot) error {
 			return fmt.Errorf("%w (the socket belongs to uid %d, the service runs as %d)", errNotACaller, sock.uid, uid)
 		}
 	}
-	inode := sock.inode
 	var roots []int
-	m.mu.Lock()
-	for inst, key := range m.owner {
-		if key == s.key && m.d.PID != nil {
-			if pid := m.d.PID(inst); pid > 0 {
-				roots = append(roots, pid)
+	if m.d.PID != nil {
+		m.mu.Lock()
+		for inst, key := range m.owner {
+			if key == s.key {
+				if pid := m.d.PID(inst); pid > 0 {
+					roots = append(roots, pid)
+				}
 			}
 		}
+		m.mu.Unlock()
 	}
-	m.mu.Unlock()
-	if processTreeHolds(roots, "socket:["+strconv.FormatUint(uint64(inode), 10)+"]") {
+	if processTreeHolds(roots, "socket:["+strconv.FormatUint(uint64(sock.inode), 10)+"]") {
 		return nil
 	}
 	return errNotACaller

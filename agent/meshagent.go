@@ -79,11 +79,7 @@ func (a *Agent) serviceUID(service string) (uint32, bool) {
 	if a.uids == nil {
 		return 0, false
 	}
-	u, err := a.uids.user(service)
-	if err != nil {
-		return 0, false
-	}
-	return u.UID, true
+	return a.uids.lookup(service)
 }
 
 // instancePID is the host pid of a running instance's top process (0 when

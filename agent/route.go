@@ -192,9 +192,9 @@ const rttBucket = time.Millisecond
 // orderEndpoints returns the endpoints to try, best first: same data
 // center, then same region, then other regions by round trip (measured,
 // else estimated from the regions' coordinates; unknown last), ties by
-// region id; endpoints of equal rank are shuffled
-// (load spreading). Ejected endpoints come after all others; dropped ones
-// are left out. region, when set, keeps only that region's.
+// region id; endpoints of equal rank are shuffled (load spreading).
+// Ejected endpoints come after all others; dropped ones are left out.
+// region, when set, keeps only that region's.
 func orderEndpoints(eps []meshEndpoint, self locality, region string, rtt func(string) (time.Duration, bool),
 	state func(meshEndpoint) (ejected, dropped bool), rnd *rand.Rand) []meshEndpoint {
 	type ranked struct {

@@ -42,6 +42,14 @@ func loadServiceUIDs(dataDir string, base uint32) (*serviceUIDs, error) {
 	return u, nil
 }
 
+// lookup returns the service's user id if it has one.
+func (u *serviceUIDs) lookup(service string) (uint32, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	n, ok := u.m[service]
+	return u.base + n, ok
+}
+
 // user returns the service's user, allocating it the first time.
 func (u *serviceUIDs) user(service string) (*driver.User, error) {
 	u.mu.Lock()

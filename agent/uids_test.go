@@ -26,6 +26,12 @@ func TestServiceUIDs(t *testing.T) {
 	if a.UID != 50001 || a.GID != 50001 || b.UID != 50002 || again.UID != 50001 {
 		t.Fatalf("users %+v %+v %+v", a, b, again)
 	}
+	if id, ok := u.lookup("acme.shop.api"); !ok || id != 50002 {
+		t.Fatalf("lookup of api: %d %v", id, ok)
+	}
+	if _, ok := u.lookup("acme.shop.none"); ok {
+		t.Fatal("lookup allocated an id for a service that never asked")
+	}
 	u2, err := loadServiceUIDs(dir, 50000)
 	if err != nil {
 		t.Fatal(err)

@@ -275,11 +275,11 @@ func (e *Env) start(ctx context.Context) error {
 	// The regions.
 	regionURLs := map[string]string{}
 	regionProcs := map[string]*proc{}
-	spawnRegion := func(r RegionTopo) error {
+	spawnRegion := func(r RegionTopo) (*proc, error) {
 		addrs := make([]string, 3)
 		for i := range addrs {
 			if addrs[i], err = e.freeAddr("region " + r.ID); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		regionURLs[r.ID] = "https://" + addrs[0]
@@ -289,10 +289,10 @@ func (e *Env) start(ctx context.Context) error {
 				"--etcd-client-url", "https://" + addrs[1], "--etcd-peer-url", "https://" + addrs[2],
 				"--lease-ttl", t.LeaseTTL}})
 		regionProcs[r.ID] = p
-		return err
+		return p, err
 	}
 	for _, r := range t.Regions {
-		if err := spawnRegion(r); err != nil {
+		if _, err := spawnRegion(r); err != nil {
 			return err
 		}
 	}
@@ -302,42 +302,24 @@ func (e *Env) start(ctx context.Context) error {
 	}
 	anon := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: pki.ClientConfig(nil, root.Pool(), pki.AllowKinds(pki.KindServer))}}
-	// Nothing started so far calls global: when the port picked for it was
-	// taken meanwhile, it starts again on another.
-	for attempt := 0; ; attempt++ {
-		err := waitHTTP(ctx, probeClient, e.info.API+"/healthz", 30*time.Second, globalProc.done)
-		if err == nil {
-			break
-		}
-		if attempt < 3 && e.portClash(globalProc) {
+	// Nothing started so far calls global, so it may start again on
+	// another port.
+	if err := e.waitUp(ctx, probeClient, "global", globalProc, "did not come up",
+		func(*proc) string { return e.info.API + "/healthz" },
+		func() (*proc, error) {
 			if apiAddr, err = e.freeAddr("global"); err != nil {
-				return err
+				return nil, err
 			}
-			e.log.Warn("global's port was taken meanwhile; starting it again on another", "address", apiAddr)
 			e.info.API = "http://" + apiAddr
-			if globalProc, err = spawnGlobal(); err != nil {
-				return err
-			}
-			continue
-		}
-		return fmt.Errorf("dev: global did not come up (see %s): %w", e.path("logs", "global.log"), err)
+			return spawnGlobal()
+		}); err != nil {
+		return err
 	}
 	for _, r := range t.Regions {
-		for attempt := 0; ; attempt++ {
-			err := waitHTTP(ctx, anon, regionURLs[r.ID]+"/healthz", 30*time.Second, regionProcs[r.ID].done)
-			if err == nil {
-				break
-			}
-			// A port picked as free may have been taken by another program
-			// before the region bound it: start it again on new ports.
-			if attempt < 3 && e.portClash(regionProcs[r.ID]) {
-				e.log.Warn("a region's port was taken meanwhile; starting it again on new ports", "region", r.ID)
-				if err := spawnRegion(r); err != nil {
-					return err
-				}
-				continue
-			}
-			return fmt.Errorf("dev: region %s did not come up (see %s): %w", r.ID, e.path("logs", "region-"+r.ID+".log"), err)
+		if err := e.waitUp(ctx, anon, "region "+r.ID, regionProcs[r.ID], "did not come up",
+			func(*proc) string { return regionURLs[r.ID] + "/healthz" },
+			func() (*proc, error) { return spawnRegion(r) }); err != nil {
+			return err
 		}
 	}
 	// The agents, with join tokens from their regions. Each gets its own
@@ -542,25 +524,37 @@ func (e *Env) startEdges(ctx context.Context, root *pki.CA, tokenFile string) er
 		}
 		edges = append(edges, edgeStart{ed.Location, p, spawnEdge})
 	}
-	// Each edge is ready once it has the regions' routes; one whose port
-	// was taken meanwhile starts again on free ones.
+	// Each edge is ready once it has the regions' routes.
 	for _, es := range edges {
-		for attempt := 0; ; attempt++ {
-			err := waitHTTP(ctx, probeClient, es.p.comp.Admin+"/readyz", 30*time.Second, es.p.done)
-			if err == nil {
-				break
-			}
-			if attempt < 3 && e.portClash(es.p) {
-				e.log.Warn("an edge's port was taken meanwhile; starting it again on free ones", "edge", es.location)
-				if es.p, err = es.spawn(true); err != nil {
-					return err
-				}
-				continue
-			}
-			return fmt.Errorf("dev: edge %s did not get the regions' routes (see %s): %w", es.location, e.path("logs", "edge-"+es.location+".log"), err)
+		if err := e.waitUp(ctx, probeClient, "edge "+es.location, es.p, "did not get the regions' routes",
+			func(p *proc) string { return p.comp.Admin + "/readyz" },
+			func() (*proc, error) { return es.spawn(true) }); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// waitUp waits until a component's process answers 200 at url(p). A
+// process that exited because a port picked for it as free was taken
+// before it bound it is started again by respawn, on other ports, up to 3
+// times.
+func (e *Env) waitUp(ctx context.Context, c *http.Client, name string, p *proc, failure string,
+	url func(p *proc) string, respawn func() (*proc, error)) error {
+	for attempt := 0; ; attempt++ {
+		err := waitHTTP(ctx, c, url(p), 30*time.Second, p.done)
+		if err == nil {
+			return nil
+		}
+		if attempt < 3 && e.portClash(p) {
+			e.log.Warn("a port picked for a component was taken meanwhile; starting it again on another", "component", name)
+			if p, err = respawn(); err != nil {
+				return err
+			}
+			continue
+		}
+		return fmt.Errorf("dev: %s %s (see %s): %w", name, failure, p.comp.Log, err)
+	}
 }
 
 // edgePort returns 127.0.0.1:port when that port is free (and the API

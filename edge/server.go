@@ -125,15 +125,18 @@ func (s *Server) listen() error {
 			IdleTimeout: cfg.IdleTimeout, MaxHeaderBytes: cfg.MaxHeaderBytes,
 			ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
 	}
+	failed := func(name string, err error) {
+		select {
+		case s.errc <- fmt.Errorf("edge: %s listener: %w", name, err):
+		default:
+		}
+	}
 	serve := func(name string, srv *http.Server, ln net.Listener) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				select {
-				case s.errc <- fmt.Errorf("edge: %s listener: %w", name, err):
-				default:
-				}
+				failed(name, err)
 			}
 		}()
 	}
@@ -171,10 +174,7 @@ func (s *Server) listen() error {
 		go func() {
 			defer s.wg.Done()
 			if err := f.serve(); err != nil {
-				select {
-				case s.errc <- fmt.Errorf("edge: %s listener: %w", name, err):
-				default:
-				}
+				failed(name, err)
 			}
 		}()
 	}
