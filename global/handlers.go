@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/meridian-run/meridian/api"
+	"github.com/meridian-run/meridian/rollout"
 	"github.com/meridian-run/meridian/spec"
 	"github.com/meridian-run/meridian/store"
 )
@@ -433,7 +434,7 @@ func (s *Server) deployService(w http.ResponseWriter, r *http.Request) error {
 		return stored, nil
 	})
 	if err == nil {
-		s.engine.nudge(touched...)
+		s.engine.Nudge(touched...)
 	}
 	return err
 }
@@ -485,7 +486,7 @@ func (s *Server) afterDeploy(ctx context.Context, tx store.Tx, orgName string, d
 			return nil, err
 		}
 		for _, rd := range old.Regional {
-			if terminal(rd.Status) {
+			if rollout.Terminal(rd.Status) {
 				continue
 			}
 			rd.Status, rd.Message, rd.UpdatedAt = api.StatusCanceled, why, now
@@ -531,7 +532,8 @@ func (s *Server) afterDeploy(ctx context.Context, tx store.Tx, orgName string, d
 		if sr.Deleted || slices.Contains(d.Definition.Regions, sr.Region) {
 			continue
 		}
-		op, err := s.engine.newOp(ctx, tx, key, sr.Region, store.PurposeRemove, d.ID, d.OrgID, nil, nil)
+		op, err := s.engine.NewOp(ctx, tx, rollout.Op{Org: orgName, App: d.App, Service: d.Service, Region: sr.Region,
+			Purpose: store.PurposeRemove, DeploymentID: d.ID})
 		if err != nil {
 			return nil, err
 		}
@@ -597,7 +599,8 @@ func (s *Server) deleteService(w http.ResponseWriter, r *http.Request) error {
 			if sr.Deleted {
 				continue
 			}
-			if _, err := s.engine.newOp(ctx, tx, key, sr.Region, store.PurposeDelete, "", svc.OrgID, nil, nil); err != nil {
+			if _, err := s.engine.NewOp(ctx, tx, rollout.Op{Org: org.Name, App: svc.App, Service: svc.Name, Region: sr.Region,
+				Purpose: store.PurposeDelete}); err != nil {
 				return err
 			}
 			touched = append(touched, sr.Region)
@@ -606,7 +609,7 @@ func (s *Server) deleteService(w http.ResponseWriter, r *http.Request) error {
 	})
 	if err == nil {
 		s.log.Info("service deleted", "app", r.PathValue("app"), "service", r.PathValue("service"), "regions", touched)
-		s.engine.nudge(touched...)
+		s.engine.Nudge(touched...)
 	}
 	return err
 }
@@ -641,32 +644,7 @@ func (s *Server) cancelDeployment(w http.ResponseWriter, r *http.Request) error 
 		if err != nil {
 			return err
 		}
-		ro := &rollout{d: &depDriver{e: s.engine, orgNm: org.Name}, ctx: ctx, tx: tx, now: s.cfg.Now().UTC(), dep: d,
-			key: serviceKey(org.Name, d.App, d.Service)}
-		if ro.ops, err = tx.ListRegionOps(ctx, store.OpFilter{DeploymentID: d.ID}); err != nil {
-			return err
-		}
-		for i, rd := range d.Regional {
-			switch rd.Status {
-			case api.StatusPending:
-				if err := ro.save(i, api.StatusCanceled, "canceled before it reached the region"); err != nil {
-					return err
-				}
-			case api.StatusApplying, api.StatusProgressing, api.StatusHealthy:
-				if err := ro.revert(i, api.StatusCanceled, "canceled"); err != nil {
-					return err
-				}
-			}
-		}
-		touched = ro.touched
-		msg := "canceled by the user"
-		if len(touched) > 0 {
-			msg += "; reverting " + strings.Join(touched, ", ")
-		}
-		if err := tx.SetDeploymentState(ctx, d.ID, api.StatusCanceled, msg, len(touched) > 0, ro.now); err != nil {
-			return err
-		}
-		if err := ro.event("", api.EventCanceled, "%s", msg); err != nil {
+		if touched, err = s.engine.Cancel(ctx, tx, org.Name, d); err != nil {
 			return err
 		}
 		out, err = tx.GetDeployment(ctx, d.OrgID, d.ID)
@@ -680,8 +658,8 @@ func (s *Server) cancelDeployment(w http.ResponseWriter, r *http.Request) error 
 		return err
 	}
 	s.log.Info("deployment canceled", "deployment", id, "reverting", touched)
-	s.engine.nudge(touched...)
-	s.engine.nudgeDeployment(id)
+	s.engine.Nudge(touched...)
+	s.engine.NudgeDeployment(id)
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/regionapi"
+	"github.com/meridian-run/meridian/rollout"
 	"github.com/meridian-run/meridian/spec"
 	"github.com/meridian-run/meridian/store"
 )
@@ -31,7 +32,7 @@ var errNoRegionClient = apiErr(http.StatusServiceUnavailable, api.CodeUnavailabl
 // then deleted. The region opens when it passed and goes back to
 // provisioning, with the reason in its message, when it failed.
 func (s *Server) testRegion(w http.ResponseWriter, r *http.Request) error {
-	if !s.engine.enabled() {
+	if !s.engine.Enabled() {
 		return errNoRegionClient
 	}
 	id := r.PathValue("id")
@@ -58,10 +59,10 @@ func (s *Server) testRegion(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("the smoke test's definition: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(s.engine.ctx, s.cfg.SmokeTimeout)
+	ctx, cancel := context.WithTimeout(s.engine.Context(), s.cfg.SmokeTimeout)
 	defer cancel()
 	key := serviceKey(SystemOrg, SmokeApp, id)
-	target := api.Deployment{ID: newID("smoke"), Version: 1}
+	target := rollout.Target{DeploymentID: newID("smoke"), Version: 1, Definition: regional}
 	var op store.RegionOp
 	var reg api.Region
 	err = s.cfg.Store.Update(r.Context(), func(tx store.Tx) error {
@@ -81,14 +82,15 @@ func (s *Server) testRegion(w http.ResponseWriter, r *http.Request) error {
 		if err := tx.UpdateRegion(r.Context(), reg); err != nil {
 			return err
 		}
-		op, err = s.engine.newOp(r.Context(), tx, key, id, store.PurposeSmoke, "", org.ID, &target, &regional)
+		op, err = s.engine.NewOp(r.Context(), tx, rollout.Op{Org: SystemOrg, App: SmokeApp, Service: id, Region: id,
+			Purpose: store.PurposeSmoke, OrgID: org.ID, Target: &target})
 		return err
 	})
 	if err != nil {
 		return err
 	}
 	s.log.Info("region smoke test started", "region", id, "generation", op.Generation)
-	failure := s.smoke(ctx, reg, op, key, target.ID)
+	failure := s.smoke(ctx, reg, op, key, target.DeploymentID)
 
 	// Delete the smoke service whatever happened; the region's operation
 	// worker retries the deletion until the region answers.
@@ -99,7 +101,7 @@ func (s *Server) testRegion(w http.ResponseWriter, r *http.Request) error {
 		if final, err = tx.GetRegion(ctx, id); err != nil {
 			return err
 		}
-		if op, err = s.engine.newOp(ctx, tx, key, id, store.PurposeSmoke, "", "", nil, nil); err != nil {
+		if op, err = s.engine.NewOp(ctx, tx, rollout.Op{Org: SystemOrg, App: SmokeApp, Service: id, Region: id, Purpose: store.PurposeSmoke}); err != nil {
 			return err
 		}
 		final.Status, final.Message, final.UpdatedAt = api.RegionOpen, "", s.cfg.Now().UTC()
@@ -111,7 +113,7 @@ func (s *Server) testRegion(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	s.engine.nudge(id)
+	s.engine.Nudge(id)
 	if failure != "" {
 		s.log.Warn("region smoke test failed", "region", id, "reason", failure)
 	} else {
@@ -124,33 +126,17 @@ func (s *Server) testRegion(w http.ResponseWriter, r *http.Request) error {
 // smoke sends the smoke deployment and waits for it to be healthy. It
 // returns why it failed, or "".
 func (s *Server) smoke(ctx context.Context, reg api.Region, op store.RegionOp, key, depID string) string {
-	e := s.engine
-	prev := ""
-	for attempt := 1; ; attempt++ {
-		done, err := e.sendOp(ctx, op, prev)
-		if done {
-			break
-		}
-		if err != nil {
-			prev = err.Error()
-		}
-		if !sleepCtx(ctx, e.backoff(attempt)) {
-			return fmt.Sprintf("the region did not accept the smoke deployment within %s: %s", s.cfg.SmokeTimeout, prev)
-		}
-	}
-	var cur store.RegionOp
-	err := s.cfg.Store.View(ctx, func(tx store.Tx) error {
-		var err error
-		cur, err = tx.GetRegionOp(ctx, op.ID)
-		return err
-	})
-	if err != nil {
+	cur, err := s.engine.Send(ctx, op)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return fmt.Sprintf("the region did not accept the smoke deployment within %s: %s", s.cfg.SmokeTimeout, err)
+	case err != nil:
 		return err.Error()
 	}
 	if cur.State != store.OpDone {
 		return "the region refused the smoke deployment: " + cur.Message
 	}
-	c := e.client(reg)
+	c := s.engine.Client(reg)
 	failed := map[string]bool{}
 	last := "no status yet"
 	for {
@@ -164,7 +150,7 @@ func (s *Server) smoke(ctx context.Context, reg api.Region, op store.RegionOp, k
 			return ""
 		default:
 			last = ss.Message
-			if why := instanceReasons(ss, depID); why != "" {
+			if why := rollout.InstanceReasons(ss, depID); why != "" {
 				last += "; " + why
 			}
 			for _, in := range ss.Instances {
@@ -212,11 +198,11 @@ func (s *Server) drainRegion(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	out := api.RegionDrain{Region: reg, Services: []api.RegionService{}}
-	if !s.engine.enabled() {
+	if !s.engine.Enabled() {
 		out.Unreachable = errNoRegionClient.Message
 	} else {
 		cctx, cancel := context.WithTimeout(ctx, s.cfg.RegionTimeout)
-		list, err := s.engine.client(reg).Services(cctx)
+		list, err := s.engine.Client(reg).Services(cctx)
 		cancel()
 		if err != nil {
 			out.Unreachable = err.Error()
@@ -275,14 +261,14 @@ func (s *Server) gather(ctx context.Context, regions []api.Region, ask func(ctx 
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, reg := range regions {
-		if !s.engine.enabled() {
+		if !s.engine.Enabled() {
 			out.Unreachable = append(out.Unreachable, api.UnreachableRegion{Region: reg.ID, Message: errNoRegionClient.Message})
 			continue
 		}
 		wg.Go(func() {
 			cctx, cancel := context.WithTimeout(ctx, s.cfg.RegionTimeout)
 			defer cancel()
-			items, err := ask(cctx, s.engine.client(reg), reg)
+			items, err := ask(cctx, s.engine.Client(reg), reg)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {

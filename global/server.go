@@ -37,6 +37,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/meridian-run/meridian/api"
+	"github.com/meridian-run/meridian/rollout"
 	"github.com/meridian-run/meridian/spec"
 	"github.com/meridian-run/meridian/store"
 )
@@ -131,7 +132,7 @@ type Server struct {
 	http    *http.Server
 	handler http.Handler
 	metrics *metrics
-	engine  *engine
+	engine  *rollout.Engine
 	ready   chan struct{}
 	errc    chan error
 	once    sync.Once
@@ -226,7 +227,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.metrics = newMetrics(reg)
-	s.engine = newEngine(s, reg)
+	if s.engine, err = newEngine(s, reg); err != nil {
+		return nil, fmt.Errorf("global: config: %w", err)
+	}
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
 		mux.Handle(rt.Method+" "+rt.Path, s.instrument(rt, rt.handler))
@@ -256,7 +259,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		close(s.errc)
 	}()
-	s.engine.start()
+	s.engine.Start()
 	jctx, stop := context.WithCancel(context.Background())
 	s.stopJanitor, s.janitorDone = stop, make(chan struct{})
 	go func() {
@@ -292,7 +295,7 @@ func (s *Server) Close() error {
 	s.once.Do(func() {
 		s.stopJanitor()
 		<-s.janitorDone
-		s.engine.stop()
+		s.engine.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		err = s.http.Shutdown(ctx)

@@ -1,4 +1,4 @@
-package global
+package rollout
 
 import (
 	"context"
@@ -15,7 +15,7 @@ const peersInterval = 5 * time.Second
 // announcePeers tells every serving region (open or draining) which other
 // regions serve, every peersInterval, so regions exchange endpoint feeds
 // directly; they cache the list and keep exchanging while global is down.
-func (e *engine) announcePeers() {
+func (e *Engine) announcePeers() {
 	tick := time.NewTicker(peersInterval)
 	defer tick.Stop()
 	for {
@@ -30,16 +30,13 @@ func (e *engine) announcePeers() {
 
 // sendPeers sends every serving region its peers. It sends even when
 // nothing changed: a region that lost its state learns them again.
-func (e *engine) sendPeers() {
+func (e *Engine) sendPeers() {
 	ctx, cancel := context.WithTimeout(e.ctx, peersInterval)
 	defer cancel()
 	var regions []api.Region
-	err := e.s.cfg.Store.View(ctx, func(tx store.Tx) error {
+	err := e.cfg.Store.View(ctx, func(tx store.Tx) error {
 		var err error
-		regions, err = api.All(func(o api.ListOptions) (api.List[api.Region], error) {
-			items, next, err := tx.ListRegions(ctx, store.Page{Limit: o.Limit, Token: o.PageToken})
-			return api.List[api.Region]{Items: items, NextPageToken: next}, err
-		})
+		regions, err = allRegions(ctx, tx)
 		return err
 	})
 	if err != nil {
@@ -59,7 +56,7 @@ func (e *engine) sendPeers() {
 				p.Peers = append(p.Peers, other)
 			}
 		}
-		if err := regionapi.NewClient(self.URL, e.s.cfg.RegionHTTP).SetPeers(ctx, p); err != nil {
+		if err := regionapi.NewClient(self.URL, e.cfg.RegionHTTP).SetPeers(ctx, p); err != nil {
 			e.log.Debug("telling a region its peers", "region", self.ID, "err", err)
 		}
 	}

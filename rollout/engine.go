@@ -1,4 +1,4 @@
-package global
+package rollout
 
 import (
 	"context"
@@ -17,6 +17,37 @@ import (
 	"github.com/meridian-run/meridian/store"
 )
 
+// Config is what the engine needs from the global control plane.
+type Config struct {
+	// Store holds the rollouts, their operations and the leases.
+	Store store.Store
+	// Now is the clock.
+	Now func() time.Time
+	// RegionHTTP calls the regions over mutual TLS. Without it the engine
+	// runs no worker (see Engine.Enabled).
+	RegionHTTP *http.Client
+	// Poll is how often workers look at the store and at the regions.
+	Poll time.Duration
+	// RegionTimeout bounds each call to a region.
+	RegionTimeout time.Duration
+	// RetryMin and RetryMax bound the backoff between attempts at a region
+	// call that failed.
+	RetryMin, RetryMax time.Duration
+	// Owner names this replica in the leases.
+	Owner string
+	// LeaseTTL is how long a lease outlives its holder's last renewal.
+	LeaseTTL time.Duration
+	// Secrets unseals the secrets an apply's env names, by secret name.
+	Secrets func(ctx context.Context, orgID string, env []api.ResolvedEnv) (map[string]string, error)
+	// Logger receives the engine's logs (default: discarded).
+	Logger *slog.Logger
+	// Metrics registers the engine's metrics (default: not registered).
+	Metrics prometheus.Registerer
+	// OnRegionCall, when set, is called after every apply or delete call
+	// to a region; it must not block.
+	OnRegionCall func(RegionCall)
+}
+
 // RegionCall describes one answered or failed call to a region, for
 // Config.OnRegionCall.
 type RegionCall struct {
@@ -32,11 +63,12 @@ type RegionCall struct {
 	At      time.Time
 }
 
-// engine runs the rollout workers: a manager that starts a driver for each
-// active deployment whose lease it wins, and one operation worker per
-// region that sends the region operations written in the store.
-type engine struct {
-	s   *Server
+// Engine runs the rollout workers: a manager that starts a driver for each
+// active deployment whose lease it wins, one operation worker per region
+// that sends the region operations written in the store, and the peers
+// announcer.
+type Engine struct {
+	cfg Config
 	log *slog.Logger
 
 	ctx    context.Context
@@ -54,11 +86,36 @@ type engine struct {
 	runs  *prometheus.GaugeVec
 }
 
-func newEngine(s *Server, reg prometheus.Registerer) *engine {
+// New checks cfg and returns an engine; Start starts its workers.
+func New(cfg Config) (*Engine, error) {
+	switch {
+	case cfg.Store == nil:
+		return nil, errors.New("rollout: config: Store is required")
+	case cfg.Now == nil:
+		return nil, errors.New("rollout: config: Now is required")
+	case cfg.Owner == "":
+		return nil, errors.New("rollout: config: Owner is required")
+	case cfg.Secrets == nil:
+		return nil, errors.New("rollout: config: Secrets is required")
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"Poll", cfg.Poll}, {"RegionTimeout", cfg.RegionTimeout}, {"RetryMin", cfg.RetryMin}, {"RetryMax", cfg.RetryMax}, {"LeaseTTL", cfg.LeaseTTL}} {
+		if d.v <= 0 {
+			return nil, fmt.Errorf("rollout: config: %s must be positive, not %s", d.name, d.v)
+		}
+	}
+	if cfg.RetryMax < cfg.RetryMin {
+		return nil, fmt.Errorf("rollout: config: RetryMax %s is below RetryMin %s", cfg.RetryMax, cfg.RetryMin)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &engine{
-		s:           s,
-		log:         s.log.With("part", "rollout"),
+	e := &Engine{
+		cfg:         cfg,
+		log:         cfg.Logger,
 		ctx:         ctx,
 		cancel:      cancel,
 		kickManager: make(chan struct{}, 1),
@@ -74,32 +131,38 @@ func newEngine(s *Server, reg prometheus.Registerer) *engine {
 			Help: "Rollout workers this replica runs, by kind (deployment, region).",
 		}, []string{"kind"}),
 	}
-	reg.MustRegister(e.calls, e.runs)
-	return e
+	if cfg.Metrics != nil {
+		if err := cfg.Metrics.Register(e.calls); err != nil {
+			cancel()
+			return nil, fmt.Errorf("rollout: registering metrics: %w", err)
+		}
+		if err := cfg.Metrics.Register(e.runs); err != nil {
+			cancel()
+			return nil, fmt.Errorf("rollout: registering metrics: %w", err)
+		}
+	}
+	return e, nil
 }
 
-// enabled reports whether region calls can be made at all.
-func (e *engine) enabled() bool { return e.s.cfg.RegionHTTP != nil }
+// Enabled reports whether region calls can be made at all.
+func (e *Engine) Enabled() bool { return e.cfg.RegionHTTP != nil }
 
-func (e *engine) start() {
-	if !e.enabled() {
+// Context is the engine's lifetime: canceled by Close.
+func (e *Engine) Context() context.Context { return e.ctx }
+
+// Start starts the workers, unless no region client is configured.
+func (e *Engine) Start() {
+	if !e.Enabled() {
 		e.log.Warn("no region client configured (Config.RegionHTTP): rollouts stay PENDING and region calls are refused")
 		return
 	}
-	e.wg.Add(2)
-	go func() {
-		defer e.wg.Done()
-		e.manage()
-	}()
-	go func() {
-		defer e.wg.Done()
-		e.announcePeers()
-	}()
+	e.wg.Go(e.manage)
+	e.wg.Go(e.announcePeers)
 }
 
-// stop ends every worker and releases the leases they held, so another
+// Close ends every worker and releases the leases they held, so another
 // replica takes over at once instead of after the leases expire.
-func (e *engine) stop() {
+func (e *Engine) Close() {
 	e.cancel()
 	e.wg.Wait()
 	e.mu.Lock()
@@ -114,9 +177,9 @@ func (e *engine) stop() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	err := e.s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+	err := e.cfg.Store.Update(ctx, func(tx store.Tx) error {
 		for _, n := range names {
-			if err := tx.ReleaseLease(ctx, n, e.s.cfg.Owner); err != nil {
+			if err := tx.ReleaseLease(ctx, n, e.cfg.Owner); err != nil {
 				return err
 			}
 		}
@@ -134,9 +197,9 @@ func kick(ch chan struct{}) {
 	}
 }
 
-// nudge wakes the manager (a new deployment) and the workers of regions
+// Nudge wakes the manager (a new deployment) and the workers of regions
 // with new operations.
-func (e *engine) nudge(regions ...string) {
+func (e *Engine) Nudge(regions ...string) {
 	kick(e.kickManager)
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -147,7 +210,9 @@ func (e *engine) nudge(regions ...string) {
 	}
 }
 
-func (e *engine) nudgeDeployment(id string) {
+// NudgeDeployment wakes the driver of a deployment, if this replica runs
+// one.
+func (e *Engine) NudgeDeployment(id string) {
 	if id == "" {
 		return
 	}
@@ -160,7 +225,7 @@ func (e *engine) nudgeDeployment(id string) {
 }
 
 // wait sleeps for d, or until kicked or stopped (false).
-func (e *engine) wait(d time.Duration, kicked <-chan struct{}) bool {
+func (e *Engine) wait(d time.Duration, kicked <-chan struct{}) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -174,11 +239,11 @@ func (e *engine) wait(d time.Duration, kicked <-chan struct{}) bool {
 }
 
 // acquire takes or renews a lease for this replica.
-func (e *engine) acquire(ctx context.Context, name string) bool {
+func (e *Engine) acquire(ctx context.Context, name string) bool {
 	var ok bool
-	err := e.s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+	err := e.cfg.Store.Update(ctx, func(tx store.Tx) error {
 		var err error
-		ok, err = tx.AcquireLease(ctx, name, e.s.cfg.Owner, e.s.cfg.Now(), e.s.cfg.LeaseTTL)
+		ok, err = tx.AcquireLease(ctx, name, e.cfg.Owner, e.cfg.Now(), e.cfg.LeaseTTL)
 		return err
 	})
 	if err != nil {
@@ -197,13 +262,13 @@ func (e *engine) acquire(ctx context.Context, name string) bool {
 	return ok
 }
 
-func (e *engine) release(name string) {
+func (e *Engine) release(name string) {
 	e.mu.Lock()
 	delete(e.held, name)
 	e.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := e.s.cfg.Store.Update(ctx, func(tx store.Tx) error { return tx.ReleaseLease(ctx, name, e.s.cfg.Owner) }); err != nil {
+	if err := e.cfg.Store.Update(ctx, func(tx store.Tx) error { return tx.ReleaseLease(ctx, name, e.cfg.Owner) }); err != nil {
 		e.log.Warn("releasing lease", "lease", name, "err", err)
 	}
 }
@@ -211,12 +276,12 @@ func (e *engine) release(name string) {
 // fence fails unless this replica holds the lease: writes of a driver or
 // worker go in the same transaction, so a replica that lost its lease
 // never writes over the new holder's state.
-func (e *engine) fence(ctx context.Context, tx store.Tx, name string) error {
-	owner, err := tx.LeaseOwner(ctx, name, e.s.cfg.Now())
+func (e *Engine) fence(ctx context.Context, tx store.Tx, name string) error {
+	owner, err := tx.LeaseOwner(ctx, name, e.cfg.Now())
 	if err != nil {
 		return err
 	}
-	if owner != e.s.cfg.Owner {
+	if owner != e.cfg.Owner {
 		return fmt.Errorf("%w: %s is held by %q", errLeaseLost, name, owner)
 	}
 	return nil
@@ -225,34 +290,34 @@ func (e *engine) fence(ctx context.Context, tx store.Tx, name string) error {
 var errLeaseLost = errors.New("lease lost")
 
 // manage starts drivers for active deployments and workers for regions.
-func (e *engine) manage() {
+func (e *Engine) manage() {
 	for {
 		e.scan()
-		if !e.wait(e.s.cfg.RolloutPoll, e.kickManager) {
+		if !e.wait(e.cfg.Poll, e.kickManager) {
 			return
 		}
 	}
 }
 
-func (e *engine) scan() {
+func (e *Engine) scan() {
 	ctx := e.ctx
 	var active []store.ActiveDeployment
 	var regions []api.Region
-	err := e.s.cfg.Store.View(ctx, func(tx store.Tx) error {
+	err := e.cfg.Store.View(ctx, func(tx store.Tx) error {
 		var err error
 		if active, err = tx.ListActiveDeployments(ctx, ""); err != nil {
 			return err
 		}
 		// Skip the deployments another live replica drives: trying their
 		// leases would only cost write transactions.
-		now := e.s.cfg.Now()
+		now := e.cfg.Now()
 		free := active[:0]
 		for _, a := range active {
 			owner, err := tx.LeaseOwner(ctx, "deployment:"+a.ID, now)
 			if err != nil {
 				return err
 			}
-			if owner == "" || owner == e.s.cfg.Owner {
+			if owner == "" || owner == e.cfg.Owner {
 				free = append(free, a)
 			}
 		}
@@ -268,17 +333,14 @@ func (e *engine) scan() {
 	}
 	for _, r := range regions {
 		e.mu.Lock()
-		_, running := e.workers[r.ID]
-		if !running {
+		if _, running := e.workers[r.ID]; !running {
 			ch := make(chan struct{}, 1)
 			e.workers[r.ID] = ch
-			e.wg.Add(1)
 			e.runs.WithLabelValues("region").Inc()
-			go func() {
-				defer e.wg.Done()
+			e.wg.Go(func() {
 				defer e.runs.WithLabelValues("region").Dec()
 				e.opWorker(r.ID, ch)
-			}()
+			})
 		}
 		e.mu.Unlock()
 	}
@@ -293,10 +355,8 @@ func (e *engine) scan() {
 		e.mu.Lock()
 		e.drivers[a.ID] = ch
 		e.mu.Unlock()
-		e.wg.Add(1)
 		e.runs.WithLabelValues("deployment").Inc()
-		go func() {
-			defer e.wg.Done()
+		e.wg.Go(func() {
 			defer e.runs.WithLabelValues("deployment").Dec()
 			defer func() {
 				e.mu.Lock()
@@ -304,7 +364,7 @@ func (e *engine) scan() {
 				e.mu.Unlock()
 			}()
 			e.drive(a, ch)
-		}()
+		})
 	}
 }
 
@@ -316,17 +376,17 @@ func allRegions(ctx context.Context, tx store.Tx) ([]api.Region, error) {
 	})
 }
 
-// client is a region API client for a registered region.
-func (e *engine) client(r api.Region) *regionapi.Client {
-	return regionapi.NewClient(r.URL, e.s.cfg.RegionHTTP)
+// Client is a region API client for a registered region.
+func (e *Engine) Client(r api.Region) *regionapi.Client {
+	return regionapi.NewClient(r.URL, e.cfg.RegionHTTP)
 }
 
 // backoff is the delay before retry number attempt (from 1) of a region
 // call, with jitter.
-func (e *engine) backoff(attempt int) time.Duration {
-	d := e.s.cfg.RetryMin << min(attempt-1, 20)
-	if d > e.s.cfg.RetryMax || d <= 0 {
-		d = e.s.cfg.RetryMax
+func (e *Engine) backoff(attempt int) time.Duration {
+	d := e.cfg.RetryMin << min(attempt-1, 20)
+	if d > e.cfg.RetryMax || d <= 0 {
+		d = e.cfg.RetryMax
 	}
 	return d/2 + rand.N(d/2+1)
 }

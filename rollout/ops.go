@@ -1,7 +1,9 @@
-package global
+package rollout
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base32"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +14,25 @@ import (
 	"github.com/meridian-run/meridian/store"
 )
 
+// Op is a region operation to write: what one region is to be told about
+// one service.
+type Op struct {
+	// Org, App and Service name the service; its key in the region is
+	// regionapi.ServiceKey(Org, App, Service).
+	Org, App, Service string
+	Region            string
+	Purpose           string // store.Purpose*
+	// DeploymentID is the deployment whose rollout issues the operation
+	// ("" for a service deletion or a smoke test); its timeline gets the
+	// operation's events.
+	DeploymentID string
+	// OrgID is the organization whose secrets an apply unseals.
+	OrgID string
+	// Target is the deployment to apply; nil deletes the service in the
+	// region.
+	Target *Target
+}
+
 // opPayload is what an apply operation sends, without secret values (they
 // are unsealed only when the call is made).
 type opPayload struct {
@@ -19,26 +40,37 @@ type opPayload struct {
 	Apply regionapi.Apply `json:"apply"`
 }
 
-// newOp writes an operation on a service in a region with a freshly
-// allocated generation, in tx. target is the deployment to apply (nil for
-// a deletion).
-func (e *engine) newOp(ctx context.Context, tx store.Tx, key, region, purpose, deploymentID string, orgID string, target *api.Deployment, def *api.RegionalDefinition) (store.RegionOp, error) {
-	now := e.s.cfg.Now().UTC()
-	gen, err := tx.AllocateGeneration(ctx, key, region, target == nil, now)
+var b32 = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+func newOpID() string {
+	b := make([]byte, 12)
+	rand.Read(b)
+	return "op_" + b32.EncodeToString(b)
+}
+
+// NewOp writes an operation with a freshly allocated generation of the
+// service in the region, in tx. The region's worker sends it once tx
+// commits (see Nudge).
+func (e *Engine) NewOp(ctx context.Context, tx store.Tx, o Op) (store.RegionOp, error) {
+	return writeOp(ctx, tx, e.cfg.Now().UTC(), o)
+}
+
+func writeOp(ctx context.Context, tx store.Tx, now time.Time, o Op) (store.RegionOp, error) {
+	key := regionapi.ServiceKey(o.Org, o.App, o.Service)
+	gen, err := tx.AllocateGeneration(ctx, key, o.Region, o.Target == nil, now)
 	if err != nil {
 		return store.RegionOp{}, err
 	}
-	op := store.RegionOp{ID: newID("op"), ServiceKey: key, Region: region, Generation: gen, Kind: store.OpDelete,
-		Purpose: purpose, DeploymentID: deploymentID, State: store.OpPending, CreatedAt: now, UpdatedAt: now, Payload: []byte("{}")}
-	if target != nil {
-		org, app, svc := splitKey(key)
-		p := opPayload{OrgID: orgID, Apply: regionapi.Apply{Generation: gen, Org: org, App: app, Service: svc,
-			DeploymentID: target.ID, Version: target.Version, Definition: *def}}
+	op := store.RegionOp{ID: newOpID(), ServiceKey: key, Region: o.Region, Generation: gen, Kind: store.OpDelete,
+		Purpose: o.Purpose, DeploymentID: o.DeploymentID, State: store.OpPending, CreatedAt: now, UpdatedAt: now, Payload: []byte("{}")}
+	if t := o.Target; t != nil {
+		p := opPayload{OrgID: o.OrgID, Apply: regionapi.Apply{Generation: gen, Org: o.Org, App: o.App, Service: o.Service,
+			DeploymentID: t.DeploymentID, Version: t.Version, Definition: t.Definition}}
 		b, err := json.Marshal(p)
 		if err != nil {
 			return store.RegionOp{}, err
 		}
-		op.Kind, op.TargetDeploymentID, op.Payload = store.OpApply, target.ID, b
+		op.Kind, op.TargetDeploymentID, op.Payload = store.OpApply, t.DeploymentID, b
 	}
 	if err := tx.CreateRegionOp(ctx, op); err != nil {
 		return store.RegionOp{}, err
@@ -49,7 +81,7 @@ func (e *engine) newOp(ctx context.Context, tx store.Tx, key, region, purpose, d
 // opWorker sends the pending operations of one region while this replica
 // holds the region's operations lease, each retried with backoff until
 // the region answers.
-func (e *engine) opWorker(region string, kicked chan struct{}) {
+func (e *Engine) opWorker(region string, kicked chan struct{}) {
 	lease := "region-ops:" + region
 	next := map[string]time.Time{} // op id -> earliest next attempt
 	tries := map[string]int{}
@@ -58,7 +90,7 @@ func (e *engine) opWorker(region string, kicked chan struct{}) {
 		// Read first: the lease (a write) is only taken while there is
 		// something to send.
 		var ops []store.RegionOp
-		err := e.s.cfg.Store.View(e.ctx, func(tx store.Tx) error {
+		err := e.cfg.Store.View(e.ctx, func(tx store.Tx) error {
 			var err error
 			ops, err = tx.ListRegionOps(e.ctx, store.OpFilter{State: store.OpPending, Region: region})
 			return err
@@ -102,7 +134,7 @@ func (e *engine) opWorker(region string, kicked chan struct{}) {
 				}
 			}
 		}
-		wait := e.s.cfg.RolloutPoll
+		wait := e.cfg.Poll
 		for _, t := range next {
 			if d := time.Until(t); d > 0 && d < wait {
 				wait = d
@@ -114,14 +146,47 @@ func (e *engine) opWorker(region string, kicked chan struct{}) {
 	}
 }
 
+// Send sends an operation until it is settled (done, superseded or
+// refused), retrying with backoff, and returns it as settled. When ctx
+// ends first it returns the last attempt's error.
+func (e *Engine) Send(ctx context.Context, op store.RegionOp) (store.RegionOp, error) {
+	prev := ""
+	for attempt := 1; ; attempt++ {
+		done, err := e.sendOp(ctx, op, prev)
+		if done {
+			break
+		}
+		if err != nil {
+			prev = err.Error()
+		}
+		t := time.NewTimer(e.backoff(attempt))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			if prev == "" {
+				prev = ctx.Err().Error()
+			}
+			return op, errors.New(prev)
+		case <-t.C:
+		}
+	}
+	var cur store.RegionOp
+	err := e.cfg.Store.View(ctx, func(tx store.Tx) error {
+		var err error
+		cur, err = tx.GetRegionOp(ctx, op.ID)
+		return err
+	})
+	return cur, err
+}
+
 // sendOp makes one attempt at an operation and records its outcome. It
 // reports whether the operation is settled (done, superseded or refused);
 // a transient error is returned for the caller to retry with backoff.
 // prevErr is the previous attempt's error, so a repeated failure is
 // recorded once as an event.
-func (e *engine) sendOp(ctx context.Context, op store.RegionOp, prevErr string) (bool, error) {
+func (e *Engine) sendOp(ctx context.Context, op store.RegionOp, prevErr string) (bool, error) {
 	var reg api.Region
-	err := e.s.cfg.Store.View(ctx, func(tx store.Tx) error {
+	err := e.cfg.Store.View(ctx, func(tx store.Tx) error {
 		var err error
 		reg, err = tx.GetRegion(ctx, op.Region)
 		return err
@@ -132,9 +197,9 @@ func (e *engine) sendOp(ctx context.Context, op store.RegionOp, prevErr string) 
 	if err != nil {
 		return false, err
 	}
-	cctx, cancel := context.WithTimeout(ctx, e.s.cfg.RegionTimeout)
+	cctx, cancel := context.WithTimeout(ctx, e.cfg.RegionTimeout)
 	defer cancel()
-	c := e.client(reg)
+	c := e.Client(reg)
 	applied := false
 	switch op.Kind {
 	case store.OpApply:
@@ -142,7 +207,7 @@ func (e *engine) sendOp(ctx context.Context, op store.RegionOp, prevErr string) 
 		if err := json.Unmarshal(op.Payload, &p); err != nil {
 			return true, e.settle(op, store.OpFailed, false, fmt.Sprintf("unreadable operation: %v", err))
 		}
-		secrets, serr := e.s.secretsFor(ctx, p.OrgID, p.Apply.Definition.Env)
+		secrets, serr := e.cfg.Secrets(ctx, p.OrgID, p.Apply.Definition.Env)
 		if serr != nil {
 			if ctx.Err() != nil {
 				return false, serr
@@ -169,7 +234,7 @@ func (e *engine) sendOp(ctx context.Context, op store.RegionOp, prevErr string) 
 		result = errorKind(err)
 	}
 	e.calls.WithLabelValues(op.Region, op.Kind, result).Inc()
-	if hook := e.s.cfg.OnRegionCall; hook != nil {
+	if hook := e.cfg.OnRegionCall; hook != nil {
 		hook(RegionCall{Region: op.Region, ServiceKey: op.ServiceKey, Kind: op.Kind, Purpose: op.Purpose,
 			Generation: op.Generation, Applied: applied, Err: err, At: time.Now()})
 	}
@@ -195,20 +260,10 @@ func (e *engine) sendOp(ctx context.Context, op store.RegionOp, prevErr string) 
 
 // note records a transient failure on the operation and as an event of its
 // deployment.
-func (e *engine) note(op store.RegionOp, msg string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	err := e.s.cfg.Store.Update(ctx, func(tx store.Tx) error {
-		cur, err := tx.GetRegionOp(ctx, op.ID)
-		if err != nil || cur.State != store.OpPending {
-			return err
-		}
-		cur.Attempts++
-		cur.Message, cur.UpdatedAt = msg, e.s.cfg.Now().UTC()
-		if err := tx.UpdateRegionOp(ctx, cur); err != nil {
-			return err
-		}
-		return addEvent(ctx, tx, op.DeploymentID, api.DeploymentEvent{At: cur.UpdatedAt, Region: op.Region, Type: api.EventRegionErr, Message: msg})
+func (e *Engine) note(op store.RegionOp, msg string) {
+	err := e.record(op, store.OpPending, false, msg, func(ev *api.DeploymentEvent) bool {
+		ev.Type = api.EventRegionErr
+		return true
 	})
 	if err != nil {
 		e.log.Warn("recording a region error", "op", op.ID, "err", err)
@@ -217,20 +272,8 @@ func (e *engine) note(op store.RegionOp, msg string) {
 
 // settle records an operation's final state, unless it was settled or
 // superseded meanwhile, with an event on its deployment.
-func (e *engine) settle(op store.RegionOp, state string, applied bool, msg string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	err := e.s.cfg.Store.Update(ctx, func(tx store.Tx) error {
-		cur, err := tx.GetRegionOp(ctx, op.ID)
-		if err != nil || cur.State != store.OpPending {
-			return err
-		}
-		cur.Attempts++
-		cur.State, cur.Applied, cur.Message, cur.UpdatedAt = state, applied, msg, e.s.cfg.Now().UTC()
-		if err := tx.UpdateRegionOp(ctx, cur); err != nil {
-			return err
-		}
-		ev := api.DeploymentEvent{At: cur.UpdatedAt, Region: op.Region, Message: msg}
+func (e *Engine) settle(op store.RegionOp, state string, applied bool, msg string) error {
+	err := e.record(op, state, applied, msg, func(ev *api.DeploymentEvent) bool {
 		switch {
 		case state == store.OpDone && op.Purpose == store.PurposeRollout:
 			ev.Type = api.EventApplied
@@ -239,17 +282,41 @@ func (e *engine) settle(op store.RegionOp, state string, applied bool, msg strin
 		case state == store.OpDone && op.Purpose == store.PurposeRemove:
 			ev.Type, ev.Message = api.EventRemoved, "service stopped in the region: "+msg
 		case state == store.OpDone:
-			return nil
+			return false
 		default:
 			ev.Type = api.EventRegionErr
 		}
-		return addEvent(ctx, tx, op.DeploymentID, ev)
+		return true
 	})
 	if err != nil {
 		return fmt.Errorf("recording operation %s: %w", op.ID, err)
 	}
-	e.nudgeDeployment(op.DeploymentID)
+	e.NudgeDeployment(op.DeploymentID)
 	return nil
+}
+
+// record counts an attempt at a pending operation and sets its state and
+// message, with the event event makes (when it returns true) on its
+// deployment. An operation settled or superseded meanwhile is left alone.
+func (e *Engine) record(op store.RegionOp, state string, applied bool, msg string, event func(*api.DeploymentEvent) bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return e.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		cur, err := tx.GetRegionOp(ctx, op.ID)
+		if err != nil || cur.State != store.OpPending {
+			return err
+		}
+		cur.Attempts++
+		cur.State, cur.Applied, cur.Message, cur.UpdatedAt = state, applied, msg, e.cfg.Now().UTC()
+		if err := tx.UpdateRegionOp(ctx, cur); err != nil {
+			return err
+		}
+		ev := api.DeploymentEvent{At: cur.UpdatedAt, Region: op.Region, Message: msg}
+		if !event(&ev) {
+			return nil
+		}
+		return addEvent(ctx, tx, op.DeploymentID, ev)
+	})
 }
 
 func revertedMessage(op store.RegionOp, msg string) string {
@@ -261,56 +328,4 @@ func revertedMessage(op store.RegionOp, msg string) string {
 		return fmt.Sprintf("reverted to version %d (%s): %s", p.Apply.Version, p.Apply.DeploymentID, msg)
 	}
 	return "reverted: " + msg
-}
-
-// secretsFor unseals the secrets env names, for an apply.
-func (s *Server) secretsFor(ctx context.Context, orgID string, env []api.ResolvedEnv) (map[string]string, error) {
-	var out map[string]string
-	err := s.cfg.Store.View(ctx, func(tx store.Tx) error {
-		for _, e := range env {
-			if e.Secret == "" {
-				continue
-			}
-			if _, ok := out[e.Secret]; ok {
-				continue
-			}
-			rec, err := tx.GetSecret(ctx, orgID, e.Secret)
-			if errors.Is(err, store.ErrNotFound) {
-				return fmt.Errorf("env %s: secret %q no longer exists", e.Key, e.Secret)
-			}
-			if err != nil {
-				return err
-			}
-			v, err := s.sealer.Open(orgID, e.Secret, rec.Sealed)
-			if err != nil {
-				return fmt.Errorf("env %s: secret %q: %w", e.Key, e.Secret, err)
-			}
-			if out == nil {
-				out = map[string]string{}
-			}
-			out[e.Secret] = string(v)
-		}
-		return nil
-	})
-	return out, err
-}
-
-// serviceKey is the region's name of a service: "<org>.<app>.<service>",
-// with the organization's name.
-func serviceKey(org, app, service string) string { return regionapi.ServiceKey(org, app, service) }
-
-// splitKey splits a service key into organization, app and service.
-func splitKey(key string) (org, app, service string) {
-	parts := [3]string{}
-	i := 0
-	start := 0
-	for j := 0; j < len(key) && i < 2; j++ {
-		if key[j] == '.' {
-			parts[i] = key[start:j]
-			i++
-			start = j + 1
-		}
-	}
-	parts[i] = key[start:]
-	return parts[0], parts[1], parts[2]
 }
