@@ -502,7 +502,11 @@ func (d *decider) schedule() {
 		if rd.Status != api.StatusPending {
 			continue
 		}
-		if inflight >= limit || (!d.isCanary(rd.Region) && !canariesDone) {
+		if !d.isCanary(rd.Region) && !canariesDone {
+			d.blocked()
+			break
+		}
+		if inflight >= limit {
 			break
 		}
 		gen := d.createOp(rd.Region, store.PurposeRollout, &Target{DeploymentID: d.dep.ID, Version: d.dep.Version, Definition: rd.Definition})
@@ -510,6 +514,29 @@ func (d *decider) schedule() {
 		d.save(i, api.StatusApplying, fmt.Sprintf("applying generation %d", gen))
 		d.event(rd.Region, api.EventApplying, "generation %d allocated; sending it to the region", gen)
 		inflight++
+	}
+}
+
+// blocked cancels the regions waiting for the canaries when a canary was
+// canceled (the region moved on to another generation): it will never be
+// healthy. (A failed canary cancels them at once.)
+func (d *decider) blocked() {
+	canary := ""
+	for _, rd := range d.dep.Regional {
+		if d.isCanary(rd.Region) && rd.Status == api.StatusCanceled {
+			canary = rd.Region
+			break
+		}
+	}
+	if canary == "" {
+		return
+	}
+	why := fmt.Sprintf("not rolled out: canary region %s was canceled", canary)
+	for i, rd := range d.dep.Regional {
+		if rd.Status == api.StatusPending && !d.isCanary(rd.Region) {
+			d.save(i, api.StatusCanceled, why)
+			d.event(rd.Region, api.EventCanceled, "%s", why)
+		}
 	}
 }
 
