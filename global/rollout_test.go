@@ -2,12 +2,15 @@ package global
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"github.com/meridian-run/meridian/testutil"
 	"maps"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meridian-run/meridian/testutil"
 
 	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/regionapi"
@@ -19,31 +22,25 @@ import (
 // three real regions (embedded etcd), one real agent each running the demo
 // app as real processes, and real global control planes on SQLite and
 // PostgreSQL reaching the regions over mutual TLS through link proxies.
+// Each subtest has its own global, store and organization (so its own
+// service keys in the regions), sets up the deployments it starts from,
+// and deletes its services when it ends: one failing does not fail the
+// next.
 func TestRollouts(t *testing.T) {
 	tp := newTopology(t, "fra", "was", "sin")
-	rec := &calls{}
-	st := storetest.Open(t, "sqlite")
-	g := startGlobal(t, rolloutConfig(t, st, tp, "g1", rec))
-	admin := api.NewClient(g.URL(), testAdminToken)
-	h := &harness{t: t, srv: g, st: st, admin: admin}
-	acme := h.newOrg("acme")
-	ctx := context.Background()
-	if _, err := acme.CreateApp(ctx, "shop", ""); err != nil {
-		t.Fatal(err)
-	}
-	tp.register(t, admin)
 	all := []string{"fra", "was", "sin"}
-	key := "acme.shop.hello"
+	ctx := context.Background()
 
 	t.Run("RegionLifecycle", func(t *testing.T) {
+		env := newRolloutEnv(t, tp, "lifecycle", false)
 		// Not open yet: deploys naming the regions are refused.
-		_, err := acme.Deploy(ctx, "shop", helloDoc{name: "hello", regions: all, version: "v0"}.yaml(), "application/yaml", "")
+		_, err := env.org.Deploy(ctx, "shop", helloDoc{name: "hello", regions: all, version: "v0"}.yaml(), "application/yaml", "")
 		ae := mustStatus(t, err, 400)
 		if !strings.Contains(ae.Error(), `regions[0]: region "fra" is not open (status provisioning)`) {
 			t.Fatalf("deploy to a provisioning region: %v", ae)
 		}
 		// A failing smoke test leaves the region provisioning, with why.
-		badCfg := rolloutConfig(t, st, tp, "g-bad-smoke", rec)
+		badCfg := rolloutConfig(t, env.st, tp, "g-bad-smoke", env.rec)
 		zero := 0
 		badCfg.SmokeDefinition = &api.Definition{Command: []string{"/bin/sh", "-c", "exit 3"}, Ports: []api.Port{{Port: 8080}},
 			HealthChecks: []api.HealthCheck{{Port: 8080, TCP: &api.TCPCheck{}, Interval: "300ms", Timeout: "200ms", RestartLimit: &zero}}}
@@ -58,7 +55,7 @@ func TestRollouts(t *testing.T) {
 		bad.Close()
 		// Passing smoke tests open the regions, and delete the smoke service.
 		for _, name := range all {
-			r, err := admin.TestRegion(ctx, name)
+			r, err := env.admin.TestRegion(ctx, name)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -72,23 +69,15 @@ func TestRollouts(t *testing.T) {
 				return err == nil && ss.Phase == regionapi.PhaseDeleted, fmt.Sprint(ss, err)
 			})
 		}
-		_, err = acme.TestRegion(ctx, "fra")
+		_, err = env.org.TestRegion(ctx, "fra")
 		mustStatus(t, err, 403)
 	})
 
-	var v1, v2 api.Deployment
 	t.Run("DeployToThreeRegions", func(t *testing.T) {
+		env := newRolloutEnv(t, tp, "deploy", true)
 		doc := helloDoc{name: "hello", regions: all, version: "v1", base: 2, counts: map[string]int{"was": 3},
 			strategy: "{canary_regions: [fra], max_parallel_regions: 1, health_deadline: 30s}"}
-		var err error
-		v1, err = acme.Deploy(ctx, "shop", doc.yaml(), "application/yaml", "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		v1 = waitDeployment(t, acme, v1.ID, 60*time.Second)
-		if v1.Status != api.StatusHealthy {
-			t.Fatalf("v1: %s", describe(v1))
-		}
+		v1 := env.deploy(doc, api.StatusHealthy)
 		for _, rd := range v1.Regional {
 			if rd.Status != api.StatusHealthy || rd.StartedAt == nil || rd.Generation < 1 {
 				t.Fatalf("v1 in %s: %+v", rd.Region, rd)
@@ -109,14 +98,14 @@ func TestRollouts(t *testing.T) {
 		}
 		want := map[string]int{"fra": 2, "was": 3, "sin": 2}
 		for name, n := range want {
-			ss := tp.onDeployment(t, name, key, v1.ID, 10*time.Second)
+			ss := tp.onDeployment(t, name, env.key("hello"), v1.ID, 10*time.Second)
 			if ss.Healthy != n {
 				t.Fatalf("%s: %d healthy, want %d", name, ss.Healthy, n)
 			}
 			serves(t, ss, v1.ID, "v1")
 		}
 		// The instance lists ask every region.
-		list, err := acme.ListInstances(ctx)
+		list, err := env.org.ListInstances(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -130,28 +119,28 @@ func TestRollouts(t *testing.T) {
 		if !maps.Equal(got, want) || len(list.Unreachable) != 0 {
 			t.Fatalf("instances per region %v (unreachable %v), want %v: %+v", got, list.Unreachable, want, list.Items)
 		}
-		svcList, err := acme.ServiceInstances(ctx, "shop", "hello")
+		svcList, err := env.org.ServiceInstances(ctx, "shop", "hello")
 		if err != nil || len(svcList.Items) != 7 {
 			t.Fatalf("service instances: %d, %v", len(svcList.Items), err)
 		}
-		other := h.newOrg("initech")
+		other := env.h.newOrg("initech")
 		mine, err := other.ListInstances(ctx)
 		if err != nil || len(mine.Items) != 0 {
 			t.Fatalf("another organization sees %d instances (%v)", len(mine.Items), err)
 		}
+		if n := env.rec.checkOnce(t); n == 0 {
+			t.Fatal("no apply was answered")
+		}
 	})
 
 	t.Run("FailLocal", func(t *testing.T) {
+		env := newRolloutEnv(t, tp, "faillocal", true)
+		v1 := env.deploy(helloDoc{name: "hello", regions: all, version: "v1", base: 2, strategy: "{health_deadline: 30s}"}, api.StatusHealthy)
 		doc := helloDoc{name: "hello", regions: all, version: "v2", base: 2, sick: []string{"sin"},
 			strategy: "{on_failure: fail_local, health_deadline: 30s}"}
-		var err error
-		v2, err = acme.Deploy(ctx, "shop", doc.yaml(), "application/yaml", "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		v2 = waitDeployment(t, acme, v2.ID, 60*time.Second)
+		v2 := env.deploy(doc, api.StatusDegraded)
 		st := perRegion(v2)
-		if v2.Status != api.StatusDegraded || st["fra"] != api.StatusHealthy || st["was"] != api.StatusHealthy || st["sin"] != api.StatusFailed {
+		if st["fra"] != api.StatusHealthy || st["was"] != api.StatusHealthy || st["sin"] != api.StatusFailed {
 			t.Fatalf("v2: %s", describe(v2))
 		}
 		if !hasEvent(v2, "sin", api.EventFailed, "instance", "health check http :8080/healthz: status 500") {
@@ -160,6 +149,7 @@ func TestRollouts(t *testing.T) {
 		if !hasEvent(v2, "sin", api.EventReverted, "version 1") || !strings.Contains(v2.Message, "sin") {
 			t.Fatalf("sin not reported reverted to version 1:\n%s", describe(v2))
 		}
+		key := env.key("hello")
 		serves(t, tp.onDeployment(t, "sin", key, v1.ID, 20*time.Second), v1.ID, "v1")
 		for _, name := range []string{"fra", "was"} {
 			serves(t, tp.onDeployment(t, name, key, v2.ID, 10*time.Second), v2.ID, "v2")
@@ -167,67 +157,60 @@ func TestRollouts(t *testing.T) {
 	})
 
 	t.Run("RollbackAll", func(t *testing.T) {
-		doc := helloDoc{name: "hello", regions: all, version: "v3", base: 2, sick: []string{"was"},
+		env := newRolloutEnv(t, tp, "rollback", true)
+		v1 := env.deploy(helloDoc{name: "hello", regions: all, version: "v1", base: 2, strategy: "{health_deadline: 30s}"}, api.StatusHealthy)
+		doc := helloDoc{name: "hello", regions: all, version: "v2", base: 2, sick: []string{"was"},
 			strategy: "{on_failure: rollback_all, health_deadline: 30s}"}
-		v3, err := acme.Deploy(ctx, "shop", doc.yaml(), "application/yaml", "")
-		if err != nil {
-			t.Fatal(err)
+		v2 := env.deploy(doc, api.StatusError)
+		st := perRegion(v2)
+		if st["was"] != api.StatusFailed || st["fra"] != api.StatusRolledBack || st["sin"] != api.StatusRolledBack {
+			t.Fatalf("v2: %s", describe(v2))
 		}
-		v3 = waitDeployment(t, acme, v3.ID, 60*time.Second)
-		st := perRegion(v3)
-		if v3.Status != api.StatusError || st["was"] != api.StatusFailed || st["fra"] != api.StatusRolledBack || st["sin"] != api.StatusRolledBack {
-			t.Fatalf("v3: %s", describe(v3))
-		}
-		if !strings.Contains(v3.Message, "rolled back") || !strings.Contains(v3.Message, "was") {
-			t.Fatalf("v3 message %q does not give the reason", v3.Message)
+		if !strings.Contains(v2.Message, "rolled back") || !strings.Contains(v2.Message, "was") {
+			t.Fatalf("v2 message %q does not give the reason", v2.Message)
 		}
 		// Every region is back on its previous healthy deployment.
-		serves(t, tp.onDeployment(t, "fra", key, v2.ID, 20*time.Second), v2.ID, "v2")
-		serves(t, tp.onDeployment(t, "was", key, v2.ID, 20*time.Second), v2.ID, "v2")
-		serves(t, tp.onDeployment(t, "sin", key, v1.ID, 20*time.Second), v1.ID, "v1")
+		for _, name := range all {
+			serves(t, tp.onDeployment(t, name, env.key("hello"), v1.ID, 20*time.Second), v1.ID, "v1")
+		}
 	})
 
 	t.Run("CanaryFailureStopsTheRollout", func(t *testing.T) {
-		doc := helloDoc{name: "hello", regions: all, version: "v4", base: 2, sick: []string{"fra"},
+		env := newRolloutEnv(t, tp, "canary", true)
+		v1 := env.deploy(helloDoc{name: "hello", regions: all, version: "v1", base: 2, strategy: "{health_deadline: 30s}"}, api.StatusHealthy)
+		doc := helloDoc{name: "hello", regions: all, version: "v2", base: 2, sick: []string{"fra"},
 			strategy: "{canary_regions: [fra], max_parallel_regions: 1, health_deadline: 30s}"}
-		v4, err := acme.Deploy(ctx, "shop", doc.yaml(), "application/yaml", "")
-		if err != nil {
-			t.Fatal(err)
+		v2 := env.deploy(doc, api.StatusError)
+		st := perRegion(v2)
+		if st["fra"] != api.StatusFailed || st["was"] != api.StatusCanceled || st["sin"] != api.StatusCanceled {
+			t.Fatalf("v2: %s", describe(v2))
 		}
-		v4 = waitDeployment(t, acme, v4.ID, 60*time.Second)
-		st := perRegion(v4)
-		if v4.Status != api.StatusError || st["fra"] != api.StatusFailed || st["was"] != api.StatusCanceled || st["sin"] != api.StatusCanceled {
-			t.Fatalf("v4: %s", describe(v4))
+		if !hasEvent(v2, "was", api.EventCanceled, "canary region fra failed") {
+			t.Fatalf("was not canceled for the canary:\n%s", describe(v2))
 		}
-		if !hasEvent(v4, "was", api.EventCanceled, "canary region fra failed") {
-			t.Fatalf("was not canceled for the canary:\n%s", describe(v4))
-		}
-		var ops []store.RegionOp
-		g.cfg.Store.View(ctx, func(tx store.Tx) (err error) {
-			ops, err = tx.ListRegionOps(ctx, store.OpFilter{DeploymentID: v4.ID})
-			return err
-		})
-		for _, op := range ops {
+		for _, op := range env.ops(store.OpFilter{DeploymentID: v2.ID}) {
 			if op.Region != "fra" {
 				t.Fatalf("an operation reached %s after the canary failed: %+v", op.Region, op)
 			}
 		}
-		serves(t, tp.onDeployment(t, "fra", key, v2.ID, 20*time.Second), v2.ID, "v2")
-		serves(t, tp.onDeployment(t, "was", key, v2.ID, 5*time.Second), v2.ID, "v2")
+		serves(t, tp.onDeployment(t, "fra", env.key("hello"), v1.ID, 20*time.Second), v1.ID, "v1")
+		serves(t, tp.onDeployment(t, "was", env.key("hello"), v1.ID, 5*time.Second), v1.ID, "v1")
 	})
 
 	t.Run("Cancel", func(t *testing.T) {
-		doc := helloDoc{name: "hello", regions: all, version: "v5", base: 2, sick: all, limit: 100,
+		env := newRolloutEnv(t, tp, "cancel", true)
+		v1 := env.deploy(helloDoc{name: "hello", regions: all, version: "v1", base: 2, strategy: "{health_deadline: 30s}"}, api.StatusHealthy)
+		doc := helloDoc{name: "hello", regions: all, version: "v2", base: 2, sick: all, limit: 100,
 			strategy: "{max_parallel_regions: 1, health_deadline: 60s}"}
-		v5, err := acme.Deploy(ctx, "shop", doc.yaml(), "application/yaml", "")
+		v2, err := env.org.Deploy(ctx, "shop", doc.yaml(), "application/yaml", "")
 		if err != nil {
 			t.Fatal(err)
 		}
-		testutil.Eventually(t, 20*time.Second, "v5 progressing in fra", func() (bool, string) {
-			d, err := acme.GetDeployment(ctx, v5.ID)
+		testutil.Eventually(t, 20*time.Second, "v2 progressing in fra", func() (bool, string) {
+			d, err := env.org.GetDeployment(ctx, v2.ID)
 			return err == nil && perRegion(d)["fra"] == api.StatusProgressing, describe(d)
 		})
-		c, err := acme.CancelDeployment(ctx, v5.ID)
+		c, err := env.org.CancelDeployment(ctx, v2.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -235,72 +218,66 @@ func TestRollouts(t *testing.T) {
 		if c.Status != api.StatusCanceled || st["fra"] != api.StatusCanceled || st["was"] != api.StatusCanceled || st["sin"] != api.StatusCanceled {
 			t.Fatalf("canceled: %s", describe(c))
 		}
-		c = waitDeployment(t, acme, v5.ID, 20*time.Second)
-		testutil.Eventually(t, 20*time.Second, "v5 done reverting", func() (bool, string) {
-			d, err := acme.GetDeployment(ctx, v5.ID)
-			return err == nil && hasEvent(d, "fra", api.EventReverted, "version 2") && hasEvent(d, "", api.EventFinished), describe(d)
+		waitDeployment(t, env.org, v2.ID, 20*time.Second)
+		testutil.Eventually(t, 20*time.Second, "v2 done reverting", func() (bool, string) {
+			d, err := env.org.GetDeployment(ctx, v2.ID)
+			return err == nil && hasEvent(d, "fra", api.EventReverted, "version 1") && hasEvent(d, "", api.EventFinished), describe(d)
 		})
-		serves(t, tp.onDeployment(t, "fra", key, v2.ID, 20*time.Second), v2.ID, "v2")
-		_, err = acme.CancelDeployment(ctx, v5.ID)
+		serves(t, tp.onDeployment(t, "fra", env.key("hello"), v1.ID, 20*time.Second), v1.ID, "v1")
+		_, err = env.org.CancelDeployment(ctx, v2.ID)
 		if ae := mustStatus(t, err, 409); !strings.Contains(ae.Message, "already canceled") {
 			t.Fatalf("cancel twice: %v", ae)
 		}
-		_, err = acme.CancelDeployment(ctx, v2.ID)
-		if ae := mustStatus(t, err, 409); !strings.Contains(ae.Message, "already finished as DEGRADED") {
+		_, err = env.org.CancelDeployment(ctx, v1.ID)
+		if ae := mustStatus(t, err, 409); !strings.Contains(ae.Message, "already finished as HEALTHY") {
 			t.Fatalf("cancel of a finished deployment: %v", ae)
 		}
 	})
 
 	t.Run("NewDeploymentSupersedes", func(t *testing.T) {
-		slow := helloDoc{name: "hello", regions: all, version: "v6", base: 2, sick: all, limit: 100,
+		env := newRolloutEnv(t, tp, "supersede", true)
+		slow := helloDoc{name: "hello", regions: all, version: "v1", base: 2, sick: all, limit: 100,
 			strategy: "{health_deadline: 60s}"}
-		v6, err := acme.Deploy(ctx, "shop", slow.yaml(), "application/yaml", "")
+		v1, err := env.org.Deploy(ctx, "shop", slow.yaml(), "application/yaml", "")
 		if err != nil {
 			t.Fatal(err)
 		}
-		testutil.Eventually(t, 20*time.Second, "v6 progressing", func() (bool, string) {
-			d, err := acme.GetDeployment(ctx, v6.ID)
+		testutil.Eventually(t, 20*time.Second, "v1 progressing", func() (bool, string) {
+			d, err := env.org.GetDeployment(ctx, v1.ID)
 			return err == nil && perRegion(d)["fra"] == api.StatusProgressing, describe(d)
 		})
-		good := helloDoc{name: "hello", regions: all, version: "v7", base: 2, strategy: "{health_deadline: 30s}"}
-		v7, err := acme.Deploy(ctx, "shop", good.yaml(), "application/yaml", "")
+		good := helloDoc{name: "hello", regions: all, version: "v2", base: 2, strategy: "{health_deadline: 30s}"}
+		v2, err := env.org.Deploy(ctx, "shop", good.yaml(), "application/yaml", "")
 		if err != nil {
 			t.Fatal(err)
 		}
-		old, err := acme.GetDeployment(ctx, v6.ID)
+		old, err := env.org.GetDeployment(ctx, v1.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if old.Status != api.StatusSuperseded || !strings.Contains(old.Message, "superseded by version 7") || !hasEvent(old, "", api.EventSuperseded) {
-			t.Fatalf("v6 after v7: %s", describe(old))
+		if old.Status != api.StatusSuperseded || !strings.Contains(old.Message, "superseded by version 2") || !hasEvent(old, "", api.EventSuperseded) {
+			t.Fatalf("v1 after v2: %s", describe(old))
 		}
-		v7 = waitDeployment(t, acme, v7.ID, 60*time.Second)
-		if v7.Status != api.StatusHealthy {
-			t.Fatalf("v7: %s", describe(v7))
+		if v2 = waitDeployment(t, env.org, v2.ID, 60*time.Second); v2.Status != api.StatusHealthy {
+			t.Fatalf("v2: %s", describe(v2))
 		}
 		for _, name := range all {
-			serves(t, tp.onDeployment(t, name, key, v7.ID, 10*time.Second), v7.ID, "v7")
+			serves(t, tp.onDeployment(t, name, env.key("hello"), v2.ID, 10*time.Second), v2.ID, "v2")
 		}
 		// The superseded deployment stopped driving: its status stays.
-		old, _ = acme.GetDeployment(ctx, v6.ID)
+		old, _ = env.org.GetDeployment(ctx, v1.ID)
 		if old.Status != api.StatusSuperseded {
-			t.Fatalf("v6 changed after being superseded: %s", describe(old))
+			t.Fatalf("v1 changed after being superseded: %s", describe(old))
 		}
 	})
 
 	t.Run("DeleteCatchesUpWithARegionThatWasDown", func(t *testing.T) {
-		doc := helloDoc{name: "tmp", regions: []string{"fra", "sin"}, version: "t1", strategy: "{health_deadline: 30s}"}
-		d, err := acme.Deploy(ctx, "shop", doc.yaml(), "application/yaml", "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if d = waitDeployment(t, acme, d.ID, 60*time.Second); d.Status != api.StatusHealthy {
-			t.Fatalf("tmp: %s", describe(d))
-		}
+		env := newRolloutEnv(t, tp, "catchup", true)
+		env.deploy(helloDoc{name: "tmp", regions: []string{"fra", "sin"}, version: "t1", strategy: "{health_deadline: 30s}"}, api.StatusHealthy)
 		tp.links["sin"].Partition()
 		defer tp.links["sin"].Heal()
 		// Instance lists answer without the region that is down.
-		list, err := acme.ListInstances(ctx)
+		list, err := env.org.ListInstances(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -312,21 +289,17 @@ func TestRollouts(t *testing.T) {
 				t.Fatalf("an instance of the unreachable region was listed: %+v", in)
 			}
 		}
-		if err := acme.DeleteService(ctx, "shop", "tmp"); err != nil {
+		if err := env.org.DeleteService(ctx, "shop", "tmp"); err != nil {
 			t.Fatal(err)
 		}
-		tkey := "acme.shop.tmp"
+		tkey := env.key("tmp")
 		testutil.Eventually(t, 20*time.Second, "tmp deleted in fra", func() (bool, string) {
 			ss, err := tp.status(t, "fra", tkey)
 			return err == nil && ss.Phase == regionapi.PhaseDeleted, fmt.Sprint(ss, err)
 		})
 		var pending store.RegionOp
 		testutil.Eventually(t, 20*time.Second, "the deletion in sin retried", func() (bool, string) {
-			var ops []store.RegionOp
-			g.cfg.Store.View(ctx, func(tx store.Tx) (err error) {
-				ops, err = tx.ListRegionOps(ctx, store.OpFilter{ServiceKey: tkey, Region: "sin", State: store.OpPending})
-				return err
-			})
+			ops := env.ops(store.OpFilter{ServiceKey: tkey, Region: "sin", State: store.OpPending})
 			if len(ops) == 1 && ops[0].Kind == store.OpDelete && ops[0].Attempts >= 2 {
 				pending = ops[0]
 				return true, ""
@@ -343,65 +316,163 @@ func TestRollouts(t *testing.T) {
 		})
 		testutil.Eventually(t, 10*time.Second, "the deletion settled", func() (bool, string) {
 			var op store.RegionOp
-			g.cfg.Store.View(ctx, func(tx store.Tx) (err error) {
+			env.st.View(ctx, func(tx store.Tx) (err error) {
 				op, err = tx.GetRegionOp(ctx, pending.ID)
 				return err
 			})
 			return op.State == store.OpDone, op.State
 		})
-		_, err = acme.GetService(ctx, "shop", "tmp")
+		_, err = env.org.GetService(ctx, "shop", "tmp")
 		mustStatus(t, err, 404)
 	})
 
 	t.Run("RedeployWithoutARegionStopsItThere", func(t *testing.T) {
-		doc := helloDoc{name: "hello", regions: []string{"fra", "was"}, version: "v8", base: 2, strategy: "{health_deadline: 30s}"}
-		v8, err := acme.Deploy(ctx, "shop", doc.yaml(), "application/yaml", "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if v8 = waitDeployment(t, acme, v8.ID, 60*time.Second); v8.Status != api.StatusHealthy {
-			t.Fatalf("v8: %s", describe(v8))
-		}
+		env := newRolloutEnv(t, tp, "redeploy", true)
+		env.deploy(helloDoc{name: "hello", regions: all, version: "v1", strategy: "{health_deadline: 30s}"}, api.StatusHealthy)
+		v2 := env.deploy(helloDoc{name: "hello", regions: []string{"fra", "was"}, version: "v2", base: 2, strategy: "{health_deadline: 30s}"}, api.StatusHealthy)
 		testutil.Eventually(t, 20*time.Second, "hello stopped in sin", func() (bool, string) {
-			ss, err := tp.status(t, "sin", key)
+			ss, err := tp.status(t, "sin", env.key("hello"))
 			return err == nil && ss.Phase == regionapi.PhaseDeleted, fmt.Sprint(ss, err)
 		})
-		d, _ := acme.GetDeployment(ctx, v8.ID)
+		d, _ := env.org.GetDeployment(ctx, v2.ID)
 		if !hasEvent(d, "sin", api.EventRemoved) {
 			t.Fatalf("no removal event:\n%s", describe(d))
 		}
 	})
 
 	t.Run("Drain", func(t *testing.T) {
-		out, err := admin.DrainRegion(ctx, "was")
+		env := newRolloutEnv(t, tp, "drain", true)
+		env.deploy(helloDoc{name: "hello", regions: all, version: "v1", base: 2, strategy: "{health_deadline: 30s}"}, api.StatusHealthy)
+		out, err := env.admin.DrainRegion(ctx, "was")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if out.Region.Status != api.RegionDraining || len(out.Services) != 1 || out.Services[0].Service != "hello" ||
-			out.Services[0].Instances < 2 || !strings.Contains(out.Message, "redeployed without was or deleted") {
+		var mine []api.RegionService
+		for _, rs := range out.Services {
+			if rs.Org == "drain" {
+				mine = append(mine, rs)
+			}
+		}
+		if out.Region.Status != api.RegionDraining || len(mine) != 1 || mine[0].Service != "hello" || mine[0].App != "shop" ||
+			mine[0].Instances < 2 || !strings.Contains(out.Message, "redeployed without was or deleted") {
 			t.Fatalf("drain: %+v", out)
 		}
-		_, err = acme.Deploy(ctx, "shop", helloDoc{name: "hello", regions: all, version: "v9"}.yaml(), "application/yaml", "")
+		_, err = env.org.Deploy(ctx, "shop", helloDoc{name: "hello", regions: all, version: "v2"}.yaml(), "application/yaml", "")
 		ae := mustStatus(t, err, 400)
 		if !strings.Contains(ae.Error(), `regions[1]: region "was" is not open (status draining)`) {
 			t.Fatalf("deploy to a draining region: %v", ae)
 		}
-		if ss, err := tp.status(t, "was", key); err != nil || ss.Phase != regionapi.PhaseHealthy {
+		if ss, err := tp.status(t, "was", env.key("hello")); err != nil || ss.Phase != regionapi.PhaseHealthy {
 			t.Fatalf("draining moved instances: %+v %v", ss, err)
 		}
 	})
 
-	if n := rec.checkOnce(t); n == 0 {
-		t.Fatal("no apply was answered")
-	}
-
 	// Replicas and restarts, on PostgreSQL when configured (on a SQLite
-	// file otherwise), with another organization so that its service keys
-	// never meet the first store's in the regions.
+	// file otherwise), with organizations of their own.
 	kinds := storetest.Kinds(t)
 	kind := kinds[len(kinds)-1]
 	t.Run("ResumesAfterRestart/"+kind, func(t *testing.T) { testResume(t, tp, kind) })
 	t.Run("TwoReplicas/"+kind, func(t *testing.T) { testReplicas(t, tp, kind) })
+}
+
+// rolloutEnv is one TestRollouts subtest's own installation over the
+// shared regions: a global on a fresh SQLite store with the regions
+// registered, an organization named after the subtest (so that its service
+// keys meet no other subtest's in the regions) with an app "shop".
+type rolloutEnv struct {
+	t       *testing.T
+	tp      *topology
+	h       *harness
+	st      store.Store
+	rec     *calls
+	admin   *api.Client
+	org     *api.Client
+	orgName string
+}
+
+// newRolloutEnv starts a subtest's installation; open opens the regions
+// (without smoke tests). When the subtest ends, its services are deleted
+// in every region (and the deletions awaited, so that the regions' single
+// machines keep their room for the next subtest), and no generation may
+// have been applied twice.
+func newRolloutEnv(t *testing.T, tp *topology, orgName string, open bool) *rolloutEnv {
+	t.Helper()
+	ctx := context.Background()
+	env := &rolloutEnv{t: t, tp: tp, st: storetest.Open(t, "sqlite"), rec: &calls{}, orgName: orgName}
+	g := startGlobal(t, rolloutConfig(t, env.st, tp, "g-"+orgName, env.rec))
+	env.admin = api.NewClient(g.URL(), testAdminToken)
+	env.h = &harness{t: t, srv: g, st: env.st, admin: env.admin}
+	tp.register(t, env.admin)
+	if open {
+		status := api.RegionOpen
+		for name := range tp.links {
+			if _, err := env.admin.UpdateRegion(ctx, name, api.UpdateRegionRequest{Status: &status}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	env.org = env.h.newOrg(orgName)
+	if _, err := env.org.CreateApp(ctx, "shop", ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(env.cleanup)
+	return env
+}
+
+// key is a service's key in the regions.
+func (env *rolloutEnv) key(service string) string {
+	return regionapi.ServiceKey(env.orgName, "shop", service)
+}
+
+// deploy deploys doc and waits until the deployment finishes with status
+// want.
+func (env *rolloutEnv) deploy(doc helloDoc, want string) api.Deployment {
+	env.t.Helper()
+	d, err := env.org.Deploy(context.Background(), "shop", doc.yaml(), "application/yaml", "")
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	if d = waitDeployment(env.t, env.org, d.ID, 60*time.Second); d.Status != want {
+		env.t.Fatalf("%s %s, want %s: %s", doc.name, doc.version, want, describe(d))
+	}
+	return d
+}
+
+// ops lists the region operations matching f.
+func (env *rolloutEnv) ops(f store.OpFilter) []store.RegionOp {
+	env.t.Helper()
+	ctx := context.Background()
+	var ops []store.RegionOp
+	if err := env.st.View(ctx, func(tx store.Tx) (err error) {
+		ops, err = tx.ListRegionOps(ctx, f)
+		return err
+	}); err != nil {
+		env.t.Fatal(err)
+	}
+	return ops
+}
+
+func (env *rolloutEnv) cleanup() {
+	t, ctx := env.t, context.Background()
+	list, err := env.org.ListServices(ctx, "shop", api.ListOptions{})
+	if err != nil {
+		t.Errorf("listing the services to delete: %v", err)
+		return
+	}
+	for _, svc := range list.Items {
+		if err := env.org.DeleteService(ctx, "shop", svc.Name); err != nil {
+			t.Errorf("deleting %s: %v", svc.Name, err)
+			continue
+		}
+		for name := range env.tp.links {
+			testutil.Eventually(t, 20*time.Second, svc.Name+" deleted in "+name, func() (bool, string) {
+				ss, err := env.tp.status(t, name, env.key(svc.Name))
+				var ae *api.Error
+				return (err == nil && ss.Phase == regionapi.PhaseDeleted) || (errors.As(err, &ae) && ae.Status == http.StatusNotFound), fmt.Sprint(ss, err)
+			})
+		}
+	}
+	env.rec.checkOnce(t)
 }
 
 // testResume stops a global in the middle of a rollout and starts another
