@@ -135,7 +135,7 @@ func TestRollouts(t *testing.T) {
 
 	t.Run("FailLocal", func(t *testing.T) {
 		env := newRolloutEnv(t, tp, "faillocal", true)
-		v1 := env.deploy(helloDoc{name: "hello", regions: all, version: "v1", base: 2, strategy: "{health_deadline: 30s}"}, api.StatusHealthy)
+		v1 := env.deploy(helloDoc{name: "hello", regions: all, version: "v1", strategy: "{health_deadline: 30s}"}, api.StatusHealthy)
 		doc := helloDoc{name: "hello", regions: all, version: "v2", base: 2, sick: []string{"sin"},
 			strategy: "{on_failure: fail_local, health_deadline: 30s}"}
 		v2 := env.deploy(doc, api.StatusDegraded)
@@ -158,7 +158,7 @@ func TestRollouts(t *testing.T) {
 
 	t.Run("RollbackAll", func(t *testing.T) {
 		env := newRolloutEnv(t, tp, "rollback", true)
-		v1 := env.deploy(helloDoc{name: "hello", regions: all, version: "v1", base: 2, strategy: "{health_deadline: 30s}"}, api.StatusHealthy)
+		v1 := env.deploy(helloDoc{name: "hello", regions: all, version: "v1", strategy: "{health_deadline: 30s}"}, api.StatusHealthy)
 		doc := helloDoc{name: "hello", regions: all, version: "v2", base: 2, sick: []string{"was"},
 			strategy: "{on_failure: rollback_all, health_deadline: 30s}"}
 		v2 := env.deploy(doc, api.StatusError)
@@ -177,7 +177,7 @@ func TestRollouts(t *testing.T) {
 
 	t.Run("CanaryFailureStopsTheRollout", func(t *testing.T) {
 		env := newRolloutEnv(t, tp, "canary", true)
-		v1 := env.deploy(helloDoc{name: "hello", regions: all, version: "v1", base: 2, strategy: "{health_deadline: 30s}"}, api.StatusHealthy)
+		v1 := env.deploy(helloDoc{name: "hello", regions: all, version: "v1", strategy: "{health_deadline: 30s}"}, api.StatusHealthy)
 		doc := helloDoc{name: "hello", regions: all, version: "v2", base: 2, sick: []string{"fra"},
 			strategy: "{canary_regions: [fra], max_parallel_regions: 1, health_deadline: 30s}"}
 		v2 := env.deploy(doc, api.StatusError)
@@ -199,7 +199,7 @@ func TestRollouts(t *testing.T) {
 
 	t.Run("Cancel", func(t *testing.T) {
 		env := newRolloutEnv(t, tp, "cancel", true)
-		v1 := env.deploy(helloDoc{name: "hello", regions: all, version: "v1", base: 2, strategy: "{health_deadline: 30s}"}, api.StatusHealthy)
+		v1 := env.deploy(helloDoc{name: "hello", regions: all, version: "v1", strategy: "{health_deadline: 30s}"}, api.StatusHealthy)
 		doc := helloDoc{name: "hello", regions: all, version: "v2", base: 2, sick: all, limit: 100,
 			strategy: "{max_parallel_regions: 1, health_deadline: 60s}"}
 		v2, err := env.org.Deploy(ctx, "shop", doc.yaml(), "application/yaml", "")

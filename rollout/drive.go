@@ -123,13 +123,12 @@ func (d *driver) decide(ctx context.Context, obs map[string]Observation) (bool, 
 			over = true
 			return nil
 		}
-		previous := d.previous
-		if previous == nil {
-			if previous, err = loadPrevious(ctx, tx, dep); err != nil {
+		if st.Previous = d.previous; st.Previous == nil {
+			if st.Previous, err = loadPrevious(ctx, tx, dep); err != nil {
 				return err
 			}
 		}
-		if err := load(ctx, tx, d.org, &st, previous); err != nil {
+		if err := load(ctx, tx, d.org, &st); err != nil {
 			return err
 		}
 		now := e.cfg.Now().UTC()
@@ -140,7 +139,7 @@ func (d *driver) decide(ctx context.Context, obs map[string]Observation) (bool, 
 		if touched, err = apply(ctx, tx, d.org, dep, now, actions); err != nil {
 			return err
 		}
-		d.previous = previous
+		d.previous = st.Previous
 		for _, a := range actions {
 			if r, ok := a.(RememberFailed); ok {
 				remember = append(remember, r)
@@ -205,9 +204,9 @@ func (d *driver) observe(ctx context.Context, dep api.Deployment) map[string]Obs
 	return out
 }
 
-// load reads the rest of a deployment's state in tx: its operations and
-// the service's generations; previous is State.Previous.
-func load(ctx context.Context, tx store.Tx, org string, st *State, previous map[string]Target) error {
+// load reads a deployment's operations and its service's generations into
+// st, in tx.
+func load(ctx context.Context, tx store.Tx, org string, st *State) error {
 	dep := st.Deployment
 	ops, err := tx.ListRegionOps(ctx, store.OpFilter{DeploymentID: dep.ID})
 	if err != nil {
@@ -217,7 +216,7 @@ func load(ctx context.Context, tx store.Tx, org string, st *State, previous map[
 	if err != nil {
 		return err
 	}
-	st.Ops, st.Previous, st.Generations = ops, previous, map[string]int64{}
+	st.Ops, st.Generations = ops, map[string]int64{}
 	for _, sr := range srs {
 		st.Generations[sr.Region] = sr.Generation
 	}
@@ -303,12 +302,12 @@ func apply(ctx context.Context, tx store.Tx, org string, dep api.Deployment, now
 // checks that the deployment runs, and nudges those regions (Nudge) and
 // the deployment's driver (NudgeDeployment) once tx commits.
 func (e *Engine) Cancel(ctx context.Context, tx store.Tx, org string, dep api.Deployment) ([]string, error) {
-	st := State{Deployment: dep, Active: true}
 	previous, err := loadPrevious(ctx, tx, dep)
 	if err != nil {
 		return nil, err
 	}
-	if err := load(ctx, tx, org, &st, previous); err != nil {
+	st := State{Deployment: dep, Active: true, Previous: previous}
+	if err := load(ctx, tx, org, &st); err != nil {
 		return nil, err
 	}
 	now := e.cfg.Now().UTC()

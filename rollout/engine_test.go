@@ -308,7 +308,7 @@ func TestApplyRefusesAMovedGeneration(t *testing.T) {
 	var st State
 	f.update(func(tx store.Tx) error {
 		st = State{Deployment: v2, Active: true}
-		if err := load(f.ctx, tx, f.org.Name, &st, nil); err != nil {
+		if err := load(f.ctx, tx, f.org.Name, &st); err != nil {
 			return err
 		}
 		// Another writer allocates the next generation meanwhile.
