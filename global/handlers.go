@@ -47,7 +47,7 @@ func newTokenValue(prefix string) string {
 
 func checkLabel(path, v string) error {
 	if !spec.ValidLabel(v) {
-		return fieldErr(path, "%q is not a valid name: use 1-63 lowercase letters, digits and '-', starting with a letter", v)
+		return fieldErr(path, "%s is not a valid name: use 1-63 lowercase letters, digits and '-', starting with a letter", spec.Quote(v))
 	}
 	return nil
 }
@@ -118,13 +118,13 @@ func (s *Server) createOrg(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := checkLabel("name", req.Name); err != nil {
-		return err
+	if err := spec.CheckOrgName(req.Name); err != nil {
+		return fieldErr("name", "%v", err)
 	}
 	return s.create(w, r, body, http.StatusCreated, func(ctx context.Context, tx store.Tx) (any, error) {
 		o := api.Organization{ID: newID("org"), Name: req.Name, CreatedAt: s.cfg.Now().UTC()}
 		if err := tx.CreateOrg(ctx, o); err != nil {
-			return nil, storeErr(err, fmt.Sprintf("organization %q", req.Name))
+			return nil, storeErr(err, "organization "+spec.Quote(req.Name))
 		}
 		s.log.Info("organization created", "org", o.Name, "id", o.ID)
 		return o, nil
@@ -144,7 +144,7 @@ func findOrg(ctx context.Context, tx store.Tx, ref string) (api.Organization, er
 		o, err = tx.GetOrg(ctx, ref)
 	}
 	if err != nil {
-		return o, storeErr(err, fmt.Sprintf("organization %q", ref))
+		return o, storeErr(err, "organization "+spec.Quote(ref))
 	}
 	return o, nil
 }
@@ -213,7 +213,7 @@ func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) deleteToken(w http.ResponseWriter, r *http.Request) error {
 	return s.remove(w, r, func(ctx context.Context, tx store.Tx) error {
 		id := r.PathValue("id")
-		return storeErr(tx.DeleteToken(ctx, callerOf(ctx).orgID, id), fmt.Sprintf("token %q", id))
+		return storeErr(tx.DeleteToken(ctx, callerOf(ctx).orgID, id), "token "+spec.Quote(id))
 	})
 }
 
@@ -244,7 +244,7 @@ func (s *Server) createEdgeToken(w http.ResponseWriter, r *http.Request) error {
 		t := api.EdgeToken{ID: newID("etk"), Name: req.Name, CreatedAt: s.cfg.Now().UTC()}
 		value := newTokenValue(edgeTokenPrefix)
 		if err := tx.CreateEdgeToken(ctx, store.EdgeTokenRecord{EdgeToken: t, Hash: hashToken(value)}); err != nil {
-			return nil, storeErr(err, fmt.Sprintf("edge token %q", req.Name))
+			return nil, storeErr(err, "edge token "+spec.Quote(req.Name))
 		}
 		s.log.Info("edge token created", "name", t.Name, "id", t.ID)
 		t.Value = value
@@ -261,7 +261,7 @@ func (s *Server) listEdgeTokens(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) deleteEdgeToken(w http.ResponseWriter, r *http.Request) error {
 	id := r.PathValue("id")
 	err := s.remove(w, r, func(ctx context.Context, tx store.Tx) error {
-		return storeErr(tx.DeleteEdgeToken(ctx, id), fmt.Sprintf("edge token %q", id))
+		return storeErr(tx.DeleteEdgeToken(ctx, id), "edge token "+spec.Quote(id))
 	})
 	if err == nil {
 		s.log.Info("edge token revoked", "id", id)
@@ -279,7 +279,11 @@ func (s *Server) appHost(orgID, app string, tx store.Tx, ctx context.Context) (s
 	if err != nil {
 		return "", fmt.Errorf("organization of token: %w", err)
 	}
-	return app + "-" + o.Name + "." + s.cfg.Domain, nil
+	label, err := spec.AppHostLabel(app, o.Name)
+	if err != nil {
+		return "", fieldErr("name", "%v", err)
+	}
+	return label + "." + s.cfg.Domain, nil
 }
 
 func (s *Server) createApp(w http.ResponseWriter, r *http.Request) error {
@@ -307,7 +311,7 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) error {
 						"the public host %s is already another app's; choose another app name", host)
 				}
 			}
-			return nil, storeErr(err, fmt.Sprintf("app %q", req.Name))
+			return nil, storeErr(err, "app "+spec.Quote(req.Name))
 		}
 		return a, nil
 	})
@@ -322,7 +326,7 @@ func (s *Server) listApps(w http.ResponseWriter, r *http.Request) error {
 func findApp(ctx context.Context, tx store.Tx, name string) (api.App, error) {
 	a, err := tx.GetApp(ctx, callerOf(ctx).orgID, name)
 	if err != nil {
-		return a, storeErr(err, fmt.Sprintf("app %q", name))
+		return a, storeErr(err, "app "+spec.Quote(name))
 	}
 	return a, nil
 }
@@ -338,9 +342,9 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) error {
 		name := r.PathValue("app")
 		err := tx.DeleteApp(ctx, callerOf(ctx).orgID, name)
 		if errors.Is(err, store.ErrConflict) {
-			return errConflict("app %q still has services; delete them first", name)
+			return errConflict("app %s still has services; delete them first", spec.Quote(name))
 		}
-		return storeErr(err, fmt.Sprintf("app %q", name))
+		return storeErr(err, "app "+spec.Quote(name))
 	})
 }
 
@@ -455,9 +459,9 @@ func checkRegionsOpen(ctx context.Context, tx store.Tx, names []string) ([]api.F
 		r, ok := byID[name]
 		switch {
 		case !ok:
-			out = append(out, api.FieldError{Path: fmt.Sprintf("regions[%d]", i), Message: fmt.Sprintf("region %q is not registered", name)})
+			out = append(out, api.FieldError{Path: fmt.Sprintf("regions[%d]", i), Message: fmt.Sprintf("region %s is not registered", spec.Quote(name))})
 		case r.Status != api.RegionOpen:
-			out = append(out, api.FieldError{Path: fmt.Sprintf("regions[%d]", i), Message: fmt.Sprintf("region %q is not open (status %s)", name, r.Status)})
+			out = append(out, api.FieldError{Path: fmt.Sprintf("regions[%d]", i), Message: fmt.Sprintf("region %s is not open (status %s)", spec.Quote(name), r.Status)})
 		}
 	}
 	return out, nil
@@ -563,7 +567,7 @@ func findService(ctx context.Context, tx store.Tx, appName, name string) (api.Se
 	}
 	svc, err := tx.GetService(ctx, app.OrgID, app.ID, name)
 	if err != nil {
-		return svc, storeErr(err, fmt.Sprintf("service %q of app %q", name, appName))
+		return svc, storeErr(err, "service "+spec.Quote(name)+" of app "+spec.Quote(appName))
 	}
 	return svc, nil
 }
@@ -626,7 +630,7 @@ func (s *Server) cancelDeployment(w http.ResponseWriter, r *http.Request) error 
 		touched = nil
 		d, err := tx.GetDeployment(ctx, callerOf(ctx).orgID, id)
 		if err != nil {
-			return storeErr(err, fmt.Sprintf("deployment %q", id))
+			return storeErr(err, "deployment "+spec.Quote(id))
 		}
 		active, err := tx.ListActiveDeployments(ctx, d.ServiceID)
 		if err != nil {
@@ -679,7 +683,7 @@ func (s *Server) getDeployment(w http.ResponseWriter, r *http.Request) error {
 		id := r.PathValue("id")
 		d, err := tx.GetDeployment(ctx, callerOf(ctx).orgID, id)
 		if err != nil {
-			return d, storeErr(err, fmt.Sprintf("deployment %q", id))
+			return d, storeErr(err, "deployment "+spec.Quote(id))
 		}
 		d.Events, err = tx.ListDeploymentEvents(ctx, id)
 		return d, err
@@ -691,7 +695,7 @@ func (s *Server) getDeployment(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) putSecret(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
 	if !spec.ValidSecretName(name) {
-		return fieldErr("name", "%q is not a valid secret name: use letters, digits, '_', '.' and '-', not starting with '.' or '-', at most 128", name)
+		return fieldErr("name", "%s is not a valid secret name: use letters, digits, '_', '.' and '-', not starting with '.' or '-', at most 128", spec.Quote(name))
 	}
 	var req api.PutSecretRequest
 	if _, err := s.decodeJSON(w, r, &req); err != nil {
@@ -729,7 +733,7 @@ func (s *Server) listSecrets(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) deleteSecret(w http.ResponseWriter, r *http.Request) error {
 	return s.remove(w, r, func(ctx context.Context, tx store.Tx) error {
 		name := r.PathValue("name")
-		return storeErr(tx.DeleteSecret(ctx, callerOf(ctx).orgID, name), fmt.Sprintf("secret %q", name))
+		return storeErr(tx.DeleteSecret(ctx, callerOf(ctx).orgID, name), "secret "+spec.Quote(name))
 	})
 }
 
@@ -749,16 +753,12 @@ func checkRegionFields(name string, lat, lon float64, u string) error {
 		fields = append(fields, api.FieldError{Path: "longitude", Message: fmt.Sprintf("%v is not in [-180, 180]", lon)})
 	}
 	if pu, err := url.Parse(u); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
-		fields = append(fields, api.FieldError{Path: "url", Message: fmt.Sprintf("%q is not an http(s) URL of the region's control plane", u)})
+		fields = append(fields, api.FieldError{Path: "url", Message: fmt.Sprintf("%s is not an http(s) URL of the region's control plane", spec.Quote(u))})
 	}
 	if len(fields) == 0 {
 		return nil
 	}
-	msgs := make([]string, len(fields))
-	for i, f := range fields {
-		msgs[i] = f.String()
-	}
-	return &api.Error{Status: http.StatusBadRequest, Code: api.CodeInvalid, Message: strings.Join(msgs, "; "), Fields: fields}
+	return fieldsErr(fields...)
 }
 
 func (s *Server) createRegion(w http.ResponseWriter, r *http.Request) error {
@@ -781,7 +781,7 @@ func (s *Server) createRegion(w http.ResponseWriter, r *http.Request) error {
 		reg := api.Region{ID: req.ID, Name: req.Name, Latitude: req.Latitude, Longitude: req.Longitude,
 			URL: req.URL, Status: api.RegionProvisioning, CreatedAt: now, UpdatedAt: now}
 		if err := tx.CreateRegion(ctx, reg); err != nil {
-			return nil, storeErr(err, fmt.Sprintf("region %q", req.ID))
+			return nil, storeErr(err, "region "+spec.Quote(req.ID))
 		}
 		s.log.Info("region registered", "region", reg.ID, "url", reg.URL)
 		return reg, nil
@@ -798,7 +798,7 @@ func (s *Server) getRegion(w http.ResponseWriter, r *http.Request) error {
 	return get(s, w, r, func(ctx context.Context, tx store.Tx) (api.Region, error) {
 		id := r.PathValue("id")
 		reg, err := tx.GetRegion(ctx, id)
-		return reg, storeErr(err, fmt.Sprintf("region %q", id))
+		return reg, storeErr(err, "region "+spec.Quote(id))
 	})
 }
 
@@ -808,7 +808,7 @@ func (s *Server) updateRegion(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if req.Status != nil && !slices.Contains(regionStatuses, *req.Status) {
-		return fieldErr("status", "%q is not one of %s", *req.Status, strings.Join(regionStatuses, ", "))
+		return fieldErr("status", "%s is not one of %s", spec.Quote(*req.Status), strings.Join(regionStatuses, ", "))
 	}
 	ctx := r.Context()
 	id := r.PathValue("id")
@@ -817,7 +817,7 @@ func (s *Server) updateRegion(w http.ResponseWriter, r *http.Request) error {
 		var err error
 		reg, err = tx.GetRegion(ctx, id)
 		if err != nil {
-			return storeErr(err, fmt.Sprintf("region %q", id))
+			return storeErr(err, "region "+spec.Quote(id))
 		}
 		if req.Name != nil {
 			reg.Name = *req.Name
@@ -838,12 +838,31 @@ func (s *Server) updateRegion(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		reg.UpdatedAt = s.cfg.Now().UTC()
-		return storeErr(tx.UpdateRegion(ctx, reg), fmt.Sprintf("region %q", id))
+		return storeErr(tx.UpdateRegion(ctx, reg), "region "+spec.Quote(id))
 	})
 	if err != nil {
 		return err
 	}
 	s.log.Info("region updated", "region", reg.ID, "status", reg.Status)
 	writeJSON(w, http.StatusOK, reg)
+	return nil
+}
+
+// CheckDomain checks the apps' domain: a DNS name short enough that every
+// app's host, a 63-character label under it, fits DNS's 253 characters.
+func CheckDomain(d string) error {
+	if len(d) > 253-64 {
+		return fmt.Errorf("%s is %d characters long; at most %d leave room for the apps' 63-character host labels", spec.Quote(d), len(d), 253-64)
+	}
+	for l := range strings.SplitSeq(d, ".") {
+		ok := l != "" && len(l) <= 63 && l[0] != '-' && l[len(l)-1] != '-'
+		for i := 0; ok && i < len(l); i++ {
+			c := l[i]
+			ok = c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-'
+		}
+		if !ok {
+			return fmt.Errorf("%s is not a DNS name: want lowercase labels of letters, digits and '-', separated by dots", spec.Quote(d))
+		}
+	}
 	return nil
 }

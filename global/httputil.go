@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meridian-run/meridian/api"
+	"github.com/meridian-run/meridian/spec"
 	"github.com/meridian-run/meridian/store"
 )
 
@@ -36,10 +37,25 @@ func errConflict(format string, args ...any) *api.Error {
 	return apiErr(http.StatusConflict, api.CodeConflict, format, args...)
 }
 
+// fieldErr is a 400 about one field of the request. Quote the caller's
+// value in it with spec.Quote, which cuts it short.
 func fieldErr(path, format string, args ...any) *api.Error {
-	msg := fmt.Sprintf(format, args...)
+	return fieldsErr(api.FieldError{Path: path, Message: fmt.Sprintf(format, args...)})
+}
+
+// fieldsErr is a 400 about fields of the request. Each field's message
+// says what is wrong with it; the top-level message only names the fields,
+// so that no value is echoed twice.
+func fieldsErr(fields ...api.FieldError) *api.Error {
+	if len(fields) == 1 && fields[0].Path == "" {
+		return errInvalid("%s", fields[0].Message)
+	}
+	paths := make([]string, len(fields))
+	for i, f := range fields {
+		paths[i] = f.Path
+	}
 	return &api.Error{Status: http.StatusBadRequest, Code: api.CodeInvalid,
-		Message: path + ": " + msg, Fields: []api.FieldError{{Path: path, Message: msg}}}
+		Message: "invalid " + strings.Join(paths, ", "), Fields: fields}
 }
 
 // storeErr maps a store error to an API error: not-found and conflict keep
@@ -81,6 +97,12 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if ew, ok := w.(*statusWriter); ok {
 		ew.err = err
 	}
+	if r != nil && r.ProtoMajor == 1 && unread(r) {
+		// Answered before its body arrived (refused, or the body was too
+		// slow or too large): the connection is closed after the answer
+		// instead of reading the rest of the body first.
+		w.Header().Set("Connection", "close")
+	}
 	b, _ := json.Marshal(ae)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(ae.Status)
@@ -96,6 +118,9 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error
 			return nil, apiErr(http.StatusRequestEntityTooLarge, api.CodeTooLarge,
 				"request body is larger than %d bytes", s.cfg.MaxBodyBytes)
 		}
+		if isTimeout(err) {
+			return nil, s.bodyTimeout()
+		}
 		return nil, errInvalid("reading request body: %v", err)
 	}
 	return b, nil
@@ -109,7 +134,7 @@ func checkContentType(r *http.Request, yaml bool) error {
 	}
 	mt, _, err := mime.ParseMediaType(ct)
 	if err != nil {
-		return apiErr(http.StatusUnsupportedMediaType, api.CodeUnsupported, "Content-Type %q: %v", ct, err)
+		return apiErr(http.StatusUnsupportedMediaType, api.CodeUnsupported, "Content-Type %s: %v", spec.Quote(ct), err)
 	}
 	switch mt {
 	case "application/json":
@@ -123,7 +148,12 @@ func checkContentType(r *http.Request, yaml bool) error {
 	if yaml {
 		want += " or application/yaml"
 	}
-	return apiErr(http.StatusUnsupportedMediaType, api.CodeUnsupported, "Content-Type %q is not supported; send %s", mt, want)
+	hint := ""
+	if mt == "application/x-www-form-urlencoded" {
+		hint = " (curl -d sends a form's type: add -H 'Content-Type: application/json', or use curl --json)"
+	}
+	return apiErr(http.StatusUnsupportedMediaType, api.CodeUnsupported, "Content-Type %s is not supported; send %s%s",
+		spec.Quote(mt), want, hint)
 }
 
 // decodeJSON strictly decodes a small JSON request body into v: unknown
@@ -152,7 +182,7 @@ func jsonErr(err error) error {
 	var se *json.SyntaxError
 	switch {
 	case errors.As(err, &te):
-		return fieldErr(te.Field, "want %s, got %s", te.Type.String(), te.Value)
+		return fieldErr(spec.Truncate(te.Field), "want %s, got %s", te.Type.String(), spec.Truncate(te.Value))
 	case errors.As(err, &se):
 		return errInvalid("request body: malformed JSON at offset %d: %v", se.Offset, err)
 	case errors.Is(err, io.EOF):
@@ -161,7 +191,9 @@ func jsonErr(err error) error {
 		return errInvalid("request body: malformed JSON: it ends inside a value")
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return fieldErr(f, "unknown field")
+		// The field's name is the caller's: named once, in the field.
+		return &api.Error{Status: http.StatusBadRequest, Code: api.CodeInvalid, Message: "request body: unknown field",
+			Fields: []api.FieldError{{Path: spec.Truncate(f), Message: "unknown field"}}}
 	}
 	return errInvalid("request body: %v", err)
 }
@@ -173,7 +205,7 @@ func page(r *http.Request) (store.Page, error) {
 	if l := q.Get("limit"); l != "" {
 		n, err := strconv.Atoi(l)
 		if err != nil || n < 1 || n > 500 {
-			return p, fieldErr("limit", "want an integer from 1 to 500, got %q", l)
+			return p, fieldErr("limit", "want an integer from 1 to 500, got %s", spec.Quote(l))
 		}
 		p.Limit = n
 	}
@@ -272,8 +304,9 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 }
 
 type metrics struct {
-	requests *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
+	requests     *prometheus.CounterVec
+	latency      *prometheus.HistogramVec
+	connsRefused *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -286,8 +319,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "meridian", Subsystem: "global", Name: "http_request_duration_seconds",
 			Help: "API request latency by route.", Buckets: prometheus.DefBuckets,
 		}, []string{"route"}),
+		connsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "meridian", Subsystem: "global", Name: "connections_refused_total",
+			Help: "API connections closed as they arrived for a connection cap, by cap (per_address, total).",
+		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.requests, m.latency)
+	reg.MustRegister(m.requests, m.latency, m.connsRefused)
 	return m
 }
 

@@ -68,7 +68,7 @@ func (s *Server) testRegion(w http.ResponseWriter, r *http.Request) error {
 	err = s.cfg.Store.Update(r.Context(), func(tx store.Tx) error {
 		var err error
 		if reg, err = tx.GetRegion(r.Context(), id); err != nil {
-			return storeErr(err, fmt.Sprintf("region %q", id))
+			return storeErr(err, "region "+spec.Quote(id))
 		}
 		org, err := tx.GetOrgByName(r.Context(), SystemOrg)
 		if errors.Is(err, store.ErrNotFound) {
@@ -189,7 +189,7 @@ func (s *Server) drainRegion(w http.ResponseWriter, r *http.Request) error {
 	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
 		var err error
 		if reg, err = tx.GetRegion(ctx, id); err != nil {
-			return storeErr(err, fmt.Sprintf("region %q", id))
+			return storeErr(err, "region "+spec.Quote(id))
 		}
 		reg.Status, reg.Message, reg.UpdatedAt = api.RegionDraining, "draining: new deployments refuse this region", s.cfg.Now().UTC()
 		return tx.UpdateRegion(ctx, reg)

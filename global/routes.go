@@ -47,7 +47,8 @@ func (s *Server) routes() []route {
 		unproc   = http.StatusUnprocessableEntity
 		unavail  = http.StatusServiceUnavailable
 	)
-	write := []int{bad, unauth, forbid, conflict, tooLarge, media, unproc}
+	timeout := http.StatusRequestTimeout
+	write := []int{bad, unauth, forbid, timeout, conflict, tooLarge, media, unproc}
 	read := []int{bad, unauth, forbid, notFound}
 	return []route{
 		{Method: "GET", Path: "/v1/openapi.json", ID: "getOpenAPI", Summary: "This OpenAPI 3 document.",

@@ -23,6 +23,7 @@ package global
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,6 +38,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/meridian-run/meridian/api"
+	"github.com/meridian-run/meridian/connlimit"
 	"github.com/meridian-run/meridian/rollout"
 	"github.com/meridian-run/meridian/spec"
 	"github.com/meridian-run/meridian/store"
@@ -106,7 +108,53 @@ type Config struct {
 	// OnRegionCall, when set, is called after every apply or delete call
 	// to a region (for tests and audits); it must not block.
 	OnRegionCall func(RegionCall)
+
+	// TLS, when set, serves the API over HTTPS with it: its Certificates,
+	// or its GetCertificate, the hook for certificates that change while
+	// the server runs (files reloaded on change, the installation's PKI,
+	// or ACME's autocert.Manager.GetCertificate). HTTP/2 is offered unless
+	// NextProtos says otherwise.
+	TLS *tls.Config
+	// AllowPlaintext lets Start serve plain HTTP on an address that is not
+	// loopback (behind a proxy that terminates TLS). Without TLS and
+	// without it, Start refuses such an address with ErrPlaintext: bearer
+	// tokens would cross the network in clear.
+	AllowPlaintext bool
+
+	// ReadHeaderTimeout bounds a TLS handshake and the reading of a
+	// request's headers (default 10s).
+	ReadHeaderTimeout time.Duration
+	// BodyTimeout bounds the reading of a request's body, from the end of
+	// its headers (default 30s): a body not received in time is answered
+	// 408 and its connection closed. Answers are not bounded, so
+	// long-running and streaming answers are never cut.
+	BodyTimeout time.Duration
+	// IdleTimeout closes keep-alive connections idle this long (default
+	// 90s).
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds a request's headers (default 64 KiB).
+	MaxHeaderBytes int
+	// MaxConnsPerClient caps the connections one client address (an IPv4
+	// address or an IPv6 /64) may hold open; more are closed as they
+	// arrive (default DefaultMaxConnsPerClient; negative: no cap).
+	MaxConnsPerClient int
+	// MaxConns caps the open connections in all (default: three quarters
+	// of the process's file-descriptor limit, at most DefaultMaxConns;
+	// negative: no cap).
+	MaxConns int
 }
+
+// Connection caps' defaults.
+const (
+	// DefaultMaxConnsPerClient is Config.MaxConnsPerClient's default.
+	DefaultMaxConnsPerClient = 128
+	// DefaultMaxConns bounds Config.MaxConns's default.
+	DefaultMaxConns = 16384
+)
+
+// ErrPlaintext is Start's error for plain HTTP on an address that is not
+// loopback without Config.AllowPlaintext.
+var ErrPlaintext = errors.New("plain HTTP on an address that is not loopback would send bearer tokens in clear")
 
 // DefaultSmokeDefinition is the smoke test's default workload: the
 // meridian binary's hidden `smoke` command (an HTTP server on $PORT), one
@@ -128,7 +176,7 @@ type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	sealer  *Sealer
-	ln      net.Listener
+	ln      *connlimit.Listener
 	http    *http.Server
 	handler http.Handler
 	metrics *metrics
@@ -139,6 +187,8 @@ type Server struct {
 
 	stopJanitor context.CancelFunc
 	janitorDone chan struct{}
+
+	refused refusals
 
 	smokeMu sync.Mutex
 	smoking map[string]bool // regions whose smoke test runs here
@@ -162,6 +212,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if cfg.Domain == "" {
 		cfg.Domain = DefaultDomain
+	}
+	if err := CheckDomain(cfg.Domain); err != nil {
+		return nil, fmt.Errorf("global: config: Domain: %w", err)
 	}
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 1 << 20
@@ -216,6 +269,27 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.SmokeTimeout <= 0 {
 		cfg.SmokeTimeout = 45 * time.Second
 	}
+	if cfg.ReadHeaderTimeout <= 0 {
+		cfg.ReadHeaderTimeout = 10 * time.Second
+	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = 30 * time.Second
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 90 * time.Second
+	}
+	if cfg.MaxHeaderBytes <= 0 {
+		cfg.MaxHeaderBytes = 64 << 10
+	}
+	if cfg.MaxConnsPerClient == 0 {
+		cfg.MaxConnsPerClient = DefaultMaxConnsPerClient
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = defaultMaxConns()
+	}
+	if cfg.TLS != nil && len(cfg.TLS.Certificates) == 0 && cfg.TLS.GetCertificate == nil && cfg.TLS.GetConfigForClient == nil {
+		return nil, errors.New("global: config: TLS has no certificate (Certificates, GetCertificate or GetConfigForClient)")
+	}
 	s := &Server{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "global"),
@@ -237,23 +311,44 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, r, errNotFound("no route for %s %s", r.Method, r.URL.Path))
+		writeError(w, r, errNotFound("no route for %s %s", spec.Truncate(r.Method), spec.Quote(r.URL.Path)))
 	})
-	s.handler = mux
+	s.handler = s.boundBodies(mux)
 
 	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
+	tcp, err := lc.Listen(ctx, "tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("global: listen %s: %w", cfg.Listen, err)
 	}
-	s.ln = ln
+	if cfg.TLS == nil && !cfg.AllowPlaintext && !isLoopback(tcp.Addr()) {
+		tcp.Close()
+		return nil, fmt.Errorf("global: listen %s (%s): %w; serve HTTPS (Config.TLS) or set Config.AllowPlaintext",
+			cfg.Listen, tcp.Addr(), ErrPlaintext)
+	}
+	s.ln = connlimit.NewListener(tcp, connlimit.Config{
+		PerAddr: cfg.MaxConnsPerClient, Total: cfg.MaxConns, OnReject: s.connRefused})
+	s.metrics.watchConns(reg, s.ln)
 	s.http = &http.Server{
 		Handler:           s.handler,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	if cfg.TLS != nil {
+		tc := cfg.TLS.Clone()
+		if tc.MinVersion == 0 {
+			tc.MinVersion = tls.VersionTLS12
+		}
+		s.http.TLSConfig = tc
+	}
 	go func() {
-		err := s.http.Serve(ln)
+		var err error
+		if cfg.TLS != nil {
+			err = s.http.ServeTLS(s.ln, "", "")
+		} else {
+			err = s.http.Serve(s.ln)
+		}
 		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.errc <- fmt.Errorf("global: serve: %w", err)
 		}
@@ -267,7 +362,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		s.janitor(jctx)
 	}()
 	close(s.ready)
-	s.log.Info("global control plane serving", "addr", ln.Addr().String(), "owner", cfg.Owner)
+	s.log.Info("global control plane serving", "url", s.URL(), "owner", cfg.Owner,
+		"max_conns_per_client", cfg.MaxConnsPerClient, "max_conns", cfg.MaxConns)
 	return s, nil
 }
 
@@ -277,8 +373,13 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // Addr is the API's bound address.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
-// URL is the API's base URL.
-func (s *Server) URL() string { return "http://" + s.Addr() }
+// URL is the API's base URL: https:// when it serves TLS.
+func (s *Server) URL() string {
+	if s.cfg.TLS != nil {
+		return "https://" + s.Addr()
+	}
+	return "http://" + s.Addr()
+}
 
 // Ready is closed once the server accepts requests.
 func (s *Server) Ready() <-chan struct{} { return s.ready }

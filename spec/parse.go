@@ -237,23 +237,24 @@ func describe(n *yaml.Node) string {
 	}
 	switch n.ShortTag() {
 	case "!!str":
-		return "string " + strconv.Quote(truncate(n.Value))
+		return "string " + strconv.Quote(Truncate(n.Value))
 	case "!!int":
-		return "integer " + truncate(n.Value)
+		return "integer " + Truncate(n.Value)
 	case "!!float":
-		return "float " + truncate(n.Value)
+		return "float " + Truncate(n.Value)
 	case "!!bool":
-		return "boolean " + truncate(n.Value)
+		return "boolean " + Truncate(n.Value)
 	case "!!null":
 		return "null"
 	case "!!timestamp":
-		return "timestamp " + truncate(n.Value)
+		return "timestamp " + Truncate(n.Value)
 	}
-	return n.ShortTag() + " " + strconv.Quote(truncate(n.Value))
+	return n.ShortTag() + " " + strconv.Quote(Truncate(n.Value))
 }
 
-// truncate shortens s for messages.
-func truncate(s string) string {
+// Truncate shortens a caller's value for a message: at most 40
+// characters, then "…".
+func Truncate(s string) string {
 	const max = 40
 	if utf8.RuneCountInString(s) <= max {
 		return s
@@ -265,7 +266,7 @@ func truncate(s string) string {
 // of letters, digits, '_' and '-'.
 func fieldName(key string) string {
 	if key == "" || strings.IndexFunc(key, notNameRune) >= 0 {
-		return strconv.Quote(truncate(key))
+		return strconv.Quote(Truncate(key))
 	}
 	return key
 }

@@ -622,6 +622,10 @@ func isSpaceOrControl(r rune) bool {
 }
 
 // q quotes a user-supplied string for a message, shortened.
-func q(s string) string {
-	return strconv.Quote(truncate(s))
+func q(s string) string { return Quote(s) }
+
+// Quote quotes a caller's value for an error message, cut to 40
+// characters (with "…" when cut): an error never echoes a large input.
+func Quote(s string) string {
+	return strconv.Quote(Truncate(s))
 }

@@ -315,3 +315,32 @@ func TestValidLabelAndSecretName(t *testing.T) {
 		}
 	}
 }
+
+// TestAppHostLabel: an app's public host label <app>-<org> fits DNS's 63
+// characters, or the app name is refused with how long it may be.
+func TestAppHostLabel(t *testing.T) {
+	org := "acme"
+	if l, err := AppHostLabel(strings.Repeat("a", 58), org); err != nil || l != strings.Repeat("a", 58)+"-acme" || len(l) != 63 {
+		t.Fatalf("58-character app in acme: %q, %v; want a 63-character label", l, err)
+	}
+	_, err := AppHostLabel(strings.Repeat("a", 59), org)
+	if err == nil || !strings.Contains(err.Error(), "at most 58") || !strings.Contains(err.Error(), "64 characters") {
+		t.Fatalf("59-character app in acme: %v; want it refused, naming 58 as the most", err)
+	}
+	if _, err := AppHostLabel(strings.Repeat("a", 63), org); err == nil {
+		t.Fatal("a 63-character app name was accepted: its host label would be 68 characters")
+	}
+	if _, err := AppHostLabel("Bad_Name", org); err == nil || !strings.Contains(err.Error(), "not a valid name") {
+		t.Fatalf("invalid app name: %v", err)
+	}
+	if err := CheckOrgName(strings.Repeat("o", MaxOrgNameLen)); err != nil {
+		t.Fatalf("a %d-character organization name: %v", MaxOrgNameLen, err)
+	}
+	if err := CheckOrgName(strings.Repeat("o", MaxOrgNameLen+1)); err == nil || !strings.Contains(err.Error(), "at most 32") {
+		t.Fatalf("a %d-character organization name: %v; want it refused", MaxOrgNameLen+1, err)
+	}
+	// Every organization leaves its apps room for a name of 30 characters.
+	if _, err := AppHostLabel(strings.Repeat("a", 62-MaxOrgNameLen), strings.Repeat("o", MaxOrgNameLen)); err != nil {
+		t.Fatalf("longest organization, %d-character app: %v", 62-MaxOrgNameLen, err)
+	}
+}
