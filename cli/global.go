@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base32"
 	"errors"
 	"fmt"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meridian-run/meridian/edge"
 	"github.com/meridian-run/meridian/global"
 	"github.com/meridian-run/meridian/spec"
 	"github.com/meridian-run/meridian/store"
@@ -66,15 +69,29 @@ func newAdminToken() string {
 func newGlobalCmd(g *globals) *cobra.Command {
 	var (
 		listen, stateDir, storeURL, adminToken, keyFile, domain, catalogue, logLevel, logFormat, pkiDir string
-		maxScale                                                                                        int
-		rolloutPoll, idempotencyTTL                                                                     time.Duration
+		tlsCert, tlsKey                                                                                 string
+		tlsFromPKI, plaintext                                                                           bool
+		maxScale, maxConnsPerClient, maxConns                                                           int
+		rolloutPoll, idempotencyTTL, tlsReload, headerTimeout, bodyTimeout, idleTimeout                 time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "global",
 		Short: "Run the global control plane: the public API and its store",
 		Long: `Run the global control plane. State (the SQLite store, the admin token and
 the secret-sealing key, unless given) lives in --state-dir. Use --store
-postgres://... for PostgreSQL in production.`,
+postgres://... for PostgreSQL in production.
+
+The API is HTTPS with --tls-cert/--tls-key (files, read again on SIGHUP
+and when they change) or --tls-from-pki (the global certificate in --pki,
+issued with ` + "`meridian pki global --hosts NAME`" + `); clients trust a private
+CA with --ca-file. Plain HTTP is served only on a loopback address, unless
+--insecure-plaintext (behind a proxy that terminates TLS, say).
+
+Slow or idle clients are bounded: headers must arrive within
+--read-header-timeout, a body within --body-timeout, idle connections close
+after --idle-timeout, and one client address holds at most
+--max-conns-per-client connections (--max-conns in all); more are closed as
+they arrive.`,
 		Args: args(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(logLevel, logFormat, os.Stderr)
@@ -87,10 +104,34 @@ postgres://... for PostgreSQL in production.`,
 			if err := global.CheckIdempotencyTTL(idempotencyTTL); err != nil {
 				return usagef("--idempotency-ttl: %w", err)
 			}
+			if err := global.CheckDomain(domain); err != nil {
+				return usagef("--domain: %w", err)
+			}
+			for name, d := range map[string]time.Duration{"--read-header-timeout": headerTimeout, "--body-timeout": bodyTimeout,
+				"--idle-timeout": idleTimeout, "--tls-reload": tlsReload} {
+				if d <= 0 {
+					return usagef("%s %s: want a positive duration", name, d)
+				}
+			}
+			if maxConnsPerClient < 0 || maxConns < 0 {
+				return usagef("--max-conns-per-client %d, --max-conns %d: want 0 (the default) or more", maxConnsPerClient, maxConns)
+			}
+			useTLS := tlsCert != "" || tlsKey != "" || tlsFromPKI
+			switch {
+			case (tlsCert != "") != (tlsKey != ""):
+				return usagef("--tls-cert and --tls-key go together")
+			case tlsCert != "" && tlsFromPKI:
+				return usagef("--tls-from-pki and --tls-cert/--tls-key exclude each other: one certificate serves the API")
+			case tlsFromPKI && pkiDir == "":
+				return usagef("--tls-from-pki needs --pki (the directory of `meridian pki global --hosts`)")
+			case !useTLS && !plaintext && !global.IsLoopbackListen(listen):
+				return usagef("--listen %s: %v; serve HTTPS with --tls-cert/--tls-key or --tls-from-pki, "+
+					"or pass --insecure-plaintext (behind a proxy that terminates TLS)", listen, global.ErrPlaintext)
+			}
 			opts := spec.Options{Catalogue: spec.DefaultCatalogue()}
 			opts.Limits.MaxScale = maxScale
 			if catalogue != "" {
-				if opts.Catalogue, err = spec.LoadCatalogue(catalogue); err != nil {
+				if opts.Catalogue, err = spec.LoadCatalogue(cmd.Context(), catalogue); err != nil {
 					return fmt.Errorf("--instance-types: %w", err)
 				}
 			}
@@ -135,21 +176,50 @@ postgres://... for PostgreSQL in production.`,
 			}
 			defer st.Close()
 			var regionHTTP *http.Client
+			certs := map[string]reloadable{}
+			var tlsConfig *tls.Config
 			if pkiDir != "" {
-				if regionHTTP, err = globalRegionClient(pkiDir); err != nil {
+				id, err := loadPKILeaf(pkiGlobalDir(pkiDir), "global")
+				if err != nil {
 					return fmt.Errorf("--pki: %w", err)
+				}
+				regionHTTP, certs["global"] = id.regionClient(), id
+				if tlsFromPKI {
+					if err := id.servesHosts(); err != nil {
+						return fmt.Errorf("--tls-from-pki: %w; issue it with `meridian pki global --dir %s --hosts NAME[,NAME...]`", err, pkiDir)
+					}
+					tlsConfig = serverTLS(id.rl.GetCertificate)
 				}
 			} else {
 				log.Warn("no --pki: without the global certificate no region can be reached; deployments stay PENDING")
 			}
+			if tlsCert != "" {
+				fc, err := edge.LoadFileCert(tlsCert, tlsKey)
+				if err != nil {
+					return fmt.Errorf("--tls-cert: %w", err)
+				}
+				certs["--tls-cert"], tlsConfig = fc, serverTLS(fc.GetCertificate)
+			}
+			// SIGHUP reloads the certificates from the moment the server
+			// can use them.
+			hup, stopHUP := watchHUP()
+			defer stopHUP()
 			srv, err := global.Start(ctx, global.Config{
 				Listen: listen, Store: st, AdminToken: adminToken, SecretKey: key,
 				Domain: domain, Spec: opts, Logger: log, RegionHTTP: regionHTTP, RolloutPoll: rolloutPoll,
-				IdempotencyTTL: idempotencyTTL,
+				IdempotencyTTL: idempotencyTTL, TLS: tlsConfig, AllowPlaintext: plaintext,
+				ReadHeaderTimeout: headerTimeout, BodyTimeout: bodyTimeout, IdleTimeout: idleTimeout,
+				MaxConnsPerClient: maxConnsPerClient, MaxConns: maxConns,
 			})
+			if errors.Is(err, global.ErrPlaintext) {
+				return usagef("--listen %s: %w; serve HTTPS with --tls-cert/--tls-key or --tls-from-pki, or pass --insecure-plaintext", listen, err)
+			}
 			if err != nil {
 				return err
 			}
+			rctx, stopReload := context.WithCancel(ctx)
+			defer stopReload()
+			go reloadCerts(rctx, log, hup, tlsReload, certs)
 			fmt.Fprintf(g.stdout, "meridian global: API at %s\n", srv.URL())
 			select {
 			case <-ctx.Done():
@@ -169,6 +239,16 @@ postgres://... for PostgreSQL in production.`,
 	f.StringVar(&domain, "domain", global.DefaultDomain, "suffix of apps' public host names: <app>-<org>.<domain>")
 	f.StringVar(&catalogue, "instance-types", "", "YAML file with the instance type catalogue (default: the built-in catalogue)")
 	f.StringVar(&pkiDir, "pki", "", "PKI directory holding the global certificate for calling regions (from `meridian pki global`)")
+	f.StringVar(&tlsCert, "tls-cert", "", "serve HTTPS with this certificate chain (PEM; read again on SIGHUP and when it changes)")
+	f.StringVar(&tlsKey, "tls-key", "", "the private key of --tls-cert (PEM)")
+	f.BoolVar(&tlsFromPKI, "tls-from-pki", false, "serve HTTPS with the global certificate in --pki (issued with `meridian pki global --hosts NAME`)")
+	f.DurationVar(&tlsReload, "tls-reload", time.Minute, "how often certificate files are checked for a new certificate (SIGHUP checks at once)")
+	f.BoolVar(&plaintext, "insecure-plaintext", false, "allow plain HTTP on an address that is not loopback: tokens cross the network in clear (use behind a proxy that terminates TLS)")
+	f.DurationVar(&headerTimeout, "read-header-timeout", 10*time.Second, "time for a TLS handshake and a request's headers")
+	f.DurationVar(&bodyTimeout, "body-timeout", 30*time.Second, "time for a request's body to arrive (408 after); answers are not bounded")
+	f.DurationVar(&idleTimeout, "idle-timeout", 90*time.Second, "idle keep-alive connections are closed after")
+	f.IntVar(&maxConnsPerClient, "max-conns-per-client", global.DefaultMaxConnsPerClient, "open connections one client address (IPv4, or IPv6 /64) may hold; more are closed at once")
+	f.IntVar(&maxConns, "max-conns", 0, "open connections in all (default: three quarters of the file-descriptor limit, at most 16384)")
 	f.DurationVar(&rolloutPoll, "rollout-poll", time.Second, "how often rollout workers look at the store and the regions")
 	f.DurationVar(&idempotencyTTL, "idempotency-ttl", global.DefaultIdempotencyTTL,
 		"how long a create's answer is replayed for a retry with the same Idempotency-Key; older keys are used anew and their records deleted (1m to 720h)")

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,28 +29,7 @@ func TestGlobalIdempotencyTTLFlag(t *testing.T) {
 		}
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var out, errb testutil.Buffer
-	done := make(chan int, 1)
-	go func() {
-		done <- Main(ctx, []string{"global", "--state-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--log-level", "error", "--idempotency-ttl", "90m"}, &out, &errb)
-	}()
-	urlRe := regexp.MustCompile(`API at (http://\S+)`)
-	var apiURL string
-	testutil.Eventually(t, 30*time.Second, "meridian global serves", func() (bool, string) {
-		select {
-		case code := <-done:
-			t.Fatalf("meridian global exited %d: %s", code, errb.String())
-		default:
-		}
-		m := urlRe.FindStringSubmatch(out.String())
-		if m == nil {
-			return false, out.String()
-		}
-		apiURL = m[1]
-		return true, ""
-	})
+	apiURL, stop := runGlobal(t, "--state-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--log-level", "error", "--idempotency-ttl", "90m")
 	resp, err := http.Get(apiURL + "/v1/openapi.json")
 	if err != nil {
 		t.Fatal(err)
@@ -75,13 +55,46 @@ func TestGlobalIdempotencyTTLFlag(t *testing.T) {
 	if !strings.Contains(desc, "for 1h30m;") {
 		t.Errorf("the server's Idempotency-Key documentation does not say the TTL given: %q", desc)
 	}
-	cancel()
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Fatalf("meridian global exited %d on shutdown: %s", code, errb.String())
+	stop()
+}
+
+// runGlobal runs `meridian global args...` in-process until the test ends
+// (or stop is called, which checks it exits 0) and returns its API URL.
+func runGlobal(t *testing.T, args ...string) (apiURL string, stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	var out, errb testutil.Buffer
+	done := make(chan int, 1)
+	go func() { done <- Main(ctx, append([]string{"global"}, args...), &out, &errb) }()
+	urlRe := regexp.MustCompile(`API at (https?://\S+)`)
+	testutil.Eventually(t, 30*time.Second, "meridian global serves", func() (bool, string) {
+		select {
+		case code := <-done:
+			cancel()
+			t.Fatalf("meridian global exited %d: %s", code, errb.String())
+		default:
 		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("meridian global did not stop within 30s of its context ending")
+		m := urlRe.FindStringSubmatch(out.String())
+		if m == nil {
+			return false, out.String()
+		}
+		apiURL = m[1]
+		return true, ""
+	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case code := <-done:
+				if code != 0 {
+					t.Errorf("meridian global exited %d on shutdown: %s", code, errb.String())
+				}
+			case <-time.After(30 * time.Second):
+				t.Error("meridian global did not stop within 30s of its context ending")
+			}
+		})
 	}
+	t.Cleanup(stop)
+	return apiURL, stop
 }

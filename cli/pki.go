@@ -2,7 +2,9 @@ package cli
 
 import (
 	"fmt"
+	"net"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -53,10 +55,22 @@ func pkiRegion(dir string, root *pki.CA, region string) (*pki.CA, error) {
 	return ca, nil
 }
 
-// pkiGlobal issues the global control plane's client certificate in dir.
-func pkiGlobal(dir string, root *pki.CA) (*pki.Leaf, error) {
-	leaf, err := root.Issue(pki.LeafRequest{ID: pki.GlobalID(root.TrustDomain), Usage: pki.UsageClient,
-		TTL: globalLeafTTL, Now: time.Now()})
+// pkiGlobal issues the global control plane's certificate in dir: its
+// client certificate for calling regions and, when hosts (DNS names or IP
+// addresses) are given, the API's HTTPS certificate for them too.
+func pkiGlobal(dir string, root *pki.CA, hosts []string) (*pki.Leaf, error) {
+	req := pki.LeafRequest{ID: pki.GlobalID(root.TrustDomain), Usage: pki.UsageClient, TTL: globalLeafTTL, Now: time.Now()}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			req.IPs = append(req.IPs, ip)
+		} else {
+			req.DNSNames = append(req.DNSNames, h)
+		}
+	}
+	if len(hosts) > 0 {
+		req.Usage = pki.UsageBoth
+	}
+	leaf, err := root.Issue(req)
 	if err != nil {
 		return nil, err
 	}
@@ -97,18 +111,37 @@ func newPKICmd(g *globals) *cobra.Command {
 			return nil
 		}}
 	regionCmd.Flags().StringVar(&region, "region", "", "region id")
-	globalCmd := &cobra.Command{Use: "global --dir DIR", Short: "Issue the global control plane's client certificate for calling regions", Args: args(0),
+	var hosts []string
+	globalCmd := &cobra.Command{Use: "global --dir DIR [--hosts NAME,...]",
+		Short: "Issue the global control plane's certificate: its client certificate for calling regions, and with --hosts its HTTPS certificate",
+		Long: `Issue the global control plane's certificate into DIR/global. It is the
+client certificate global calls the regions with; with --hosts (the DNS
+names and IP addresses clients reach the API by) it is also the API's HTTPS
+certificate, served by ` + "`meridian global --pki DIR --tls-from-pki`" + `. Running it
+again replaces the certificate; a running global picks it up (on SIGHUP, or
+within --tls-reload).`,
+		Args: args(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			for i, h := range hosts {
+				if h == "" {
+					return usagef("--hosts: entry %d is empty", i+1)
+				}
+			}
 			root, err := pki.LoadCA(pkiRootDir(dir))
 			if err != nil {
 				return fmt.Errorf("--dir: %w", err)
 			}
-			if _, err := pkiGlobal(dir, root); err != nil {
-				return err
+			if _, err := pkiGlobal(dir, root, hosts); err != nil {
+				return fmt.Errorf("--hosts: %w", err)
 			}
-			fmt.Fprintf(g.stdout, "global client certificate in %s\n", pkiGlobalDir(dir))
+			if len(hosts) > 0 {
+				fmt.Fprintf(g.stdout, "global certificate (client of the regions, HTTPS for %s) in %s\n", strings.Join(hosts, ", "), pkiGlobalDir(dir))
+			} else {
+				fmt.Fprintf(g.stdout, "global client certificate in %s\n", pkiGlobalDir(dir))
+			}
 			return nil
 		}}
+	globalCmd.Flags().StringSliceVar(&hosts, "hosts", nil, "DNS names and IP addresses of the API (comma-separated or repeated): the certificate then serves HTTPS for them")
 	var location, domain string
 	edgeCmd := &cobra.Command{Use: "edge --dir DIR --location LOC [--domain D]",
 		Short: "Issue an edge location's certificate (for the regions' feeds and HTTPS of *.<domain>)", Args: args(0),

@@ -86,20 +86,11 @@ cluster instead.`,
 // globalRegionClient returns an HTTP client with the global control
 // plane's certificate from a PKI directory, trusting only region servers.
 func globalRegionClient(pkiDir string) (*http.Client, error) {
-	leaf, err := pki.LoadLeaf(pkiGlobalDir(pkiDir), "global")
-	if err != nil {
-		return nil, fmt.Errorf("global certificate: %w", err)
-	}
-	roots, err := pki.LoadRoots(filepath.Join(pkiGlobalDir(pkiDir), pki.RootFile))
-	if err != nil {
-		return nil, fmt.Errorf("root: %w", err)
-	}
-	rl, err := pki.NewReloader(leaf)
+	l, err := loadPKILeaf(pkiGlobalDir(pkiDir), "global")
 	if err != nil {
 		return nil, err
 	}
-	tc := pki.ClientConfig(rl, roots, pki.AllowKinds(pki.KindServer))
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true}, Timeout: 30 * time.Second}, nil
+	return l.regionClient(), nil
 }
 
 func newJoinTokenCmd(g *globals) *cobra.Command {

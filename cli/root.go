@@ -7,10 +7,12 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +23,7 @@ import (
 
 	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/dev"
+	"github.com/meridian-run/meridian/pki"
 )
 
 // UsageError is a mistake in how the command was called: exit code 2.
@@ -33,8 +36,8 @@ func usagef(format string, args ...any) error { return UsageError{fmt.Errorf(for
 
 // globals are the flags every client command shares.
 type globals struct {
-	api, token, output string
-	stdout, stderr     io.Writer
+	api, token, output, caFile string
+	stdout, stderr             io.Writer
 }
 
 // devStateDir is where the CLI looks for a running `meridian dev`.
@@ -48,7 +51,9 @@ func devStateDir() string {
 // client returns an API client for organization calls: the API from --api,
 // else MERIDIAN_API, else a running `meridian dev`'s dev.json (in
 // $MERIDIAN_STATE_DIR or .meridian/dev), else http://127.0.0.1:7700; the
-// token from --token, else MERIDIAN_TOKEN, else dev.json.
+// token from --token, else MERIDIAN_TOKEN, else dev.json. An https:// API
+// is verified against the CAs of --ca-file (else MERIDIAN_CA_FILE), else
+// the system's.
 func (g *globals) client() (*api.Client, error) {
 	return g.clientWith(os.Getenv("MERIDIAN_TOKEN"), func(i dev.Info) string { return i.Token })
 }
@@ -87,7 +92,21 @@ func (g *globals) clientWith(envToken string, devToken func(dev.Info) string) (*
 	if tok == "" {
 		return nil, usagef("no API token: pass --token, set MERIDIAN_TOKEN, or run `meridian dev` here")
 	}
-	return api.NewClient(base, tok), nil
+	c := api.NewClient(base, tok)
+	caFile, flag := g.caFile, "--ca-file"
+	if caFile == "" {
+		caFile, flag = os.Getenv("MERIDIAN_CA_FILE"), "MERIDIAN_CA_FILE"
+	}
+	if caFile != "" {
+		roots, err := pki.LoadRoots(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", flag, err)
+		}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+		c.HTTP.Transport = tr
+	}
+	return c, nil
 }
 
 // NewRoot builds the meridian command tree writing to stdout and stderr.
@@ -112,6 +131,7 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.api, "api", "", "global API URL (default $MERIDIAN_API, else http://127.0.0.1:7700)")
 	pf.StringVar(&g.token, "token", "", "API token (default $MERIDIAN_TOKEN)")
+	pf.StringVar(&g.caFile, "ca-file", "", "PEM file of the CA certificates to trust for an https:// API instead of the system's, e.g. the installation's pki/root/root.pem (default $MERIDIAN_CA_FILE)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format of read commands: json, yaml or table")
 	root.AddCommand(
 		newGlobalCmd(g),

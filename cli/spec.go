@@ -1,10 +1,9 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 
 	"github.com/spf13/cobra"
 
@@ -12,15 +11,13 @@ import (
 	"github.com/meridian-run/meridian/spec"
 )
 
-// readDefinitionFile reads a definition file ("-" is standard input).
-func readDefinitionFile(path string) ([]byte, error) {
+// readDefinitionFile reads a definition file ("-" is standard input),
+// bounded and stopped by ctx (spec.ReadDocument).
+func readDefinitionFile(ctx context.Context, path string) ([]byte, error) {
 	if path == "" {
 		return nil, usagef("-f/--file is required")
 	}
-	if path == "-" {
-		return io.ReadAll(io.LimitReader(os.Stdin, spec.MaxDocumentSize+1))
-	}
-	b, err := os.ReadFile(path)
+	b, err := spec.ReadDocument(ctx, path)
 	if err != nil {
 		return nil, fmt.Errorf("-f %s: %w", path, err)
 	}
@@ -28,10 +25,10 @@ func readDefinitionFile(path string) ([]byte, error) {
 }
 
 // specOptions loads the instance type catalogue named by --instance-types.
-func specOptions(catalogue string) (spec.Options, error) {
+func specOptions(ctx context.Context, catalogue string) (spec.Options, error) {
 	opts := spec.Options{Catalogue: spec.DefaultCatalogue()}
 	if catalogue != "" {
-		c, err := spec.LoadCatalogue(catalogue)
+		c, err := spec.LoadCatalogue(ctx, catalogue)
 		if err != nil {
 			return opts, fmt.Errorf("--instance-types: %w", err)
 		}
@@ -52,12 +49,12 @@ func (e definitionErrors) Error() string {
 }
 
 // loadDefinition reads, parses and validates a definition file.
-func loadDefinition(file, catalogue string) (api.Definition, spec.Options, error) {
-	doc, err := readDefinitionFile(file)
+func loadDefinition(ctx context.Context, file, catalogue string) (api.Definition, spec.Options, error) {
+	doc, err := readDefinitionFile(ctx, file)
 	if err != nil {
 		return api.Definition{}, spec.Options{}, err
 	}
-	opts, err := specOptions(catalogue)
+	opts, err := specOptions(ctx, catalogue)
 	if err != nil {
 		return api.Definition{}, opts, err
 	}
@@ -78,7 +75,7 @@ func newValidateCmd(g *globals) *cobra.Command {
 		Short: "Check a deployment definition (YAML or JSON) without sending it",
 		Args:  args(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			def, _, err := loadDefinition(file, catalogue)
+			def, _, err := loadDefinition(cmd.Context(), file, catalogue)
 			if err != nil {
 				return err
 			}
@@ -101,7 +98,7 @@ func newRenderCmd(g *globals) *cobra.Command {
 			if region == "" {
 				return usagef("--region is required")
 			}
-			def, opts, err := loadDefinition(file, catalogue)
+			def, opts, err := loadDefinition(cmd.Context(), file, catalogue)
 			if err != nil {
 				return err
 			}

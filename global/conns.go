@@ -125,3 +125,11 @@ func (m *metrics) watchConns(reg prometheus.Registerer, l *connlimit.Listener) {
 		Help: "Open API connections.",
 	}, func() float64 { return float64(l.Open()) }))
 }
+
+// IsLoopbackListen reports whether a listen address (host:port) names a
+// loopback address: "localhost", or an IP such as 127.0.0.1 or ::1. An
+// empty host (every interface) is not loopback.
+func IsLoopbackListen(listen string) bool {
+	ta, err := net.ResolveTCPAddr("tcp", listen)
+	return err == nil && ta.IP != nil && ta.IP.IsLoopback()
+}

@@ -1,8 +1,8 @@
 package spec
 
 import (
+	"context"
 	"fmt"
-	"os"
 
 	"github.com/meridian-run/meridian/api"
 )
@@ -90,9 +90,10 @@ func ParseCatalogue(data []byte) (Catalogue, error) {
 	return c, nil
 }
 
-// LoadCatalogue reads and parses the catalogue file at path.
-func LoadCatalogue(path string) (Catalogue, error) {
-	data, err := os.ReadFile(path)
+// LoadCatalogue reads (as ReadDocument: bounded, until ctx ends) and
+// parses the catalogue file at path.
+func LoadCatalogue(ctx context.Context, path string) (Catalogue, error) {
+	data, err := ReadDocument(ctx, path)
 	if err != nil {
 		return Catalogue{}, fmt.Errorf("load catalogue: %w", err)
 	}

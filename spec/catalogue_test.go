@@ -78,12 +78,12 @@ func TestLoadCatalogue(t *testing.T) {
 	if err := os.WriteFile(path, []byte("default: x\ntypes: [{name: x, millicpu: 100, memory_mb: 128}]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c, err := LoadCatalogue(path)
+	c, err := LoadCatalogue(t.Context(), path)
 	if err != nil || c.Default != "x" || len(c.Types) != 1 {
 		t.Fatalf("LoadCatalogue = %+v, %v", c, err)
 	}
 
-	if _, err := LoadCatalogue(filepath.Join(dir, "missing.yaml")); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := LoadCatalogue(t.Context(), filepath.Join(dir, "missing.yaml")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("missing file: %v, want fs.ErrNotExist", err)
 	}
 
@@ -91,7 +91,7 @@ func TestLoadCatalogue(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("default: x\ntypes: []\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err = LoadCatalogue(bad)
+	_, err = LoadCatalogue(t.Context(), bad)
 	var errs Errors
 	if !errors.As(err, &errs) || len(errs) != 2 || errs[0].Path != "types" {
 		t.Errorf("invalid catalogue: %v", err)

@@ -105,6 +105,9 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (Store, error)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("store: sqlite path %q: %w", path, err)
 	}
+	if err := privateFile(path); err != nil {
+		return nil, fmt.Errorf("store: sqlite path %q: %w", path, err)
+	}
 	common := url.Values{}
 	common.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", sqliteBusyTimeoutMS))
 	common.Add("_pragma", "foreign_keys(1)")
@@ -148,6 +151,26 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (Store, error)
 		return nil, fmt.Errorf("store: open sqlite %q: %w", path, err)
 	}
 	return &sqlStore{d: d, writer: writer, reader: reader, log: o.log}, nil
+}
+
+// privateFile makes the database file readable by its owner only (0600),
+// creating it empty when absent; SQLite gives its -wal and -shm files the
+// database file's mode. The store holds token hashes, sealed secrets and
+// every organization's definitions.
+func privateFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return f.Chmod(st.Mode().Perm() &^ 0o077)
+	}
+	return nil
 }
 
 // migrateSQLite migrates a SQLite database, retrying while another process
