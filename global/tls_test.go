@@ -36,8 +36,9 @@ func testServerCert(t *testing.T) (*pki.CA, *pki.Leaf) {
 
 // TestServesTLS: with Config.TLS the API is HTTPS (HTTP/2 offered) with
 // the certificate its GetCertificate hook gives; a client that trusts the
-// installation's root calls it; one that does not, or speaks plain HTTP,
-// gets nothing.
+// installation's root calls it; a slow body over HTTP/2 gets 408 after the
+// body timeout; a client that does not trust the root, or speaks plain
+// HTTP, gets nothing.
 func TestServesTLS(t *testing.T) {
 	root, leaf := testServerCert(t)
 	rl, err := pki.NewReloader(leaf)
@@ -59,6 +60,28 @@ func TestServesTLS(t *testing.T) {
 	resp.Body.Close()
 	if resp.ProtoMajor != 2 || resp.TLS == nil || resp.TLS.PeerCertificates[0].SerialNumber.Cmp(leaf.Cert.SerialNumber) != 0 {
 		t.Fatalf("/healthz: %s, TLS %v; want HTTP/2 with the issued certificate", resp.Proto, resp.TLS != nil)
+	}
+
+	// A body that never ends, over HTTP/2, is answered 408 after the
+	// body timeout (a stream's own read deadline).
+	h2 := &http.Client{Transport: tr}
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go pw.Write([]byte(`{"name":`))
+	req, _ := http.NewRequest("POST", h.srv.URL()+"/v1/apps", pr)
+	req.Header.Set("Authorization", "Bearer "+h.acme.Token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err = h2.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 || resp.StatusCode != http.StatusRequestTimeout {
+		t.Fatalf("a slow body over %s: %d, want 408", resp.Proto, resp.StatusCode)
+	}
+	// The connection serves on.
+	if _, err := h.acme.GetApp(context.Background(), "web"); err != nil {
+		t.Fatalf("after a slow body: %v", err)
 	}
 
 	// A client that does not trust the root refuses the server.
@@ -85,7 +108,7 @@ func newHarnessTLS(t *testing.T, tc *tls.Config, roots *x509.CertPool) *harness 
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
 	key, _ := base64.StdEncoding.DecodeString(NewSecretKey())
 	srv, err := Start(context.Background(), Config{Listen: "127.0.0.1:0", Store: storetest.Open(t, "sqlite"),
-		AdminToken: testAdminToken, SecretKey: key, TLS: tc})
+		AdminToken: testAdminToken, SecretKey: key, TLS: tc, BodyTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
