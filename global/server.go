@@ -16,6 +16,12 @@
 // replicas from driving one deployment; a restarted replica resumes from
 // the store.
 //
+// The API is HTTPS with Config.TLS, and plain HTTP only on loopback unless
+// Config.AllowPlaintext. Every connection is unauthenticated at the TCP
+// level, so the listener caps connections per client address and in
+// total, and headers, bodies and idle connections are bounded in time
+// (answers are not: long and streaming ones are never cut).
+//
 // The answers to creates with an Idempotency-Key are kept for
 // Config.IdempotencyTTL (those carrying a new token sealed under the
 // secret key); a janitor deletes expired ones.

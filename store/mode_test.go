@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -37,13 +38,32 @@ func TestSQLiteFilesArePrivate(t *testing.T) {
 	}
 	st.Close()
 
-	os.Chmod(path, 0o644)
+	for _, f := range []string{"global.db", "global.db-wal", "global.db-shm"} {
+		os.Chmod(filepath.Join(dir, f), 0o644)
+	}
 	st, err = OpenSQLite(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
-		t.Errorf("a 0644 database reopened: mode %o, want 600", fi.Mode().Perm())
+	for _, f := range []string{"global.db", "global.db-wal", "global.db-shm"} {
+		if fi, err := os.Stat(filepath.Join(dir, f)); err == nil && fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s left 0644, reopened: mode %o, want 600", f, fi.Mode().Perm())
+		}
+	}
+	// A second store of this process on the same file (as two replicas
+	// in one test) leaves the first one's locks in place: both still
+	// write.
+	st2, err := OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st2.Close()
+	for i, s := range []Store{st, st2} {
+		if err := s.Update(ctx, func(tx Tx) error {
+			return tx.CreateOrg(ctx, api.Organization{ID: fmt.Sprintf("org_%d", i+2), Name: fmt.Sprintf("o%d", i+2)})
+		}); err != nil {
+			t.Fatalf("store %d after a second open: %v", i+1, err)
+		}
 	}
 }

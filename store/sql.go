@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"net/url"
@@ -153,22 +154,35 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (Store, error)
 	return &sqlStore{d: d, writer: writer, reader: reader, log: o.log}, nil
 }
 
-// privateFile makes the database file readable by its owner only (0600),
-// creating it empty when absent; SQLite gives its -wal and -shm files the
-// database file's mode. The store holds token hashes, sealed secrets and
-// every organization's definitions.
+// privateFile makes the database file and its -wal and -shm files
+// readable by their owner only (0600), creating the database file empty
+// when absent (SQLite gives the -wal and -shm files it creates the
+// database file's mode). The store holds token hashes, sealed secrets and
+// every organization's definitions. An existing file is changed by path,
+// never opened: closing a descriptor of a file drops every POSIX lock this
+// process holds on it, SQLite's included (another store of this process
+// may have the file open).
 func privateFile(path string) error {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err == nil {
+		return f.Close()
+	}
+	if !errors.Is(err, fs.ErrExist) {
 		return err
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return f.Chmod(st.Mode().Perm() &^ 0o077)
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		fi, err := os.Stat(p)
+		if errors.Is(err, fs.ErrNotExist) && p != path {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			if err := os.Chmod(p, fi.Mode().Perm()&^0o077); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
