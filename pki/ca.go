@@ -326,29 +326,38 @@ func checkP256(pub crypto.PublicKey) error {
 	return nil
 }
 
-// checkPolicy enforces which identities a CA may issue: the root issues
-// the global control plane and edges; a region's intermediate issues its
-// own region's servers and machines, and workloads.
-func (ca *CA) checkPolicy(id ID) error {
-	if id.TrustDomain != ca.TrustDomain {
-		return fmt.Errorf("ID %s: trust domain %q is not this CA's %q", id, id.TrustDomain, ca.TrustDomain)
+// checkPolicy enforces which identities a CA may issue (see mayIssue).
+func (ca *CA) checkPolicy(id ID) error { return mayIssue(ca.TrustDomain, ca.Region, id) }
+
+// mayIssue says whether the CA of trust domain caTD and region caRegion
+// ("" for the root) may issue id: the root issues the global control plane
+// and edges; a region's intermediate issues its own region's servers and
+// machines, and workloads. Issue enforces it, and peer verification
+// (VerifyPeer, ServerConfig, ClientConfig) refuses a certificate whose
+// issuer was not allowed to issue its identity.
+func mayIssue(caTD, caRegion string, id ID) error {
+	if id.TrustDomain != caTD {
+		return fmt.Errorf("ID %s: trust domain %q is not this CA's %q", id, id.TrustDomain, caTD)
 	}
+	root := caRegion == ""
 	switch id.Kind {
 	case KindGlobal, KindEdge:
-		if !ca.IsRoot() {
-			return fmt.Errorf("ID %s: %s identities are issued by the root CA, not region %q's intermediate", id, id.Kind, ca.Region)
+		if !root {
+			return fmt.Errorf("ID %s: %s identities are issued by the root CA, not region %q's intermediate", id, id.Kind, caRegion)
 		}
 	case KindServer, KindMachine:
-		if ca.IsRoot() {
+		if root {
 			return fmt.Errorf("ID %s: %s identities are issued by the region's intermediate CA, not the root", id, id.Kind)
 		}
-		if id.Region != ca.Region {
-			return fmt.Errorf("ID %s: region %q does not match this intermediate's region %q", id, id.Region, ca.Region)
+		if id.Region != caRegion {
+			return fmt.Errorf("ID %s: region %q does not match this intermediate's region %q", id, id.Region, caRegion)
 		}
 	case KindWorkload:
-		if ca.IsRoot() {
+		if root {
 			return fmt.Errorf("ID %s: workload identities are issued by a region's intermediate CA, not the root", id)
 		}
+	default:
+		return fmt.Errorf("ID %s: unknown kind %s", id, id.Kind)
 	}
 	return nil
 }
@@ -437,6 +446,13 @@ func (ca *CA) Issue(req LeafRequest) (*Leaf, error) {
 	chain = append(chain, ca.Chain...)
 	return &Leaf{Cert: cert, Chain: chain, Key: key}, nil
 }
+
+// CommonName is the subject common name Issue gives a leaf for id: a
+// readable name for logs ("server fra", "machine fra1-a fra"); the
+// identity is the URI SAN. Tools that check names but not URI SANs (etcd's
+// --client-cert-allowed-cn) can match it: within one region's
+// intermediate, "server <region>" names that region's servers only.
+func CommonName(id ID) string { return commonName(id) }
 
 // commonName is a readable subject for logs; identity is the URI SAN.
 func commonName(id ID) string {

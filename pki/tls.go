@@ -31,8 +31,11 @@ type Peer struct {
 type Authorizer func(Peer) error
 
 // ServerConfig returns a TLS 1.3 server configuration that requires a
-// client certificate chaining to roots, extracts the client's SPIFFE ID
-// and admits the connection only if authorize returns nil. A nil
+// client certificate chaining to roots and issued by a CA allowed to issue
+// its identity (the root for global and edge IDs, the ID's own region's
+// intermediate for servers and machines, a region's intermediate for
+// workloads), extracts the client's SPIFFE ID and admits the connection
+// only if authorize returns nil. A nil
 // authorize refuses everyone. To inject a clock for certificate validity
 // checks, set the returned config's Time field.
 func ServerConfig(src CertSource, roots *x509.CertPool, authorize Authorizer) *tls.Config {
@@ -55,8 +58,9 @@ func ServerConfig(src CertSource, roots *x509.CertPool, authorize Authorizer) *t
 }
 
 // ClientConfig returns a TLS 1.3 client configuration that presents the
-// source's certificate and verifies the server's chain against roots, by
-// SPIFFE identity rather than host name: authorize must accept the
+// source's certificate and verifies the server's chain against roots (and
+// its issuer, as ServerConfig does), by SPIFFE identity rather than host
+// name: authorize must accept the
 // server's Peer (e.g. AllowIDs(ServerID(td, "fra"))). A nil authorize
 // refuses every server. ServerName may still be set for SNI. To inject a
 // clock for certificate validity checks, set the returned config's Time
@@ -98,8 +102,8 @@ func admit(authorize Authorizer, peer Peer) error {
 }
 
 // VerifyPeer verifies a peer's presented chain (leaf first) against roots
-// at time now for the given usage, and returns the peer with its SPIFFE
-// ID.
+// at time now for the given usage, checks that the issuing CA may issue
+// the leaf's identity, and returns the peer with its SPIFFE ID.
 func VerifyPeer(certs []*x509.Certificate, roots *x509.CertPool, usage x509.ExtKeyUsage, now time.Time) (Peer, error) {
 	if len(certs) == 0 {
 		return Peer{}, errors.New("pki: peer presented no certificate")
@@ -120,6 +124,11 @@ func VerifyPeer(certs []*x509.Certificate, roots *x509.CertPool, usage x509.ExtK
 	return peerFromChains(certs[0], chains)
 }
 
+// peerFromChains returns the peer of verified chains, keeping only the
+// chains whose issuing CA may issue the leaf's identity (mayIssue): a
+// certificate that chains to the root but was signed by a CA not allowed
+// to issue its ID (another region's intermediate for this region's
+// server, an intermediate for a global or edge ID) is refused.
 func peerFromChains(leaf *x509.Certificate, chains [][]*x509.Certificate) (Peer, error) {
 	if leaf.IsCA {
 		return Peer{}, errors.New("pki: peer presented a CA certificate as its leaf")
@@ -128,7 +137,48 @@ func peerFromChains(leaf *x509.Certificate, chains [][]*x509.Certificate) (Peer,
 	if err != nil {
 		return Peer{}, err
 	}
-	return Peer{ID: id, Cert: leaf, Chains: chains}, nil
+	var allowed [][]*x509.Certificate
+	var refusal error
+	for _, ch := range chains {
+		if err := issuedAsAllowed(id, ch); err != nil {
+			refusal = err
+			continue
+		}
+		allowed = append(allowed, ch)
+	}
+	if len(allowed) == 0 {
+		if refusal == nil {
+			refusal = errors.New("no verified chain")
+		}
+		return Peer{}, fmt.Errorf("pki: peer %s refused: %w", id, refusal)
+	}
+	return Peer{ID: id, Cert: leaf, Chains: allowed}, nil
+}
+
+// issuedAsAllowed checks one verified chain (leaf first, trust anchor
+// last): the leaf's issuer must be allowed to issue id, the root directly
+// (a two-certificate chain) or a region's intermediate signed by the root
+// (three certificates).
+func issuedAsAllowed(id ID, chain []*x509.Certificate) error {
+	if len(chain) < 2 {
+		return errors.New("the certificate is its own trust anchor")
+	}
+	issuer := chain[1]
+	td, region, err := caRole(issuer)
+	if err != nil {
+		return fmt.Errorf("issuer %q: %w", issuer.Subject.CommonName, err)
+	}
+	want := 3 // leaf, intermediate, root
+	if region == "" {
+		want = 2 // leaf, root
+	}
+	if len(chain) != want {
+		return fmt.Errorf("issuer %q: a chain of %d certificates, want %d", issuer.Subject.CommonName, len(chain), want)
+	}
+	if err := mayIssue(td, region, id); err != nil {
+		return fmt.Errorf("certificate not issued by a CA allowed to issue it (issued by %q): %w", issuer.Subject.CommonName, err)
+	}
+	return nil
 }
 
 func peerFromState(cs tls.ConnectionState) (Peer, error) {

@@ -3,23 +3,21 @@ package pki_test
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
 	"log"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/meridian-run/meridian/pki"
+	"github.com/meridian-run/meridian/pki/pkitest"
 )
 
 const ioDeadline = 10 * time.Second
@@ -279,34 +277,11 @@ func TestServerRefusesOtherRegionsIntermediate(t *testing.T) {
 		// was's intermediate (compromised or misused) signs an ID that
 		// claims region fra. It chains to the same root, and the ID
 		// looks right, but the issuer is not fra's intermediate.
-		key, err := pki.GenerateKey()
-		if err != nil {
-			t.Fatal(err)
-		}
-		u, _ := url.Parse(pki.MachineID(td, "fra", "m1").String())
-		der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-			SerialNumber: f.was.Cert.SerialNumber, // any
-			Subject:      pkix.Name{CommonName: "forged"},
-			NotBefore:    f.now.Add(-time.Minute),
-			NotAfter:     f.now.Add(time.Hour),
-			KeyUsage:     x509.KeyUsageDigitalSignature,
-			ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-			URIs:         []*url.URL{u},
-		}, f.was.Cert, key.Public(), f.was.Key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		leaf, err := pki.NewLeaf(pki.EncodeCertsPEM(der, f.was.Cert.Raw), key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := leaf.Verify(f.root.Pool(), f.now); err != nil {
-			t.Fatalf("forged leaf should chain to the root: %v", err)
-		}
+		leaf := pkitest.Forge(t, f.was, pki.MachineID(td, "fra", "m1"), pki.UsageClient)
 		if _, _, err := dial(t, rs.server.addr, rs.clientCfg(t, leaf)); err == nil {
 			t.Fatal("fra admitted a fra ID issued by was's intermediate")
 		}
-		if err := rs.server.nextErr(t); !strings.Contains(err.Error(), `not issued by "Meridian region fra CA"`) {
+		if err := rs.server.nextErr(t); !strings.Contains(err.Error(), `not issued by a CA allowed to issue it (issued by "Meridian region was CA")`) {
 			t.Fatalf("server error %q", err)
 		}
 	})
@@ -546,4 +521,74 @@ func TestHTTPSServer(t *testing.T) {
 	if handled != 2 {
 		t.Fatalf("handler ran %d times, want 2 (the admitted peers only)", handled)
 	}
+}
+
+// TestForgedIssuerRefused mints every kind of identity with a CA that may
+// not issue it (as an attacker holding that CA's key would): each chains to
+// the root, and each is refused, as a client certificate by ServerConfig,
+// as a server certificate by ClientConfig, and by VerifyPeer, even by an
+// authorizer that admits its kind; the same identity issued by the right
+// CA is admitted.
+func TestForgedIssuerRefused(t *testing.T) {
+	f := newFixture(t)
+	cases := []struct {
+		name  string
+		by    *pki.CA // the CA that forges
+		right *pki.CA // the CA allowed to issue the ID
+		id    pki.ID
+	}{
+		{"global by fra's intermediate", f.fra, f.root, pki.GlobalID(td)},
+		{"edge by fra's intermediate", f.fra, f.root, pki.EdgeID(td, "par")},
+		{"fra server by was's intermediate", f.was, f.fra, pki.ServerID(td, "fra")},
+		{"fra server by the root", f.root, f.fra, pki.ServerID(td, "fra")},
+		{"fra machine by was's intermediate", f.was, f.fra, pki.MachineID(td, "fra", "m1")},
+		{"fra machine by the root", f.root, f.fra, pki.MachineID(td, "fra", "m1")},
+		{"workload by the root", f.root, f.fra, pki.WorkloadID(td, "acme", "shop", "web")},
+	}
+	anyKind := pki.AllowKinds(pki.KindGlobal, pki.KindServer, pki.KindMachine, pki.KindEdge, pki.KindWorkload)
+	server := startServer(t, pki.ServerConfig(reloader(t, f.issue(t, f.fra, pki.ServerID(td, "fra"), pki.UsageBoth)), f.root.Pool(), anyKind))
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			forged := pkitest.Forge(t, c.by, c.id, pki.UsageBoth)
+			const want = "not issued by a CA allowed to issue it"
+			if _, err := pki.VerifyPeer(certsOf(t, forged), f.root.Pool(), x509.ExtKeyUsageClientAuth, f.now); err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("VerifyPeer: %v, want %q", err, want)
+			}
+			// As a client certificate.
+			client := pki.ClientConfig(reloader(t, forged), f.root.Pool(), anyKind)
+			if _, _, err := dial(t, server.addr, client); err == nil {
+				t.Fatal("server admitted the forged client certificate")
+			}
+			if err := server.nextErr(t); !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), c.id.String()) {
+				t.Errorf("server error %q, want %q naming %s", err, want, c.id)
+			}
+			// As a server certificate.
+			impostor := startServer(t, pki.ServerConfig(reloader(t, forged), f.root.Pool(), anyKind))
+			agent := reloader(t, f.issue(t, f.fra, pki.MachineID(td, "fra", "m2"), pki.UsageClient))
+			if _, _, err := dial(t, impostor.addr, pki.ClientConfig(agent, f.root.Pool(), anyKind)); err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("client dialing the forged server: %v, want %q", err, want)
+			}
+			// The same identity from the CA allowed to issue it is admitted.
+			good := f.issue(t, c.right, c.id, pki.UsageBoth)
+			if _, _, err := dial(t, server.addr, pki.ClientConfig(reloader(t, good), f.root.Pool(), anyKind)); err != nil {
+				t.Fatalf("rightly issued %s refused: %v", c.id, err)
+			}
+			if p := server.nextPeer(t); p.ID != c.id {
+				t.Fatalf("admitted %s, want %s", p.ID, c.id)
+			}
+		})
+	}
+}
+
+func certsOf(t *testing.T, l *pki.Leaf) []*x509.Certificate {
+	t.Helper()
+	var out []*x509.Certificate
+	for _, der := range l.Chain {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, c)
+	}
+	return out
 }

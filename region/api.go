@@ -14,25 +14,45 @@ import (
 	"github.com/meridian-run/meridian/pki"
 )
 
-// tlsConfig is mutual TLS: the handshake verifies any client certificate
-// against the root and admits only the global control plane (issued by the
-// root) and this region's servers and machines (issued by this region's
-// intermediate). A client without a certificate gets through the handshake
-// but may call only /v1/join; plaintext never gets an answer from a
-// handler.
-func (s *Server) tlsConfig() *tls.Config {
-	members, err := pki.RegionMembers(s.cfg.CA.Cert, pki.KindServer, pki.KindMachine)
+// callers are the identities a region admits, each issued by the CA
+// allowed to issue it (pki's peer verification refuses any other issuer):
+// the global plane and edges (the root), any region's servers (their own
+// region's intermediate) and, stricter, this region's servers and machines
+// (this region's intermediate, exactly).
+type callers struct {
+	servers  pki.Authorizer // this region's servers
+	operator pki.Authorizer // global, or a server of this region: the operator routes
+	machine  pki.Authorizer // a machine of this region
+	feed     pki.Authorizer // global, edges, any region's servers, this region's machines
+	any      pki.Authorizer // any of the above: admitted at the handshake
+}
+
+func newCallers(ca *pki.CA) (callers, error) {
+	servers, err := pki.RegionMembers(ca.Cert, pki.KindServer)
 	if err != nil {
-		panic(err) // the CA was checked in Start
+		return callers{}, err
 	}
-	admit := pki.AnyOf(
-		pki.AllOf(pki.AllowKinds(pki.KindGlobal, pki.KindEdge), pki.RequireIssuer(s.cfg.CA.Root)),
-		members,
-		// Other regions' servers read this region's endpoint feed; their
-		// chains were verified against the root.
-		pki.AllowKinds(pki.KindServer),
-	)
-	cfg := pki.ServerConfig(s.certs, s.roots, admit)
+	machines, err := pki.RegionMembers(ca.Cert, pki.KindMachine)
+	if err != nil {
+		return callers{}, err
+	}
+	// Other regions' servers read this region's endpoint feed.
+	c := callers{
+		servers:  servers,
+		operator: pki.AnyOf(pki.AllowKinds(pki.KindGlobal), servers),
+		machine:  machines,
+		feed:     pki.AnyOf(pki.AllowKinds(pki.KindGlobal, pki.KindEdge, pki.KindServer), machines),
+	}
+	c.any = pki.AnyOf(c.operator, c.feed)
+	return c, nil
+}
+
+// tlsConfig is mutual TLS: the handshake verifies any client certificate
+// against the root and its issuer, and admits only the callers. A client
+// without a certificate gets through the handshake but may call only
+// /v1/join and /healthz; plaintext never gets an answer from a handler.
+func (s *Server) tlsConfig() *tls.Config {
+	cfg := pki.ServerConfig(s.certs, s.roots, s.callers.any)
 	cfg.ClientAuth = tls.VerifyClientCertIfGiven
 	verify := cfg.VerifyConnection
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
@@ -56,17 +76,12 @@ func callerOf(ctx context.Context) pki.ID {
 // handler is an API handler that returns an error to answer with.
 type handler func(w http.ResponseWriter, r *http.Request) error
 
-// who may call a route.
-const (
-	anyone  = iota
-	global  // the global plane, or a server of this region
-	machine // a machine of this region
-	feed    // the global plane, edges, any region's servers, this region's machines
-)
-
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
-	handle := func(pattern string, who int, h handler) {
+	// anyone: no client certificate needed.
+	var anyone pki.Authorizer
+	global, machine, feed := s.callers.operator, s.callers.machine, s.callers.feed
+	handle := func(pattern string, who pki.Authorizer, h handler) {
 		mux.Handle(pattern, s.wrap(pattern, who, h))
 	}
 	handle("PUT /v1/services/{key}", global, s.applyService)
@@ -97,25 +112,20 @@ func (s *Server) routes() http.Handler {
 	return mux
 }
 
-// wrap authorizes the caller for the route and turns returned errors into
-// JSON error answers.
-func (s *Server) wrap(name string, who int, h handler) http.Handler {
+// wrap authorizes the caller for the route (who; nil admits anyone, with
+// or without a certificate) and turns returned errors into JSON error
+// answers.
+func (s *Server) wrap(name string, who pki.Authorizer, h handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := r.Context()
-		if who != anyone {
+		if who != nil {
 			peer, err := pki.PeerFromConnectionState(r.TLS)
 			if err != nil || len(r.TLS.PeerCertificates) == 0 {
 				writeErr(w, apiErr(http.StatusUnauthorized, api.CodeUnauthenticated, "this call needs a client certificate"))
 				return
 			}
-			switch {
-			case who == global && peer.ID.Kind == pki.KindGlobal:
-			case who == global && peer.ID.Kind == pki.KindServer && peer.ID.Region == s.cfg.Region:
-			case who == machine && peer.ID.Kind == pki.KindMachine && peer.ID.Region == s.cfg.Region:
-			case who == feed && (peer.ID.Kind == pki.KindGlobal || peer.ID.Kind == pki.KindEdge || peer.ID.Kind == pki.KindServer ||
-				(peer.ID.Kind == pki.KindMachine && peer.ID.Region == s.cfg.Region)):
-			default:
-				s.log.Warn("refused caller", "route", name, "peer", peer.ID.String())
+			if err := who(peer); err != nil {
+				s.log.Warn("refused caller", "route", name, "peer", peer.ID.String(), "err", err)
 				writeErr(w, apiErr(http.StatusForbidden, api.CodeForbidden, "%s may not call %s", peer.ID, name))
 				return
 			}

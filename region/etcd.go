@@ -37,8 +37,14 @@ type EtcdConfig struct {
 	ClusterState string
 }
 
-// etcdTLS writes the server's leaf and the root to files etcd reads (it
-// reloads them on each new connection) and returns etcd's TLS settings.
+// etcdTLS writes the server's leaf and the region's intermediate to files
+// etcd reads (it reloads them on each new connection) and returns etcd's
+// TLS settings for the client and peer ports: only this region's servers
+// get in. The region's intermediate is the only trusted CA, so nothing
+// another region's CA or the root issued verifies (another region's
+// servers and machines, global, edges), and of what this intermediate
+// issues (servers, machines, workloads) only the servers' common name is
+// allowed.
 func (s *Server) etcdTLS() (transport.TLSInfo, error) {
 	dir := filepath.Join(s.cfg.DataDir, "tls")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -52,18 +58,22 @@ func (s *Server) etcdTLS() (transport.TLSInfo, error) {
 	files := map[string][]byte{
 		"server.pem":     leaf.ChainPEM(),
 		"server-key.pem": keyPEM,
-		"root.pem":       s.rootPEM,
+		"ca.pem":         pki.EncodeCertsPEM(s.cfg.CA.Cert.Raw),
 	}
 	for name, data := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+		if err := pki.WriteFileAtomic(filepath.Join(dir, name), data, 0o600); err != nil {
 			return transport.TLSInfo{}, err
 		}
 	}
+	// Written by earlier versions, which trusted the whole installation.
+	os.Remove(filepath.Join(dir, "root.pem"))
 	return transport.TLSInfo{
 		CertFile:       filepath.Join(dir, "server.pem"),
 		KeyFile:        filepath.Join(dir, "server-key.pem"),
-		TrustedCAFile:  filepath.Join(dir, "root.pem"),
+		TrustedCAFile:  filepath.Join(dir, "ca.pem"),
 		ClientCertAuth: true,
+		AllowedCNs:     []string{pki.CommonName(pki.ServerID(s.cfg.CA.TrustDomain, s.cfg.Region))},
+		MinVersion:     tls.VersionTLS13,
 	}, nil
 }
 
@@ -143,16 +153,22 @@ func (s *Server) startEtcd(ctx context.Context) error {
 	return nil
 }
 
-// connect opens the etcd client over mutual TLS.
+// connect opens the etcd client over mutual TLS. An embedded member must
+// present this region's server identity; an external cluster's serving
+// certificate is verified against the installation root and its host
+// name.
 func (s *Server) connect() error {
 	endpoints := s.cfg.Etcd.Endpoints
+	var tc *tls.Config
 	if len(endpoints) == 0 {
 		endpoints = []string{s.cfg.Etcd.ClientURL}
-	}
-	tc := &tls.Config{
-		MinVersion:           tls.VersionTLS12,
-		RootCAs:              s.roots,
-		GetClientCertificate: s.certs.GetClientCertificate,
+		tc = pki.ClientConfig(s.certs, s.roots, s.callers.servers)
+	} else {
+		tc = &tls.Config{
+			MinVersion:           tls.VersionTLS12,
+			RootCAs:              s.roots,
+			GetClientCertificate: s.certs.GetClientCertificate,
+		}
 	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:            endpoints,

@@ -86,6 +86,7 @@ type Server struct {
 	specs   map[string]specRecord // immutable, cached by deployment id
 	feeds   *feedHub
 	sealer  *sealer
+	callers callers
 }
 
 // Start validates cfg, starts the embedded etcd member (unless external),
@@ -143,6 +144,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.roots.AddCert(cfg.CA.Root)
 	var err error
+	if s.callers, err = newCallers(cfg.CA); err != nil {
+		return nil, fmt.Errorf("region: config: CA: %w", err)
+	}
 	if s.sealer, err = newSealer(cfg.CA.Key); err != nil {
 		return nil, err
 	}
