@@ -19,10 +19,13 @@ import (
 )
 
 // TestExternalEtcd points a region at an etcd cluster it does not embed
-// (started here as a separate etcd server with its own TLS certificate):
-// nothing is embedded, and the region works on the external store.
+// (started here as a separate etcd server with its own TLS certificate),
+// set up as ARCHITECTURE.md says an external etcd must be: it trusts only
+// the region's intermediate and admits only its servers' common name.
+// Nothing is embedded, the region works on the external store, and
+// another region's server is refused.
 func TestExternalEtcd(t *testing.T) {
-	in := pkitest.New(t, "fra")
+	in := pkitest.New(t, "fra", "was")
 	dir := t.TempDir()
 	leaf, err := in.Regions["fra"].Issue(pki.LeafRequest{ID: pki.ServerID(pkitest.TrustDomain, "fra"),
 		IPs: []net.IP{net.ParseIP("127.0.0.1")}, Usage: pki.UsageBoth, TTL: time.Hour, Now: time.Now()})
@@ -32,11 +35,13 @@ func TestExternalEtcd(t *testing.T) {
 	if err := pki.SaveLeaf(dir, "etcd", leaf); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "root.pem"), pki.EncodeCertsPEM(in.Root.Cert.Raw), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "fra-ca.pem"), pki.EncodeCertsPEM(in.Regions["fra"].Cert.Raw), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// etcd --trusted-ca-file fra-ca.pem --client-cert-auth --client-cert-allowed-cn "server fra"
 	tlsInfo := transport.TLSInfo{CertFile: filepath.Join(dir, "etcd.pem"), KeyFile: filepath.Join(dir, "etcd-key.pem"),
-		TrustedCAFile: filepath.Join(dir, "root.pem"), ClientCertAuth: true}
+		TrustedCAFile: filepath.Join(dir, "fra-ca.pem"), ClientCertAuth: true,
+		AllowedCNs: []string{pki.CommonName(pki.ServerID(pkitest.TrustDomain, "fra"))}}
 	cfg := embed.NewConfig()
 	cfg.Name = "external"
 	cfg.Dir = filepath.Join(dir, "data")
@@ -77,4 +82,5 @@ func TestExternalEtcd(t *testing.T) {
 	m := joinMachine(t, in, s, "fra1-a", "fra1", 2000, 2048)
 	m.heartbeat(t)
 	testutil.Eventually(t, 10*time.Second, "placed", func() (bool, string) { return len(m.assignments(t)) == 1, "" })
+	etcdAdmitsOnlyFraServers(t, in, s, cu.String())
 }

@@ -104,13 +104,21 @@ func TestEtcdAdmitsOnlyItsRegionsServers(t *testing.T) {
 	if _, err := s.CreateJoinToken(ctx, time.Hour, 1); err != nil {
 		t.Fatal(err)
 	}
+	etcdAdmitsOnlyFraServers(t, in, s, s.cfg.Etcd.ClientURL)
+}
+
+// etcdAdmitsOnlyFraServers reads fra's join tokens and writes a key at
+// endpoint (fra server s's etcd) with every kind of certificate, and checks
+// that only fra's server could.
+func etcdAdmitsOnlyFraServers(t *testing.T, in *pkitest.Installation, s *Server, endpoint string) {
+	t.Helper()
 	var wg sync.WaitGroup
 	for _, c := range everyKind(t, in) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			key := s.keys.root + "intruder/" + strings.ReplaceAll(c.name, " ", "-")
-			readErr, writeErr := etcdReadWrite(t, s.cfg.Etcd.ClientURL, c.tlsFor(t, in), s.keys.root+"tokens/", key)
+			readErr, writeErr := etcdReadWrite(endpoint, c.tlsFor(t, in), s.keys.root+"tokens/", key)
 			if c.name == "fra server" {
 				if readErr != nil || writeErr != nil {
 					t.Errorf("%s: refused by its own region's etcd: read %v, write %v", c.name, readErr, writeErr)
@@ -123,7 +131,7 @@ func TestEtcdAdmitsOnlyItsRegionsServers(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	resp, err := s.cli.Get(ctx, s.keys.root+"intruder/", clientv3.WithPrefix())
+	resp, err := s.cli.Get(testutil.Context(t, 10*time.Second), s.keys.root+"intruder/", clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +146,7 @@ func TestEtcdAdmitsOnlyItsRegionsServers(t *testing.T) {
 
 // etcdReadWrite reads prefix (expecting at least one key) and writes key
 // at endpoint with the Go etcd client over tc, each within a few seconds.
-func etcdReadWrite(t testing.TB, endpoint string, tc *tls.Config, prefix, key string) (readErr, writeErr error) {
+func etcdReadWrite(endpoint string, tc *tls.Config, prefix, key string) (readErr, writeErr error) {
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, TLS: tc, DialTimeout: 3 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		return err, err
