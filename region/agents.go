@@ -156,7 +156,11 @@ func checkJoin(req regionapi.JoinRequest) error {
 
 // join registers a machine: the join token must be this region's, unexpired,
 // unrevoked and not used up; the answer carries the machine's certificate,
-// issued for the CSR's key with the region's chosen identity.
+// issued for the CSR's key with the region's chosen identity. A name
+// already joined is taken only by its own key (the machine joining again)
+// or once the certificate last issued to it expired: a live machine's name,
+// and with it its assignments and their secrets, is never handed to
+// another key.
 func (s *Server) join(w http.ResponseWriter, r *http.Request) error {
 	var req regionapi.JoinRequest
 	if err := decode(w, r, &req); err != nil {
@@ -211,28 +215,57 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return fieldError("csr", "%v", err)
 		}
-		tok.Used++
+		keySum := sha256.Sum256(leaf.Cert.RawSubjectPublicKeyInfo)
 		m := machineRecord{ID: req.Machine, Datacenter: req.Datacenter, Address: req.Address,
-			MilliCPU: req.MilliCPU, MemoryMB: req.MemoryMB, JoinedAt: now}
+			MilliCPU: req.MilliCPU, MemoryMB: req.MemoryMB, JoinedAt: now, KeySHA256: keySum[:], CertNotAfter: leaf.Cert.NotAfter}
+		prev, err := s.cli.Get(ctx, s.keys.machine(m.ID))
+		if err != nil {
+			return fmt.Errorf("read machine: %w", err)
+		}
+		// The machine's record must be as read: a concurrent join or
+		// renewal under the same name is checked again.
+		machineAsRead := clientv3.Compare(clientv3.ModRevision(s.keys.machine(m.ID)), "=", int64(0))
+		if len(prev.Kvs) == 1 {
+			machineAsRead = clientv3.Compare(clientv3.ModRevision(s.keys.machine(m.ID)), "=", prev.Kvs[0].ModRevision)
+			var old machineRecord
+			if err := json.Unmarshal(prev.Kvs[0].Value, &old); err != nil {
+				return fmt.Errorf("machine record: %w", err)
+			}
+			sameKey := subtle.ConstantTimeCompare(old.KeySHA256, keySum[:]) == 1
+			if until := old.certValidUntil(); !sameKey && now.Before(until) {
+				s.log.Warn("join refused: the machine is live and the key is not its own", "machine", m.ID, "token", tok.ID,
+					"certificate_valid_until", until, "remote", r.RemoteAddr)
+				return apiErr(http.StatusConflict, api.CodeConflict,
+					"machine %q has already joined region %s and its certificate is valid until %s: a join under its name must use the machine's own key (or come after that certificate expired)",
+					m.ID, s.cfg.Region, until.UTC().Format(time.RFC3339))
+			}
+			if sameKey {
+				// The machine itself joining again: the operator's drain
+				// and its mesh port stay.
+				m.Draining, m.MeshPort = old.Draining, old.MeshPort
+			}
+		}
+		tok.Used++
 		txn, err := s.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(s.keys.token(tok.ID)), "=", resp.Kvs[0].ModRevision)).
+			If(clientv3.Compare(clientv3.ModRevision(s.keys.token(tok.ID)), "=", resp.Kvs[0].ModRevision), machineAsRead).
 			Then(clientv3.OpPut(s.keys.token(tok.ID), mustJSON(tok)), clientv3.OpPut(s.keys.machine(m.ID), mustJSON(m))).
 			Commit()
 		if err != nil {
 			return fmt.Errorf("record join: %w", err)
 		}
 		if !txn.Succeeded {
-			continue // the token was used concurrently: check it again
+			continue // the token was used, or the machine changed, concurrently: check again
 		}
 		s.log.Info("machine joined", "machine", m.ID, "datacenter", m.Datacenter, "address", m.Address,
-			"millicpu", m.MilliCPU, "memory_mb", m.MemoryMB, "token", tok.ID)
+			"millicpu", m.MilliCPU, "memory_mb", m.MemoryMB, "token", tok.ID, "rejoined", len(prev.Kvs) == 1)
 		writeJSON(w, http.StatusOK, regionapi.JoinResponse{Machine: m.ID, Certificate: string(leaf.ChainPEM()),
 			CA: string(s.rootPEM), LeaseTTL: s.cfg.LeaseTTL.String()})
 		return nil
 	}
 }
 
-// renew issues a fresh certificate to a machine for a new key.
+// renew issues a fresh certificate to a machine for a new key, and
+// records the key in the machine's record.
 func (s *Server) renew(w http.ResponseWriter, r *http.Request) error {
 	var req regionapi.RenewRequest
 	if err := decode(w, r, &req); err != nil {
@@ -245,6 +278,14 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) error {
 	})
 	if err != nil {
 		return fieldError("csr", "%v", err)
+	}
+	// The record follows the machine's key: a join under its name must
+	// prove this one from now on.
+	keySum := sha256.Sum256(leaf.Cert.RawSubjectPublicKeyInfo)
+	if _, err := s.updateMachine(r.Context(), id.Machine, func(m *machineRecord) {
+		m.KeySHA256, m.CertNotAfter = keySum[:], leaf.Cert.NotAfter
+	}); err != nil {
+		return err
 	}
 	writeJSON(w, http.StatusOK, regionapi.JoinResponse{Machine: id.Machine, Certificate: string(leaf.ChainPEM()),
 		CA: string(s.rootPEM), LeaseTTL: s.cfg.LeaseTTL.String()})

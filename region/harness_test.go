@@ -2,6 +2,7 @@ package region
 
 import (
 	"context"
+	"crypto"
 	"github.com/meridian-run/meridian/testutil"
 	"net/http"
 	"path/filepath"
@@ -135,12 +136,25 @@ type fakeMachine struct {
 // joinMachine joins a machine with a fresh one-time token.
 func joinMachine(t testing.TB, in *pkitest.Installation, s *Server, id, dc string, millicpu, memoryMB int) *fakeMachine {
 	t.Helper()
-	ctx := testutil.Context(t, time.Minute)
-	tok, err := s.CreateJoinToken(ctx, time.Hour, 1)
+	key, err := pki.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := pki.GenerateKey()
+	m, err := joinWithKey(t, in, s, regionapi.JoinRequest{Machine: id, Datacenter: dc, MilliCPU: millicpu, MemoryMB: memoryMB}, key)
+	if err != nil {
+		t.Fatalf("join %s: %v", id, err)
+	}
+	return m
+}
+
+// joinWithKey sends join request req (its machine, data center and
+// capacity) with a fresh one-time token and a CSR for key, returning the
+// region's refusal as an error.
+func joinWithKey(t testing.TB, in *pkitest.Installation, s *Server, req regionapi.JoinRequest, key crypto.Signer) (*fakeMachine, error) {
+	t.Helper()
+	id := req.Machine
+	ctx := testutil.Context(t, time.Minute)
+	tok, err := s.CreateJoinToken(ctx, time.Hour, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,16 +164,16 @@ func joinMachine(t testing.TB, in *pkitest.Installation, s *Server, id, dc strin
 	}
 	anon := regionapi.NewClient(s.URL(), &http.Client{Transport: &http.Transport{
 		TLSClientConfig: pki.ClientConfig(nil, in.Root.Pool(), pki.AllowKinds(pki.KindServer))}})
-	resp, err := anon.Join(ctx, regionapi.JoinRequest{Token: tok.Value, Machine: id, Datacenter: dc, Address: "127.0.0.1",
-		MilliCPU: millicpu, MemoryMB: memoryMB, CSR: string(csr)})
+	req.Token, req.Address, req.CSR = tok.Value, "127.0.0.1", string(csr)
+	resp, err := anon.Join(ctx, req)
 	if err != nil {
-		t.Fatalf("join %s: %v", id, err)
+		return nil, err
 	}
 	leaf, err := pki.NewLeaf([]byte(resp.Certificate), key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fakeMachine{id: id, client: regionapi.NewClient(s.URL(), in.Client(t, leaf))}
+	return &fakeMachine{id: id, client: regionapi.NewClient(s.URL(), in.Client(t, leaf))}, nil
 }
 
 func (m *fakeMachine) heartbeat(t testing.TB) {

@@ -102,16 +102,30 @@ type statusRecord struct {
 	UpdatedAt time.Time      `json:"updated_at"`
 }
 
-// machineRecord is a machine that joined the region.
+// machineRecord is a machine that joined the region. KeySHA256 and
+// CertNotAfter describe the certificate the region last issued to it (at
+// its join or latest renewal): while that certificate is valid the
+// machine is live, and a join under its name must prove the same key.
 type machineRecord struct {
-	ID         string    `json:"id"`
-	Datacenter string    `json:"datacenter"`
-	Address    string    `json:"address"`
-	MilliCPU   int       `json:"millicpu"`
-	MemoryMB   int       `json:"memory_mb"`
-	Draining   bool      `json:"draining,omitempty"`
-	MeshPort   int       `json:"mesh_port,omitempty"`
-	JoinedAt   time.Time `json:"joined_at"`
+	ID           string    `json:"id"`
+	Datacenter   string    `json:"datacenter"`
+	Address      string    `json:"address"`
+	MilliCPU     int       `json:"millicpu"`
+	MemoryMB     int       `json:"memory_mb"`
+	Draining     bool      `json:"draining,omitempty"`
+	MeshPort     int       `json:"mesh_port,omitempty"`
+	JoinedAt     time.Time `json:"joined_at"`
+	KeySHA256    []byte    `json:"key_sha256,omitempty"`
+	CertNotAfter time.Time `json:"cert_not_after,omitzero"`
+}
+
+// certValidUntil is when the machine's latest certificate expires. A
+// record written before keys were recorded has the one of its join.
+func (m machineRecord) certValidUntil() time.Time {
+	if m.CertNotAfter.IsZero() {
+		return m.JoinedAt.Add(machineCertTTL)
+	}
+	return m.CertNotAfter
 }
 
 // tokenRecord is a join token; only its hash is kept.
