@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"strconv"
@@ -301,16 +302,23 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx := r.Context()
 	id := callerOf(ctx).Machine
-	resp, err := s.cli.Get(ctx, s.keys.machine(id))
+	// One read for the record and the liveness key: heartbeats are the
+	// region's steadiest load.
+	resp, err := s.cli.Txn(ctx).Then(clientv3.OpGet(s.keys.machine(id)), clientv3.OpGet(s.keys.alive(id))).Commit()
 	if err != nil {
 		return fmt.Errorf("read machine: %w", err)
 	}
-	if len(resp.Kvs) == 0 {
+	record, alive := resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs
+	if len(record) == 0 {
 		return apiErr(http.StatusNotFound, api.CodeNotFound, "machine %q has not joined region %s", id, s.cfg.Region)
 	}
 	var m machineRecord
-	if err := json.Unmarshal(resp.Kvs[0].Value, &m); err != nil {
+	if err := json.Unmarshal(record[0].Value, &m); err != nil {
 		return fmt.Errorf("machine record: %w", err)
+	}
+	var lease clientv3.LeaseID
+	if len(alive) == 1 {
+		lease = clientv3.LeaseID(alive[0].Lease)
 	}
 	if hb.MeshPort < 0 || hb.MeshPort > 65535 {
 		return fieldError("mesh_port", "%d is not a port", hb.MeshPort)
@@ -337,20 +345,18 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	if err := s.keepAlive(ctx, id); err != nil {
+	if err := s.keepAlive(ctx, id, lease); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, regionapi.HeartbeatResponse{LeaseTTL: s.cfg.LeaseTTL.String(), Draining: m.Draining})
 	return nil
 }
 
-func (s *Server) keepAlive(ctx context.Context, id string) error {
-	resp, err := s.cli.Get(ctx, s.keys.alive(id))
-	if err != nil {
-		return fmt.Errorf("read liveness: %w", err)
-	}
-	if len(resp.Kvs) == 1 && resp.Kvs[0].Lease != 0 {
-		_, err := s.cli.KeepAliveOnce(ctx, clientv3.LeaseID(resp.Kvs[0].Lease))
+// keepAlive renews the lease the machine's liveness key is bound to (0:
+// none), or binds the key to a new lease.
+func (s *Server) keepAlive(ctx context.Context, id string, lease clientv3.LeaseID) error {
+	if lease != 0 {
+		_, err := s.cli.KeepAliveOnce(ctx, lease)
 		if err == nil {
 			return nil
 		}
@@ -359,11 +365,11 @@ func (s *Server) keepAlive(ctx context.Context, id string) error {
 		}
 	}
 	ttl := int64((s.cfg.LeaseTTL + time.Second - 1) / time.Second)
-	lease, err := s.cli.Grant(ctx, ttl)
+	granted, err := s.cli.Grant(ctx, ttl)
 	if err != nil {
 		return fmt.Errorf("grant lease: %w", err)
 	}
-	if _, err := s.cli.Put(ctx, s.keys.alive(id), strconv.FormatInt(int64(lease.ID), 16), clientv3.WithLease(lease.ID)); err != nil {
+	if _, err := s.cli.Put(ctx, s.keys.alive(id), strconv.FormatInt(int64(granted.ID), 16), clientv3.WithLease(granted.ID)); err != nil {
 		return fmt.Errorf("put liveness: %w", err)
 	}
 	s.log.Info("machine alive", "machine", id, "lease_ttl", s.cfg.LeaseTTL)
@@ -498,7 +504,9 @@ func (s *Server) follow(ctx context.Context, prefix string, rev int64, send func
 }
 
 // report records the machine's instance states; reports of instances not
-// assigned to the machine are ignored.
+// assigned to the machine are ignored, and a state that did not change is
+// not written again (agents send every state periodically: an idle region
+// writes nothing).
 func (s *Server) report(w http.ResponseWriter, r *http.Request) error {
 	var rep regionapi.StatusReport
 	if err := decode(w, r, &rep); err != nil {
@@ -514,13 +522,24 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) error {
 	for _, kv := range resp.Kvs {
 		mine[strings.TrimPrefix(string(kv.Key), s.keys.assignMachine(id))] = true
 	}
+	var reported []regionapi.InstanceReport
+	for _, in := range rep.Instances {
+		if mine[in.ID] {
+			reported = append(reported, in)
+		}
+	}
+	current, err := s.statuses(ctx, reported)
+	if err != nil {
+		return err
+	}
 	now := s.cfg.Now().UTC()
 	var ops []clientv3.Op
-	for _, in := range rep.Instances {
-		if !mine[in.ID] {
+	for _, in := range reported {
+		st := statusRecord{State: in.State, Healthy: in.Healthy, Restarts: in.Restarts, Message: in.Message, Ports: in.Ports}
+		if cur, ok := current[in.ID]; ok && sameStatus(cur, st) {
 			continue
 		}
-		st := statusRecord{State: in.State, Healthy: in.Healthy, Restarts: in.Restarts, Message: in.Message, Ports: in.Ports, UpdatedAt: now}
+		st.UpdatedAt = now
 		// Written only while the assignment exists, so a report racing the
 		// instance's removal leaves nothing behind.
 		assigned := clientv3.Compare(clientv3.CreateRevision(s.keys.assign(id, in.ID)), ">", 0)
@@ -535,4 +554,36 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// statuses reads the recorded states of the reported instances.
+func (s *Server) statuses(ctx context.Context, reported []regionapi.InstanceReport) (map[string]statusRecord, error) {
+	out := make(map[string]statusRecord, len(reported))
+	for len(reported) > 0 {
+		n := min(len(reported), maxOpsPerTxn)
+		gets := make([]clientv3.Op, n)
+		for i, in := range reported[:n] {
+			gets[i] = clientv3.OpGet(s.keys.status(in.ID))
+		}
+		resp, err := s.cli.Txn(ctx).Then(gets...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("read reported states: %w", err)
+		}
+		for _, r := range resp.Responses {
+			for _, kv := range r.GetResponseRange().Kvs {
+				var st statusRecord
+				if json.Unmarshal(kv.Value, &st) == nil {
+					out[strings.TrimPrefix(string(kv.Key), s.keys.statusPrefix())] = st
+				}
+			}
+		}
+		reported = reported[n:]
+	}
+	return out, nil
+}
+
+// sameStatus reports whether two states are the same but for when they
+// were recorded.
+func sameStatus(a, b statusRecord) bool {
+	return a.State == b.State && a.Healthy == b.Healthy && a.Restarts == b.Restarts && a.Message == b.Message && maps.Equal(a.Ports, b.Ports)
 }

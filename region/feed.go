@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -22,40 +23,57 @@ import (
 // feedHub keeps this server's current endpoint feeds: the region's own
 // (local) and the one merged with its peers' (for agents). One goroutine
 // rebuilds them on every change of the region's state (debounced) or of a
-// peer's feed; subscribers wait for a newer version and send the latest.
+// peer's feed; subscribers wait for a newer version of the feed they read
+// and send it. Each feed's version moves only when its content changes, so
+// an unchanged region sends nothing but keepalives.
 type feedHub struct {
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every new version
-	version int64
-	local   []byte // JSON of the local feed
-	merged  []byte // JSON of the merged feed
+	local   feedVersion
+	merged  feedVersion
 	peers   map[string]*regionapi.PeerFeed
 	self    *regionapi.Peer // as global last described this region
 	kick    chan struct{}
+}
+
+// feedVersion is one feed's JSON and its version (0 until first built).
+type feedVersion struct {
+	version int64
+	body    []byte
+}
+
+func (v *feedVersion) set(body []byte) bool {
+	if v.version > 0 && bytes.Equal(body, v.body) {
+		return false
+	}
+	v.body = body
+	v.version++
+	return true
 }
 
 func newFeedHub() *feedHub {
 	return &feedHub{changed: make(chan struct{}), peers: map[string]*regionapi.PeerFeed{}, kick: make(chan struct{}, 1)}
 }
 
-// current returns the latest version and its feeds, and a channel closed
-// when a newer one exists.
-func (h *feedHub) current() (int64, []byte, []byte, <-chan struct{}) {
+// current returns the latest local or merged feed, and a channel closed
+// when either changes.
+func (h *feedHub) current(local bool) (feedVersion, <-chan struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.version, h.local, h.merged, h.changed
+	if local {
+		return h.local, h.changed
+	}
+	return h.merged, h.changed
 }
 
 func (h *feedHub) publish(local, merged []byte) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if bytes.Equal(local, h.local) && bytes.Equal(merged, h.merged) {
-		return
+	l, m := h.local.set(local), h.merged.set(merged)
+	if l || m {
+		close(h.changed)
+		h.changed = make(chan struct{})
 	}
-	h.local, h.merged = local, merged
-	h.version++
-	close(h.changed)
-	h.changed = make(chan struct{})
 }
 
 // rebuild asks for a rebuild (a peer's feed changed).
@@ -186,7 +204,8 @@ func mapsKeys[V any](m map[string]V) func(func(string) bool) {
 }
 
 // serveFeed streams the feed as NDJSON: the current one at once, then each
-// newer one; a keepalive line every 10s.
+// one whose content changed; a keepalive line after FeedKeepalive without
+// one.
 func (s *Server) serveFeed(w http.ResponseWriter, r *http.Request) error {
 	local := r.URL.Query().Get("local") != "false"
 	if id := callerOf(r.Context()); id.Kind == pki.KindMachine && id.Region == s.cfg.Region {
@@ -199,33 +218,31 @@ func (s *Server) serveFeed(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	// Wait (briefly) for the first build.
 	for i := 0; i < 100; i++ {
-		if v, _, _, _ := s.feeds.current(); v > 0 {
+		if f, _ := s.feeds.current(local); f.version > 0 {
 			break
 		}
 		sleepCtx(ctx, 50*time.Millisecond)
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
-	keepalive := time.NewTicker(10 * time.Second)
+	keepalive := time.NewTicker(s.cfg.FeedKeepalive)
 	defer keepalive.Stop()
 	sent := int64(-1)
 	for {
-		v, lb, mb, changed := s.feeds.current()
-		if v != sent && v > 0 {
-			b := mb
-			if local {
-				b = lb
-			}
-			// b is shared by every subscriber: write it as it is (an append
-			// would write into its spare capacity), then the newline.
-			if _, err := w.Write(b); err != nil {
+		f, changed := s.feeds.current(local)
+		if f.version != sent && f.version > 0 {
+			// f.body is shared by every subscriber: write it as it is (an
+			// append would write into its spare capacity), then the
+			// newline.
+			if _, err := w.Write(f.body); err != nil {
 				return nil
 			}
 			if _, err := w.Write([]byte{'\n'}); err != nil {
 				return nil
 			}
 			fl.Flush()
-			sent = v
+			sent = f.version
+			keepalive.Reset(s.cfg.FeedKeepalive)
 		}
 		select {
 		case <-ctx.Done():
@@ -358,6 +375,13 @@ func (s *Server) followPeer(ctx context.Context, c *regionapi.Client, peer regio
 				return fmt.Errorf("peer %s sent the feed of %q", peer.ID, f.Region)
 			}
 			s.feeds.mu.Lock()
+			if old := s.feeds.peers[peer.ID]; old != nil && old.Connected && reflect.DeepEqual(old.Services, f.Services) {
+				// Nothing the merged feed carries changed (only the
+				// peer's revision, say): the agents get no update.
+				s.feeds.mu.Unlock()
+				backoff = 250 * time.Millisecond
+				return nil
+			}
 			s.feeds.peers[peer.ID] = &regionapi.PeerFeed{Region: peer.ID, Latitude: peer.Latitude, Longitude: peer.Longitude,
 				Received: s.cfg.Now().UTC(), Connected: true, Services: f.Services}
 			s.feeds.mu.Unlock()

@@ -35,7 +35,9 @@ func latestFeed(t testing.TB, c *regionapi.Client, local bool) regionapi.Feed {
 // silent (then follows it again) and when the peer goes away.
 func TestEndpointFeeds(t *testing.T) {
 	in := pkitest.New(t, "fra", "was")
-	fra := single(t, in, "fra", nil)
+	// was takes fra's feed as dead after 500ms of silence: fra sends its
+	// keepalive more often than that.
+	fra := single(t, in, "fra", func(c *Config) { c.FeedKeepalive = 100 * time.Millisecond })
 	was := single(t, in, "was", func(c *Config) { c.PeerFeedIdle = 500 * time.Millisecond })
 	ctx := testutil.Context(t, time.Minute)
 	gfra := regionapi.NewClient(fra.URL(), in.GlobalClient(t))

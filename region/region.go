@@ -57,6 +57,10 @@ type Config struct {
 	// link. The peer's endpoints stay in use, marked disconnected
 	// (default 25s).
 	PeerFeedIdle time.Duration
+	// FeedKeepalive is how long a feed stream with no update waits before
+	// it sends a keepalive line (default 10s): edges and peer regions
+	// take a feed silent for much longer as a dead link.
+	FeedKeepalive time.Duration
 	// Logger receives the component's logs.
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
@@ -121,6 +125,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if cfg.PeerFeedIdle < 0 {
 		return nil, fmt.Errorf("region: config: PeerFeedIdle %s is negative", cfg.PeerFeedIdle)
+	}
+	if cfg.FeedKeepalive == 0 {
+		cfg.FeedKeepalive = 10 * time.Second
+	}
+	if cfg.FeedKeepalive < 0 {
+		return nil, fmt.Errorf("region: config: FeedKeepalive %s is negative", cfg.FeedKeepalive)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

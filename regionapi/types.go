@@ -249,7 +249,7 @@ type Feed struct {
 	Revision int64         `json:"revision"`
 	Services []FeedService `json:"services"`
 	// Peers holds, in a merged feed, each peer region's last feed and when
-	// it was received.
+	// it last changed.
 	Peers []PeerFeed `json:"peers,omitempty"`
 	// Self is, in a merged feed, the region itself as global registered
 	// it (its coordinates rank peers before their round trips are
@@ -258,6 +258,7 @@ type Feed struct {
 }
 
 // PeerFeed is another region's feed as a region last received it.
+// Received is when its content (or Connected) last changed.
 type PeerFeed struct {
 	Region    string    `json:"region"`
 	Latitude  float64   `json:"latitude"`
