@@ -43,6 +43,11 @@ type Config struct {
 
 // Listener is a net.Listener that closes connections over its caps at
 // once. Its Accept returns only connections within them.
+//
+// A server whose connections authenticate (a verified client certificate)
+// calls Release for each that did: it no longer counts against its
+// address, only against the total, so the per-address cap bounds only
+// clients that have not proved who they are.
 type Listener struct {
 	net.Listener
 	cfg Config
@@ -98,11 +103,15 @@ func (l *Listener) admit(key netip.Prefix) Reason {
 	return ""
 }
 
-func (l *Listener) release(key netip.Prefix) {
+// release gives back a connection's slot in the total, its address's
+// slot, or both.
+func (l *Listener) release(key netip.Prefix, total, addr bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.total--
-	if !key.IsValid() {
+	if total {
+		l.total--
+	}
+	if !addr || !key.IsValid() {
 		return
 	}
 	if n := l.byAddr[key] - 1; n > 0 {
@@ -152,18 +161,43 @@ func addrKey(a net.Addr) netip.Prefix {
 	return p
 }
 
-// conn gives its slot back once, at its first Close.
+// conn gives its slots back once: its address's at its first Close or
+// Release, the total's at its first Close.
 type conn struct {
 	net.Conn
-	l    *Listener
-	key  netip.Prefix
-	once sync.Once
+	l        *Listener
+	key      netip.Prefix
+	addrOnce sync.Once
+	once     sync.Once
 }
 
 func (c *conn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() { c.l.release(c.key) })
+	c.once.Do(func() {
+		addr := false
+		c.addrOnce.Do(func() { addr = true })
+		c.l.release(c.key, true, addr)
+	})
 	return err
+}
+
+// Release stops counting c against its client address's cap (it
+// authenticated); it still counts against the total until it is closed.
+// c is a connection from a Listener, or one wrapping it (a *tls.Conn, or
+// anything with a NetConn method); other connections are ignored.
+// Releasing twice, or after Close, is harmless.
+func Release(c net.Conn) {
+	for c != nil {
+		switch v := c.(type) {
+		case *conn:
+			v.addrOnce.Do(func() { v.l.release(v.key, false, true) })
+			return
+		case interface{ NetConn() net.Conn }:
+			c = v.NetConn()
+		default:
+			return
+		}
+	}
 }
 
 // CloseWrite half-closes the connection when the underlying one can (as

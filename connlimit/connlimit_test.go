@@ -1,6 +1,7 @@
 package connlimit
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -202,5 +203,44 @@ func TestAddrKey(t *testing.T) {
 	}
 	if got := addrKey(&net.UnixAddr{Name: "/run/x.sock", Net: "unix"}); got.IsValid() {
 		t.Errorf("a Unix address has key %s, want none", got)
+	}
+}
+
+// TestRelease: a released connection (seen through a TLS connection
+// wrapping it) stops counting against its address but not against the
+// total; releasing twice, or closing it afterwards, changes nothing more.
+func TestRelease(t *testing.T) {
+	s := newServer(t, Config{PerAddr: 2, Total: 10})
+	addr := s.l.Addr().String()
+	dialFrom(t, "127.0.0.2", addr)
+	dialFrom(t, "127.0.0.2", addr)
+	testutil.Eventually(t, 5*time.Second, "two admitted", func() (bool, string) {
+		n, _ := s.counts()
+		return n == 2, fmt.Sprintf("admitted %d", n)
+	})
+	s.mu.Lock()
+	first := s.admitted[0]
+	s.mu.Unlock()
+	from := first.RemoteAddr()
+	Release(tls.Server(first, &tls.Config{}))
+	Release(first)
+	if n := s.l.OpenFrom(from); n != 1 {
+		t.Fatalf("open from the address after a release: %d, want 1", n)
+	}
+	if n := s.l.Open(); n != 2 {
+		t.Fatalf("open in all after a release: %d, want 2", n)
+	}
+	// Room for one more from that address.
+	dialFrom(t, "127.0.0.2", addr)
+	testutil.Eventually(t, 5*time.Second, "a third admitted", func() (bool, string) {
+		n, _ := s.counts()
+		return n == 3, fmt.Sprintf("admitted %d", n)
+	})
+	first.Close()
+	if n := s.l.OpenFrom(from); n != 2 {
+		t.Fatalf("open from the address after closing the released one: %d, want 2", n)
+	}
+	if n := s.l.Open(); n != 2 {
+		t.Fatalf("open in all after closing the released one: %d, want 2", n)
 	}
 }

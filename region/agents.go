@@ -61,7 +61,7 @@ func (s *Server) CreateJoinToken(ctx context.Context, ttl time.Duration, uses in
 
 func (s *Server) createJoinToken(w http.ResponseWriter, r *http.Request) error {
 	var req regionapi.JoinTokenRequest
-	if err := decode(w, r, &req); err != nil {
+	if err := s.decode(w, r, &req); err != nil {
 		return err
 	}
 	var ttl time.Duration
@@ -164,7 +164,7 @@ func checkJoin(req regionapi.JoinRequest) error {
 // another key.
 func (s *Server) join(w http.ResponseWriter, r *http.Request) error {
 	var req regionapi.JoinRequest
-	if err := decode(w, r, &req); err != nil {
+	if err := s.decode(w, r, &req); err != nil {
 		return err
 	}
 	ctx := r.Context()
@@ -269,7 +269,7 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) error {
 // records the key in the machine's record.
 func (s *Server) renew(w http.ResponseWriter, r *http.Request) error {
 	var req regionapi.RenewRequest
-	if err := decode(w, r, &req); err != nil {
+	if err := s.decode(w, r, &req); err != nil {
 		return err
 	}
 	id := callerOf(r.Context())
@@ -297,7 +297,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) error {
 // new lease when the old one expired.
 func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 	var hb regionapi.Heartbeat
-	if err := decode(w, r, &hb); err != nil {
+	if err := s.decode(w, r, &hb); err != nil {
 		return err
 	}
 	ctx := r.Context()
@@ -509,7 +509,7 @@ func (s *Server) follow(ctx context.Context, prefix string, rev int64, send func
 // writes nothing).
 func (s *Server) report(w http.ResponseWriter, r *http.Request) error {
 	var rep regionapi.StatusReport
-	if err := decode(w, r, &rep); err != nil {
+	if err := s.decode(w, r, &rep); err != nil {
 		return err
 	}
 	ctx := r.Context()

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
+	"time"
 
 	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/pki"
@@ -109,7 +111,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, apiErr(http.StatusNotFound, api.CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
 	})
-	return mux
+	return s.bodyDeadline(mux)
 }
 
 // wrap authorizes the caller for the route (who; nil admits anyone, with
@@ -133,12 +135,15 @@ func (s *Server) wrap(name string, who pki.Authorizer, h handler) http.Handler {
 		}
 		if err := h(w, r.WithContext(ctx)); err != nil {
 			var ae *api.Error
-			if r.Context().Err() != nil {
+			isAPI := errors.As(err, &ae)
+			// A body that timed out cancels the request's context too; it
+			// still gets its answer.
+			if r.Context().Err() != nil && !(isAPI && ae.Status == http.StatusRequestTimeout) {
 				// The caller went away (an agent closing, a canceled call).
 				s.log.Debug("request abandoned by its caller", "route", name, "err", err)
 				return
 			}
-			if !errors.As(err, &ae) {
+			if !isAPI {
 				s.log.Error("request failed", "route", name, "err", err)
 				ae = apiErr(http.StatusInternalServerError, api.CodeInternal, "internal error: %v", err)
 			}
@@ -176,14 +181,50 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Write(append(b, '\n'))
 }
 
-// decode strictly decodes a JSON body of at most 8 MiB.
-func decode(w http.ResponseWriter, r *http.Request, v any) error {
+// authBodyTimeout bounds how long a caller with a client certificate may
+// take to send a request body (up to 8 MiB: an apply with its definition).
+const authBodyTimeout = time.Minute
+
+// bodyTimeout is how long r's caller may take to send its body:
+// BodyTimeout without a client certificate, authBodyTimeout with one.
+func (s *Server) bodyTimeout(r *http.Request) time.Duration {
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		return authBodyTimeout
+	}
+	return s.cfg.BodyTimeout
+}
+
+// bodyDeadline gives every request with a body a read deadline of
+// bodyTimeout, on the request (HTTP/2) or its connection (HTTP/1.1, where
+// net/http moves it again for the next request). It stays set after the
+// handler, so the rest of a body the handler did not read is discarded
+// within it too. Bodyless requests (the watch and feed streams) get none:
+// a read deadline on an HTTP/1.1 connection would cut them.
+func (s *Server) bodyDeadline(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength != 0 { // a body, or one of unknown length
+			if err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.bodyTimeout(r))); err != nil {
+				s.log.Error("request body deadline", "err", err)
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// decode strictly decodes a JSON body of at most 8 MiB, which must arrive
+// within bodyTimeout (see bodyDeadline).
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 8<<20))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return apiErr(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "request body over 8 MiB")
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			limit := s.bodyTimeout(r)
+			s.log.Warn("request body too slow", "path", r.URL.Path, "remote", r.RemoteAddr, "limit", limit)
+			return apiErr(http.StatusRequestTimeout, api.CodeInvalid, "request body: not received within %s", limit)
 		}
 		if strings.HasPrefix(err.Error(), "json: unknown field ") {
 			f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)

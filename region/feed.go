@@ -262,7 +262,7 @@ func (s *Server) serveFeed(w http.ResponseWriter, r *http.Request) error {
 // down).
 func (s *Server) setPeers(w http.ResponseWriter, r *http.Request) error {
 	var p regionapi.Peers
-	if err := decode(w, r, &p); err != nil {
+	if err := s.decode(w, r, &p); err != nil {
 		return err
 	}
 	for i, peer := range p.Peers {

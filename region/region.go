@@ -13,6 +13,7 @@ package region
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -25,6 +26,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 
+	"github.com/meridian-run/meridian/connlimit"
 	"github.com/meridian-run/meridian/pki"
 )
 
@@ -57,6 +59,15 @@ type Config struct {
 	// link. The peer's endpoints stay in use, marked disconnected
 	// (default 25s).
 	PeerFeedIdle time.Duration
+	// BodyTimeout bounds how long a request without a client certificate
+	// (a join) may take to send its body (default 10s); requests with one
+	// get a minute. Streams (watch, feed) have no body and no such bound.
+	BodyTimeout time.Duration
+	// MaxAnonConnsPerAddr caps the connections one client IP address may
+	// hold open without having presented a client certificate, including
+	// those still in their TLS handshake (default 64). Connections over it
+	// are closed at once; authenticated ones do not count.
+	MaxAnonConnsPerAddr int
 	// FeedKeepalive is how long a feed stream with no update waits before
 	// it sends a keepalive line (default 10s): edges and peer regions
 	// take a feed silent for much longer as a dead link.
@@ -91,6 +102,7 @@ type Server struct {
 	feeds   *feedHub
 	sealer  *sealer
 	callers callers
+	anon    *connlimit.Listener // the API listener: caps connections without a client certificate per address
 }
 
 // Start validates cfg, starts the embedded etcd member (unless external),
@@ -125,6 +137,15 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if cfg.PeerFeedIdle < 0 {
 		return nil, fmt.Errorf("region: config: PeerFeedIdle %s is negative", cfg.PeerFeedIdle)
+	}
+	if cfg.BodyTimeout == 0 {
+		cfg.BodyTimeout = 10 * time.Second
+	}
+	if cfg.MaxAnonConnsPerAddr == 0 {
+		cfg.MaxAnonConnsPerAddr = 64
+	}
+	if cfg.BodyTimeout < 0 || cfg.MaxAnonConnsPerAddr < 0 {
+		return nil, fmt.Errorf("region: config: BodyTimeout %s and MaxAnonConnsPerAddr %d must not be negative", cfg.BodyTimeout, cfg.MaxAnonConnsPerAddr)
 	}
 	if cfg.FeedKeepalive == 0 {
 		cfg.FeedKeepalive = 10 * time.Second
@@ -189,10 +210,19 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
+	// Slow clients: the TLS handshake and the request headers get
+	// ReadHeaderTimeout, a body its own read deadline (decode), an idle
+	// connection IdleTimeout; and one address holds at most
+	// MaxAnonConnsPerAddr connections until they present a client
+	// certificate. No ReadTimeout or WriteTimeout: agents' watches and
+	// feeds are long streams.
+	s.anon = connlimit.NewListener(ln, connlimit.Config{PerAddr: cfg.MaxAnonConnsPerAddr})
 	s.http = &http.Server{
 		Handler:           s.routes(),
 		TLSConfig:         s.tlsConfig(),
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ConnState:         releaseAuthenticated,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return runCtx },
 	}
@@ -201,7 +231,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	go func() { defer s.wg.Done(); s.followPeers(runCtx) }()
 	go func() {
 		defer s.wg.Done()
-		if err := s.http.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.http.ServeTLS(s.anon, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.errc <- fmt.Errorf("region: serve: %w", err)
 		}
 	}()
@@ -261,6 +291,17 @@ func (s *Server) renewCert(ctx context.Context) {
 	})
 	if !errors.Is(err, context.Canceled) {
 		s.log.Error("certificate renewal stopped", "err", err)
+	}
+}
+
+// releaseAuthenticated stops counting a connection against its address's
+// cap once it has presented a verified client certificate.
+func releaseAuthenticated(c net.Conn, state http.ConnState) {
+	if state != http.StateActive && state != http.StateIdle {
+		return
+	}
+	if tc, ok := c.(*tls.Conn); ok && len(tc.ConnectionState().PeerCertificates) > 0 {
+		connlimit.Release(c)
 	}
 }
 

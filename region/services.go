@@ -75,7 +75,7 @@ func (s *Server) checkApply(key string, a regionapi.Apply) error {
 func (s *Server) applyService(w http.ResponseWriter, r *http.Request) error {
 	key := r.PathValue("key")
 	var a regionapi.Apply
-	if err := decode(w, r, &a); err != nil {
+	if err := s.decode(w, r, &a); err != nil {
 		return err
 	}
 	if err := s.checkApply(key, a); err != nil {

@@ -58,7 +58,7 @@ func splitServiceKey(key string) (org, app, svc string, err error) {
 // node proxy presents it on behalf of the service's local instances.
 func (s *Server) workloadCert(w http.ResponseWriter, r *http.Request) error {
 	var req workloadCertRequest
-	if err := decode(w, r, &req); err != nil {
+	if err := s.decode(w, r, &req); err != nil {
 		return err
 	}
 	org, app, svc, err := splitServiceKey(req.Service)
