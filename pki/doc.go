@@ -18,7 +18,10 @@
 // has path length 0.
 //
 // ServerConfig and ClientConfig build TLS 1.3 mutual-TLS configurations
-// that verify the peer's chain and then hand its identity to an
+// that verify the peer's chain, refuse a certificate whose issuing CA may
+// not issue its identity under that policy (another region's intermediate
+// signing this region's server ID, an intermediate signing a global ID:
+// what a stolen CA key could mint), and then hand its identity to an
 // Authorizer (AllowRegion, RequireIssuer, RegionMembers, AllOf, ...).
 // A Reloader serves the current certificate to those configurations and
 // can be rotated, or renewed in the background with Reloader.Renew,

@@ -224,8 +224,10 @@ func AllowIDs(ids ...ID) Authorizer {
 }
 
 // AllowRegion admits server or machine identities (restricted further to
-// kinds, if given) whose region component is region. It checks the ID
-// only; combine it with RequireIssuer, or use RegionMembers.
+// kinds, if given) whose region component is region. Peer verification
+// has already checked that an intermediate of that region issued them;
+// RegionMembers also pins which intermediate certificate (e.g. this
+// region's current one).
 func AllowRegion(region string, kinds ...Kind) Authorizer {
 	if len(kinds) == 0 {
 		kinds = []Kind{KindServer, KindMachine}
@@ -243,8 +245,8 @@ func AllowRegion(region string, kinds ...Kind) Authorizer {
 
 // RequireIssuer admits peers whose leaf certificate was issued directly by
 // issuer (a region's intermediate, or the root for global and edge
-// identities) on a verified chain. A region uses it to refuse certificates
-// from another region's intermediate although they chain to the same root.
+// identities) on a verified chain: it pins one CA certificate, beyond peer
+// verification's rule of which CA may issue which identity.
 func RequireIssuer(issuer *x509.Certificate) Authorizer {
 	return func(p Peer) error {
 		for _, ch := range p.Chains {
