@@ -75,7 +75,7 @@ cluster instead.`,
 	f.StringVar(&peerURL, "etcd-peer-url", "https://127.0.0.1:2380", "embedded etcd peer URL")
 	f.StringVar(&initialCluster, "initial-cluster", "", "embedded etcd members as name=peerURL,... (default: this member alone)")
 	f.StringVar(&clusterState, "initial-cluster-state", "new", "new or existing")
-	f.StringSliceVar(&endpoints, "etcd-endpoints", nil, "external etcd endpoints (nothing is embedded); the cluster must trust the installation root, and the region authenticates with its server certificate")
+	f.StringSliceVar(&endpoints, "etcd-endpoints", nil, "external etcd endpoints (nothing is embedded); the region authenticates with its server certificate; the cluster must trust only the region's intermediate (--trusted-ca-file) and admit only its servers (--client-cert-allowed-cn 'server <region>'), or use etcd RBAC")
 	f.DurationVar(&leaseTTL, "lease-ttl", 5*time.Second, "machines' heartbeat lease")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
