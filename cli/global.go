@@ -17,9 +17,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meridian-run/meridian/definition"
 	"github.com/meridian-run/meridian/edge"
 	"github.com/meridian-run/meridian/global"
-	"github.com/meridian-run/meridian/spec"
 	"github.com/meridian-run/meridian/store"
 )
 
@@ -128,10 +128,10 @@ they arrive.`,
 				return usagef("--listen %s: %v; serve HTTPS with --tls-cert/--tls-key or --tls-from-pki, "+
 					"or pass --insecure-plaintext (behind a proxy that terminates TLS)", listen, global.ErrPlaintext)
 			}
-			opts := spec.Options{Catalogue: spec.DefaultCatalogue()}
+			opts := definition.Options{Catalogue: definition.DefaultCatalogue()}
 			opts.Limits.MaxScale = maxScale
 			if catalogue != "" {
-				if opts.Catalogue, err = spec.LoadCatalogue(cmd.Context(), catalogue); err != nil {
+				if opts.Catalogue, err = definition.LoadCatalogue(cmd.Context(), catalogue); err != nil {
 					return fmt.Errorf("--instance-types: %w", err)
 				}
 			}
@@ -252,7 +252,7 @@ they arrive.`,
 	f.DurationVar(&rolloutPoll, "rollout-poll", time.Second, "how often rollout workers look at the store and the regions")
 	f.DurationVar(&idempotencyTTL, "idempotency-ttl", global.DefaultIdempotencyTTL,
 		"how long a create's answer is replayed for a retry with the same Idempotency-Key; older keys are used anew and their records deleted (1m to 720h)")
-	f.IntVar(&maxScale, "max-scale", spec.DefaultMaxScale, "most instances a service may ask for in one region")
+	f.IntVar(&maxScale, "max-scale", definition.DefaultMaxScale, "most instances a service may ask for in one region")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	return cmd

@@ -15,7 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meridian-run/meridian/api"
-	"github.com/meridian-run/meridian/spec"
+	"github.com/meridian-run/meridian/definition"
 )
 
 func ts(t time.Time) string {
@@ -308,7 +308,7 @@ func deployFile(ctx context.Context, g *globals, c *api.Client, file, app, idem 
 	if err != nil {
 		return err
 	}
-	def, err := spec.Parse(doc)
+	def, err := definition.Parse(doc)
 	if err != nil {
 		return definitionErrors{err}
 	}

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/meridian-run/meridian/api"
-	"github.com/meridian-run/meridian/spec"
+	"github.com/meridian-run/meridian/definition"
 	"github.com/meridian-run/meridian/store/storetest"
 )
 
@@ -20,7 +20,7 @@ func TestErrorsEchoValuesOnceAndShort(t *testing.T) {
 		name, method, path, token, ct, body, field string
 	}{
 		{"org name", "POST", "/v1/organizations", testAdminToken, "application/json", `{"name":"` + big + `"}`, "name"},
-		{"unknown field", "POST", "/v1/organizations", testAdminToken, "application/json", `{"` + big + `":1}`, spec.Truncate(big)},
+		{"unknown field", "POST", "/v1/organizations", testAdminToken, "application/json", `{"` + big + `":1}`, definition.Truncate(big)},
 		{"wrong type", "POST", "/v1/organizations", testAdminToken, "application/json", `{"name":1` + strings.Repeat("0", 1<<20-64) + `}`, "name"},
 		{"app name", "POST", "/v1/apps", h.acme.Token, "application/json", `{"name":"` + big + `"}`, "name"},
 		{"secret name", "PUT", "/v1/secrets/" + strings.Repeat("%21", 20000), h.acme.Token, "application/json", `{"value":"v"}`, "name"},
@@ -52,7 +52,7 @@ func TestErrorsEchoValuesOnceAndShort(t *testing.T) {
 // TestNamesFitTheirPublicHost: an app whose public host label
 // <app>-<org> would pass DNS's 63 characters is refused naming the field
 // and the most it may have; so is an organization name over
-// spec.MaxOrgNameLen.
+// definition.MaxOrgNameLen.
 func TestNamesFitTheirPublicHost(t *testing.T) {
 	forEachStore(t, func(t *testing.T, h *harness) {
 		// acme: 4 characters, so apps have at most 58.
@@ -73,10 +73,10 @@ func TestNamesFitTheirPublicHost(t *testing.T) {
 		if label, _, _ := strings.Cut(app.Host, "."); len(label) != 63 {
 			t.Fatalf("58-character app's host %q: first label of %d characters, want 63", app.Host, len(label))
 		}
-		status, body = raw(t, h, "POST", "/v1/organizations", testAdminToken, "application/json", []byte(`{"name":"`+strings.Repeat("o", spec.MaxOrgNameLen+1)+`"}`))
+		status, body = raw(t, h, "POST", "/v1/organizations", testAdminToken, "application/json", []byte(`{"name":"`+strings.Repeat("o", definition.MaxOrgNameLen+1)+`"}`))
 		json.Unmarshal(body, &e)
 		if status != http.StatusBadRequest || len(e.Fields) != 1 || e.Fields[0].Path != "name" {
-			t.Fatalf("%d-character organization: %d %s", spec.MaxOrgNameLen+1, status, body)
+			t.Fatalf("%d-character organization: %d %s", definition.MaxOrgNameLen+1, status, body)
 		}
 	})
 }

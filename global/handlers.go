@@ -13,8 +13,8 @@ import (
 	"strings"
 
 	"github.com/meridian-run/meridian/api"
+	"github.com/meridian-run/meridian/definition"
 	"github.com/meridian-run/meridian/rollout"
-	"github.com/meridian-run/meridian/spec"
 	"github.com/meridian-run/meridian/store"
 )
 
@@ -46,8 +46,8 @@ func newTokenValue(prefix string) string {
 }
 
 func checkLabel(path, v string) error {
-	if !spec.ValidLabel(v) {
-		return fieldErr(path, "%s is not a valid name: use 1-63 lowercase letters, digits and '-', starting with a letter", spec.Quote(v))
+	if !definition.ValidLabel(v) {
+		return fieldErr(path, "%s is not a valid name: use 1-63 lowercase letters, digits and '-', starting with a letter", definition.Quote(v))
 	}
 	return nil
 }
@@ -118,13 +118,13 @@ func (s *Server) createOrg(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := spec.CheckOrgName(req.Name); err != nil {
+	if err := definition.CheckOrgName(req.Name); err != nil {
 		return fieldErr("name", "%v", err)
 	}
 	return s.create(w, r, body, http.StatusCreated, func(ctx context.Context, tx store.Tx) (any, error) {
 		o := api.Organization{ID: newID("org"), Name: req.Name, CreatedAt: s.cfg.Now().UTC()}
 		if err := tx.CreateOrg(ctx, o); err != nil {
-			return nil, storeErr(err, "organization "+spec.Quote(req.Name))
+			return nil, storeErr(err, "organization "+definition.Quote(req.Name))
 		}
 		s.log.Info("organization created", "org", o.Name, "id", o.ID)
 		return o, nil
@@ -144,7 +144,7 @@ func findOrg(ctx context.Context, tx store.Tx, ref string) (api.Organization, er
 		o, err = tx.GetOrg(ctx, ref)
 	}
 	if err != nil {
-		return o, storeErr(err, "organization "+spec.Quote(ref))
+		return o, storeErr(err, "organization "+definition.Quote(ref))
 	}
 	return o, nil
 }
@@ -213,7 +213,7 @@ func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) deleteToken(w http.ResponseWriter, r *http.Request) error {
 	return s.remove(w, r, func(ctx context.Context, tx store.Tx) error {
 		id := r.PathValue("id")
-		return storeErr(tx.DeleteToken(ctx, callerOf(ctx).orgID, id), "token "+spec.Quote(id))
+		return storeErr(tx.DeleteToken(ctx, callerOf(ctx).orgID, id), "token "+definition.Quote(id))
 	})
 }
 
@@ -244,7 +244,7 @@ func (s *Server) createEdgeToken(w http.ResponseWriter, r *http.Request) error {
 		t := api.EdgeToken{ID: newID("etk"), Name: req.Name, CreatedAt: s.cfg.Now().UTC()}
 		value := newTokenValue(edgeTokenPrefix)
 		if err := tx.CreateEdgeToken(ctx, store.EdgeTokenRecord{EdgeToken: t, Hash: hashToken(value)}); err != nil {
-			return nil, storeErr(err, "edge token "+spec.Quote(req.Name))
+			return nil, storeErr(err, "edge token "+definition.Quote(req.Name))
 		}
 		s.log.Info("edge token created", "name", t.Name, "id", t.ID)
 		t.Value = value
@@ -261,7 +261,7 @@ func (s *Server) listEdgeTokens(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) deleteEdgeToken(w http.ResponseWriter, r *http.Request) error {
 	id := r.PathValue("id")
 	err := s.remove(w, r, func(ctx context.Context, tx store.Tx) error {
-		return storeErr(tx.DeleteEdgeToken(ctx, id), "edge token "+spec.Quote(id))
+		return storeErr(tx.DeleteEdgeToken(ctx, id), "edge token "+definition.Quote(id))
 	})
 	if err == nil {
 		s.log.Info("edge token revoked", "id", id)
@@ -279,7 +279,7 @@ func (s *Server) appHost(orgID, app string, tx store.Tx, ctx context.Context) (s
 	if err != nil {
 		return "", fmt.Errorf("organization of token: %w", err)
 	}
-	label, err := spec.AppHostLabel(app, o.Name)
+	label, err := definition.AppHostLabel(app, o.Name)
 	if err != nil {
 		return "", fieldErr("name", "%v", err)
 	}
@@ -311,7 +311,7 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) error {
 						"the public host %s is already another app's; choose another app name", host)
 				}
 			}
-			return nil, storeErr(err, "app "+spec.Quote(req.Name))
+			return nil, storeErr(err, "app "+definition.Quote(req.Name))
 		}
 		return a, nil
 	})
@@ -326,7 +326,7 @@ func (s *Server) listApps(w http.ResponseWriter, r *http.Request) error {
 func findApp(ctx context.Context, tx store.Tx, name string) (api.App, error) {
 	a, err := tx.GetApp(ctx, callerOf(ctx).orgID, name)
 	if err != nil {
-		return a, storeErr(err, "app "+spec.Quote(name))
+		return a, storeErr(err, "app "+definition.Quote(name))
 	}
 	return a, nil
 }
@@ -342,9 +342,9 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) error {
 		name := r.PathValue("app")
 		err := tx.DeleteApp(ctx, callerOf(ctx).orgID, name)
 		if errors.Is(err, store.ErrConflict) {
-			return errConflict("app %s still has services; delete them first", spec.Quote(name))
+			return errConflict("app %s still has services; delete them first", definition.Quote(name))
 		}
-		return storeErr(err, "app "+spec.Quote(name))
+		return storeErr(err, "app "+definition.Quote(name))
 	})
 }
 
@@ -353,7 +353,7 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) error {
 // definitionError turns the parser's or validator's field errors into an
 // API error that lists every one.
 func definitionError(err error) error {
-	var fe spec.Errors
+	var fe definition.Errors
 	if errors.As(err, &fe) {
 		return &api.Error{Status: http.StatusBadRequest, Code: api.CodeInvalid,
 			Message: fmt.Sprintf("invalid deployment definition (%d errors)", len(fe)), Fields: []api.FieldError(fe)}
@@ -369,7 +369,7 @@ func (s *Server) deployService(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	def, err := spec.Parse(body)
+	def, err := definition.Parse(body)
 	if err != nil {
 		return definitionError(err)
 	}
@@ -402,8 +402,8 @@ func (s *Server) deployService(w http.ResponseWriter, r *http.Request) error {
 			exists[e.Secret] = err == nil
 		}
 		opts.SecretExists = func(name string) bool { return exists[name] }
-		var fields spec.Errors
-		if err := spec.Validate(def, opts); err != nil {
+		var fields definition.Errors
+		if err := definition.Validate(def, opts); err != nil {
 			if !errors.As(err, &fields) {
 				return nil, definitionError(err)
 			}
@@ -415,7 +415,7 @@ func (s *Server) deployService(w http.ResponseWriter, r *http.Request) error {
 		if fields = append(fields, regionErrs...); len(fields) > 0 {
 			return nil, definitionError(fields)
 		}
-		regional, err := spec.Derive(def, opts)
+		regional, err := definition.Derive(def, opts)
 		if err != nil {
 			return nil, definitionError(err)
 		}
@@ -459,9 +459,9 @@ func checkRegionsOpen(ctx context.Context, tx store.Tx, names []string) ([]api.F
 		r, ok := byID[name]
 		switch {
 		case !ok:
-			out = append(out, api.FieldError{Path: fmt.Sprintf("regions[%d]", i), Message: fmt.Sprintf("region %s is not registered", spec.Quote(name))})
+			out = append(out, api.FieldError{Path: fmt.Sprintf("regions[%d]", i), Message: fmt.Sprintf("region %s is not registered", definition.Quote(name))})
 		case r.Status != api.RegionOpen:
-			out = append(out, api.FieldError{Path: fmt.Sprintf("regions[%d]", i), Message: fmt.Sprintf("region %s is not open (status %s)", spec.Quote(name), r.Status)})
+			out = append(out, api.FieldError{Path: fmt.Sprintf("regions[%d]", i), Message: fmt.Sprintf("region %s is not open (status %s)", definition.Quote(name), r.Status)})
 		}
 	}
 	return out, nil
@@ -567,7 +567,7 @@ func findService(ctx context.Context, tx store.Tx, appName, name string) (api.Se
 	}
 	svc, err := tx.GetService(ctx, app.OrgID, app.ID, name)
 	if err != nil {
-		return svc, storeErr(err, "service "+spec.Quote(name)+" of app "+spec.Quote(appName))
+		return svc, storeErr(err, "service "+definition.Quote(name)+" of app "+definition.Quote(appName))
 	}
 	return svc, nil
 }
@@ -630,7 +630,7 @@ func (s *Server) cancelDeployment(w http.ResponseWriter, r *http.Request) error 
 		touched = nil
 		d, err := tx.GetDeployment(ctx, callerOf(ctx).orgID, id)
 		if err != nil {
-			return storeErr(err, "deployment "+spec.Quote(id))
+			return storeErr(err, "deployment "+definition.Quote(id))
 		}
 		active, err := tx.ListActiveDeployments(ctx, d.ServiceID)
 		if err != nil {
@@ -683,7 +683,7 @@ func (s *Server) getDeployment(w http.ResponseWriter, r *http.Request) error {
 		id := r.PathValue("id")
 		d, err := tx.GetDeployment(ctx, callerOf(ctx).orgID, id)
 		if err != nil {
-			return d, storeErr(err, "deployment "+spec.Quote(id))
+			return d, storeErr(err, "deployment "+definition.Quote(id))
 		}
 		d.Events, err = tx.ListDeploymentEvents(ctx, id)
 		return d, err
@@ -694,8 +694,8 @@ func (s *Server) getDeployment(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) putSecret(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
-	if !spec.ValidSecretName(name) {
-		return fieldErr("name", "%s is not a valid secret name: use letters, digits, '_', '.' and '-', not starting with '.' or '-', at most 128", spec.Quote(name))
+	if !definition.ValidSecretName(name) {
+		return fieldErr("name", "%s is not a valid secret name: use letters, digits, '_', '.' and '-', not starting with '.' or '-', at most 128", definition.Quote(name))
 	}
 	var req api.PutSecretRequest
 	if _, err := s.decodeJSON(w, r, &req); err != nil {
@@ -733,7 +733,7 @@ func (s *Server) listSecrets(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) deleteSecret(w http.ResponseWriter, r *http.Request) error {
 	return s.remove(w, r, func(ctx context.Context, tx store.Tx) error {
 		name := r.PathValue("name")
-		return storeErr(tx.DeleteSecret(ctx, callerOf(ctx).orgID, name), "secret "+spec.Quote(name))
+		return storeErr(tx.DeleteSecret(ctx, callerOf(ctx).orgID, name), "secret "+definition.Quote(name))
 	})
 }
 
@@ -753,7 +753,7 @@ func checkRegionFields(name string, lat, lon float64, u string) error {
 		fields = append(fields, api.FieldError{Path: "longitude", Message: fmt.Sprintf("%v is not in [-180, 180]", lon)})
 	}
 	if pu, err := url.Parse(u); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
-		fields = append(fields, api.FieldError{Path: "url", Message: fmt.Sprintf("%s is not an http(s) URL of the region's control plane", spec.Quote(u))})
+		fields = append(fields, api.FieldError{Path: "url", Message: fmt.Sprintf("%s is not an http(s) URL of the region's control plane", definition.Quote(u))})
 	}
 	if len(fields) == 0 {
 		return nil
@@ -781,7 +781,7 @@ func (s *Server) createRegion(w http.ResponseWriter, r *http.Request) error {
 		reg := api.Region{ID: req.ID, Name: req.Name, Latitude: req.Latitude, Longitude: req.Longitude,
 			URL: req.URL, Status: api.RegionProvisioning, CreatedAt: now, UpdatedAt: now}
 		if err := tx.CreateRegion(ctx, reg); err != nil {
-			return nil, storeErr(err, "region "+spec.Quote(req.ID))
+			return nil, storeErr(err, "region "+definition.Quote(req.ID))
 		}
 		s.log.Info("region registered", "region", reg.ID, "url", reg.URL)
 		return reg, nil
@@ -798,7 +798,7 @@ func (s *Server) getRegion(w http.ResponseWriter, r *http.Request) error {
 	return get(s, w, r, func(ctx context.Context, tx store.Tx) (api.Region, error) {
 		id := r.PathValue("id")
 		reg, err := tx.GetRegion(ctx, id)
-		return reg, storeErr(err, "region "+spec.Quote(id))
+		return reg, storeErr(err, "region "+definition.Quote(id))
 	})
 }
 
@@ -808,7 +808,7 @@ func (s *Server) updateRegion(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if req.Status != nil && !slices.Contains(regionStatuses, *req.Status) {
-		return fieldErr("status", "%s is not one of %s", spec.Quote(*req.Status), strings.Join(regionStatuses, ", "))
+		return fieldErr("status", "%s is not one of %s", definition.Quote(*req.Status), strings.Join(regionStatuses, ", "))
 	}
 	ctx := r.Context()
 	id := r.PathValue("id")
@@ -817,7 +817,7 @@ func (s *Server) updateRegion(w http.ResponseWriter, r *http.Request) error {
 		var err error
 		reg, err = tx.GetRegion(ctx, id)
 		if err != nil {
-			return storeErr(err, "region "+spec.Quote(id))
+			return storeErr(err, "region "+definition.Quote(id))
 		}
 		if req.Name != nil {
 			reg.Name = *req.Name
@@ -838,7 +838,7 @@ func (s *Server) updateRegion(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		reg.UpdatedAt = s.cfg.Now().UTC()
-		return storeErr(tx.UpdateRegion(ctx, reg), "region "+spec.Quote(id))
+		return storeErr(tx.UpdateRegion(ctx, reg), "region "+definition.Quote(id))
 	})
 	if err != nil {
 		return err
@@ -852,7 +852,7 @@ func (s *Server) updateRegion(w http.ResponseWriter, r *http.Request) error {
 // app's host, a 63-character label under it, fits DNS's 253 characters.
 func CheckDomain(d string) error {
 	if len(d) > 253-64 {
-		return fmt.Errorf("%s is %d characters long; at most %d leave room for the apps' 63-character host labels", spec.Quote(d), len(d), 253-64)
+		return fmt.Errorf("%s is %d characters long; at most %d leave room for the apps' 63-character host labels", definition.Quote(d), len(d), 253-64)
 	}
 	for l := range strings.SplitSeq(d, ".") {
 		ok := l != "" && len(l) <= 63 && l[0] != '-' && l[len(l)-1] != '-'
@@ -861,7 +861,7 @@ func CheckDomain(d string) error {
 			ok = c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-'
 		}
 		if !ok {
-			return fmt.Errorf("%s is not a DNS name: want lowercase labels of letters, digits and '-', separated by dots", spec.Quote(d))
+			return fmt.Errorf("%s is not a DNS name: want lowercase labels of letters, digits and '-', separated by dots", definition.Quote(d))
 		}
 	}
 	return nil

@@ -17,7 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meridian-run/meridian/api"
-	"github.com/meridian-run/meridian/spec"
+	"github.com/meridian-run/meridian/definition"
 	"github.com/meridian-run/meridian/store"
 )
 
@@ -38,7 +38,7 @@ func errConflict(format string, args ...any) *api.Error {
 }
 
 // fieldErr is a 400 about one field of the request. Quote the caller's
-// value in it with spec.Quote, which cuts it short.
+// value in it with definition.Quote, which cuts it short.
 func fieldErr(path, format string, args ...any) *api.Error {
 	return fieldsErr(api.FieldError{Path: path, Message: fmt.Sprintf(format, args...)})
 }
@@ -134,7 +134,7 @@ func checkContentType(r *http.Request, yaml bool) error {
 	}
 	mt, _, err := mime.ParseMediaType(ct)
 	if err != nil {
-		return apiErr(http.StatusUnsupportedMediaType, api.CodeUnsupported, "Content-Type %s: %v", spec.Quote(ct), err)
+		return apiErr(http.StatusUnsupportedMediaType, api.CodeUnsupported, "Content-Type %s: %v", definition.Quote(ct), err)
 	}
 	switch mt {
 	case "application/json":
@@ -153,7 +153,7 @@ func checkContentType(r *http.Request, yaml bool) error {
 		hint = " (curl -d sends a form's type: add -H 'Content-Type: application/json', or use curl --json)"
 	}
 	return apiErr(http.StatusUnsupportedMediaType, api.CodeUnsupported, "Content-Type %s is not supported; send %s%s",
-		spec.Quote(mt), want, hint)
+		definition.Quote(mt), want, hint)
 }
 
 // decodeJSON strictly decodes a small JSON request body into v: unknown
@@ -182,7 +182,7 @@ func jsonErr(err error) error {
 	var se *json.SyntaxError
 	switch {
 	case errors.As(err, &te):
-		return fieldErr(spec.Truncate(te.Field), "want %s, got %s", te.Type.String(), spec.Truncate(te.Value))
+		return fieldErr(definition.Truncate(te.Field), "want %s, got %s", te.Type.String(), definition.Truncate(te.Value))
 	case errors.As(err, &se):
 		return errInvalid("request body: malformed JSON at offset %d: %v", se.Offset, err)
 	case errors.Is(err, io.EOF):
@@ -193,7 +193,7 @@ func jsonErr(err error) error {
 		f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
 		// The field's name is the caller's: named once, in the field.
 		return &api.Error{Status: http.StatusBadRequest, Code: api.CodeInvalid, Message: "request body: unknown field",
-			Fields: []api.FieldError{{Path: spec.Truncate(f), Message: "unknown field"}}}
+			Fields: []api.FieldError{{Path: definition.Truncate(f), Message: "unknown field"}}}
 	}
 	return errInvalid("request body: %v", err)
 }
@@ -205,7 +205,7 @@ func page(r *http.Request) (store.Page, error) {
 	if l := q.Get("limit"); l != "" {
 		n, err := strconv.Atoi(l)
 		if err != nil || n < 1 || n > 500 {
-			return p, fieldErr("limit", "want an integer from 1 to 500, got %s", spec.Quote(l))
+			return p, fieldErr("limit", "want an integer from 1 to 500, got %s", definition.Quote(l))
 		}
 		p.Limit = n
 	}

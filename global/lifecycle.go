@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/meridian-run/meridian/api"
+	"github.com/meridian-run/meridian/definition"
 	"github.com/meridian-run/meridian/regionapi"
 	"github.com/meridian-run/meridian/rollout"
-	"github.com/meridian-run/meridian/spec"
 	"github.com/meridian-run/meridian/store"
 )
 
@@ -52,10 +52,10 @@ func (s *Server) testRegion(w http.ResponseWriter, r *http.Request) error {
 	def := *s.cfg.SmokeDefinition
 	def.Name, def.Regions, def.Strategy = id, []string{id}, nil
 	opts := s.cfg.Spec
-	if err := spec.Validate(def, opts); err != nil {
+	if err := definition.Validate(def, opts); err != nil {
 		return fmt.Errorf("the smoke test's definition is invalid: %w", err)
 	}
-	regional, err := spec.DeriveRegion(def, id, opts)
+	regional, err := definition.DeriveRegion(def, id, opts)
 	if err != nil {
 		return fmt.Errorf("the smoke test's definition: %w", err)
 	}
@@ -68,7 +68,7 @@ func (s *Server) testRegion(w http.ResponseWriter, r *http.Request) error {
 	err = s.cfg.Store.Update(r.Context(), func(tx store.Tx) error {
 		var err error
 		if reg, err = tx.GetRegion(r.Context(), id); err != nil {
-			return storeErr(err, "region "+spec.Quote(id))
+			return storeErr(err, "region "+definition.Quote(id))
 		}
 		org, err := tx.GetOrgByName(r.Context(), SystemOrg)
 		if errors.Is(err, store.ErrNotFound) {
@@ -189,7 +189,7 @@ func (s *Server) drainRegion(w http.ResponseWriter, r *http.Request) error {
 	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
 		var err error
 		if reg, err = tx.GetRegion(ctx, id); err != nil {
-			return storeErr(err, "region "+spec.Quote(id))
+			return storeErr(err, "region "+definition.Quote(id))
 		}
 		reg.Status, reg.Message, reg.UpdatedAt = api.RegionDraining, "draining: new deployments refuse this region", s.cfg.Now().UTC()
 		return tx.UpdateRegion(ctx, reg)

@@ -45,8 +45,8 @@ import (
 
 	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/connlimit"
+	"github.com/meridian-run/meridian/definition"
 	"github.com/meridian-run/meridian/rollout"
-	"github.com/meridian-run/meridian/spec"
 	"github.com/meridian-run/meridian/store"
 )
 
@@ -65,7 +65,7 @@ type Config struct {
 	Domain string
 	// Spec holds the instance type catalogue and limits used to validate
 	// and derive definitions.
-	Spec spec.Options
+	Spec definition.Options
 	// MaxBodyBytes bounds request bodies (default 1 MiB); larger ones get 413.
 	MaxBodyBytes int64
 	// Logger receives the component's structured logs.
@@ -244,7 +244,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.IdempotencySweepBatch = DefaultIdempotencySweepBatch
 	}
 	if len(cfg.Spec.Catalogue.Types) == 0 {
-		cfg.Spec.Catalogue = spec.DefaultCatalogue()
+		cfg.Spec.Catalogue = definition.DefaultCatalogue()
 	}
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:7700"
@@ -317,7 +317,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, r, errNotFound("no route for %s %s", spec.Truncate(r.Method), spec.Quote(r.URL.Path)))
+		writeError(w, r, errNotFound("no route for %s %s", definition.Truncate(r.Method), definition.Quote(r.URL.Path)))
 	})
 	s.handler = s.boundBodies(mux)
 

@@ -1,4 +1,4 @@
-package spec
+package definition
 
 import (
 	"errors"
@@ -9,7 +9,7 @@ import (
 // document never panics, that every error is of type Errors, and that a
 // definition that validates derives one regional definition per region.
 // Plain `go test` runs only the seeds; fuzz with
-// `go test -run=^$ -fuzz=FuzzParseValidateDerive ./spec`.
+// `go test -run=^$ -fuzz=FuzzParseValidateDerive ./definition`.
 func FuzzParseValidateDerive(f *testing.F) {
 	for _, seed := range []string{
 		designYAML,

@@ -8,16 +8,16 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meridian-run/meridian/api"
-	"github.com/meridian-run/meridian/spec"
+	"github.com/meridian-run/meridian/definition"
 )
 
 // readDefinitionFile reads a definition file ("-" is standard input),
-// bounded and stopped by ctx (spec.ReadDocument).
+// bounded and stopped by ctx (definition.ReadDocument).
 func readDefinitionFile(ctx context.Context, path string) ([]byte, error) {
 	if path == "" {
 		return nil, usagef("-f/--file is required")
 	}
-	b, err := spec.ReadDocument(ctx, path)
+	b, err := definition.ReadDocument(ctx, path)
 	if err != nil {
 		return nil, fmt.Errorf("-f %s: %w", path, err)
 	}
@@ -25,10 +25,10 @@ func readDefinitionFile(ctx context.Context, path string) ([]byte, error) {
 }
 
 // specOptions loads the instance type catalogue named by --instance-types.
-func specOptions(ctx context.Context, catalogue string) (spec.Options, error) {
-	opts := spec.Options{Catalogue: spec.DefaultCatalogue()}
+func specOptions(ctx context.Context, catalogue string) (definition.Options, error) {
+	opts := definition.Options{Catalogue: definition.DefaultCatalogue()}
 	if catalogue != "" {
-		c, err := spec.LoadCatalogue(ctx, catalogue)
+		c, err := definition.LoadCatalogue(ctx, catalogue)
 		if err != nil {
 			return opts, fmt.Errorf("--instance-types: %w", err)
 		}
@@ -41,7 +41,7 @@ func specOptions(ctx context.Context, catalogue string) (spec.Options, error) {
 type definitionErrors struct{ err error }
 
 func (e definitionErrors) Error() string {
-	var fe spec.Errors
+	var fe definition.Errors
 	if errors.As(e.err, &fe) {
 		return fmt.Sprintf("invalid deployment definition (%d errors):\n%s", len(fe), fe.Error())
 	}
@@ -49,18 +49,18 @@ func (e definitionErrors) Error() string {
 }
 
 // loadDefinition reads, parses and validates a definition file.
-func loadDefinition(ctx context.Context, file, catalogue string) (api.Definition, spec.Options, error) {
+func loadDefinition(ctx context.Context, file, catalogue string) (api.Definition, definition.Options, error) {
 	doc, err := readDefinitionFile(ctx, file)
 	if err != nil {
-		return api.Definition{}, spec.Options{}, err
+		return api.Definition{}, definition.Options{}, err
 	}
 	opts, err := specOptions(ctx, catalogue)
 	if err != nil {
 		return api.Definition{}, opts, err
 	}
-	def, err := spec.Parse(doc)
+	def, err := definition.Parse(doc)
 	if err == nil {
-		err = spec.Validate(def, opts)
+		err = definition.Validate(def, opts)
 	}
 	if err != nil {
 		return def, opts, definitionErrors{err}
@@ -102,7 +102,7 @@ func newRenderCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			rd, err := spec.DeriveRegion(def, region, opts)
+			rd, err := definition.DeriveRegion(def, region, opts)
 			if err != nil {
 				return fmt.Errorf("--region: %w", err)
 			}

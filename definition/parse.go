@@ -1,4 +1,4 @@
-package spec
+package definition
 
 import (
 	"bytes"
@@ -119,7 +119,7 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string) {
 	case reflect.Int:
 		w.integer(n, path)
 	default:
-		panic("spec: no decoding rule for " + t.String())
+		panic("definition: no decoding rule for " + t.String())
 	}
 }
 

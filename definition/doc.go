@@ -1,4 +1,4 @@
-// Package spec turns a user's deployment definition (YAML or JSON, the
+// Package definition turns a user's deployment definition (YAML or JSON, the
 // api.Definition schema) into validated, per-region api.RegionalDefinitions.
 //
 // The three steps are:
@@ -31,4 +31,4 @@
 // 8080.0). String fields accept any scalar and take its literal text, so
 // `value: 8080` and `value: true` in an env entry are the strings "8080" and
 // "true". A null is the zero value of any field.
-package spec
+package definition
