@@ -14,7 +14,6 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
 
 	"github.com/meridian-run/meridian/pki"
 )
@@ -126,8 +125,8 @@ func (s *Server) startEtcd(ctx context.Context) error {
 	cfg.MaxRequestBytes = 16 << 20
 	cfg.AutoCompactionMode = embed.CompactorModeRevision
 	cfg.AutoCompactionRetention = "100000"
-	cfg.LogLevel = "error"
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cfg.LogLevel = "warn"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(etcdLogger(s.log))
 	if s.cfg.EtcdTuning != nil {
 		s.cfg.EtcdTuning(cfg)
 	}
@@ -176,7 +175,7 @@ func (s *Server) connect() error {
 		DialTimeout:          5 * time.Second,
 		DialKeepAliveTime:    5 * time.Second,
 		DialKeepAliveTimeout: 3 * time.Second,
-		Logger:               zap.NewNop(),
+		Logger:               etcdLogger(s.log),
 	})
 	if err != nil {
 		return fmt.Errorf("etcd client %s: %w", strings.Join(endpoints, ","), err)
