@@ -85,7 +85,9 @@ type Spec struct {
 	// starting with a letter or digit.
 	ID string `json:"id"`
 	// Image is an OCI image reference, for runtimes that run images. The
-	// Process driver refuses it.
+	// Process driver refuses it. For an image, Command replaces the
+	// image's entrypoint (dropping its cmd), Args its cmd, Env is laid over
+	// its environment, and WorkDir is a directory inside the container.
 	Image string `json:"image,omitempty"`
 	// Command is the program and its first arguments. A program without a
 	// slash is looked up in the PATH of Env (or a default PATH); a relative
@@ -102,9 +104,13 @@ type Spec struct {
 	// Hostname is the instance's host name (its own UTS namespace). Empty
 	// means the instance id, cut to 64 characters.
 	Hostname string `json:"hostname,omitempty"`
-	// MemoryMB limits the instance's memory (its shim included, a few MB);
-	// 0 means no limit.
+	// MemoryMB limits the instance's memory (its shim included, a few MB,
+	// for the Process driver); 0 means no limit.
 	MemoryMB int `json:"memory_mb,omitempty"`
+	// MilliCPU limits the instance's CPU time to this many thousandths of
+	// a core (cgroup v1 CFS quota), for runtimes that enforce it (OCI); 0
+	// means no limit.
+	MilliCPU int `json:"millicpu,omitempty"`
 	// ResolvConf, when set, is the content of /etc/resolv.conf inside the
 	// instance.
 	ResolvConf string `json:"resolv_conf,omitempty"`
@@ -161,6 +167,9 @@ func (s Spec) Validate() error {
 	if s.MemoryMB < 0 {
 		return fmt.Errorf("spec.memory_mb: %d is negative", s.MemoryMB)
 	}
+	if s.MilliCPU < 0 {
+		return fmt.Errorf("spec.millicpu: %d is negative", s.MilliCPU)
+	}
 	if s.LogMaxBytes != 0 && s.LogMaxBytes < MinLogMaxBytes {
 		return fmt.Errorf("spec.log_max_bytes: %d is below the minimum of %d", s.LogMaxBytes, MinLogMaxBytes)
 	}
@@ -197,11 +206,15 @@ type ExitStatus struct {
 func (e ExitStatus) Success() bool { return !e.Unknown && e.Signal == 0 && e.Code == 0 }
 
 // String is a short human reason: "exited with status 1", "killed by
-// signal 9 (killed)", "killed: out of memory".
+// signal 9 (killed)", "killed: out of memory (killed by signal 9
+// (killed))".
 func (e ExitStatus) String() string {
+	if e.OOMKilled {
+		o := e
+		o.OOMKilled = false
+		return "killed: out of memory (" + o.String() + ")"
+	}
 	switch {
-	case e.OOMKilled:
-		return "killed: out of memory"
 	case e.Unknown:
 		return "exited with unknown status"
 	case e.Signal != 0:

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -419,21 +418,7 @@ func (p *Process) Recover(ctx context.Context, id string) (Handle, error) {
 
 // List returns the ids of the instances with a directory under DataDir.
 func (p *Process) List(ctx context.Context) ([]string, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	ents, err := os.ReadDir(p.cfg.DataDir)
-	if err != nil {
-		return nil, fmt.Errorf("list instances: %w", err)
-	}
-	var ids []string
-	for _, e := range ents {
-		if e.IsDir() && idPattern.MatchString(e.Name()) {
-			ids = append(ids, e.Name())
-		}
-	}
-	sort.Strings(ids)
-	return ids, nil
+	return listInstanceDirs(ctx, p.cfg.DataDir)
 }
 
 // Destroy kills an instance if it runs and removes all it left; see Driver.
@@ -597,39 +582,14 @@ func (h *processHandle) Signal(sig os.Signal) error {
 		err = h.waiter.signal(sig)
 	}
 	if err != nil {
-		if h.exited() || errors.Is(err, os.ErrProcessDone) {
-			return fmt.Errorf("signal instance %s: %w", h.s.ID, os.ErrProcessDone)
-		}
-		return fmt.Errorf("signal instance %s: %w", h.s.ID, err)
+		return signalError(h.s.ID, err, h.exited())
 	}
 	return nil
 }
 
 // Stop sends SIGTERM, then SIGKILL after timeout; see Handle.
 func (h *processHandle) Stop(ctx context.Context, timeout time.Duration) error {
-	if h.exited() {
-		return nil
-	}
-	if err := h.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return err
-	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-h.done:
-		return nil
-	case <-t.C:
-	case <-ctx.Done():
-	}
-	if err := h.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return err
-	}
-	select {
-	case <-h.done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("stop instance %s: %w", h.s.ID, ctx.Err())
-	}
+	return stopGracefully(ctx, h.s.ID, timeout, h.Signal, h.done)
 }
 
 // Stats samples CPU time and memory of the instance's processes, found in

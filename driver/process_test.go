@@ -1,7 +1,6 @@
 package driver
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -9,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -466,27 +464,7 @@ func TestRecoverAfterDriverRestart(t *testing.T) {
 
 func TestRecoverAfterAgentKilled(t *testing.T) {
 	dir := t.TempDir()
-	agent := exec.Command(testExe(t))
-	agent.Env = append(os.Environ(), agentEnv+"="+dir)
-	var stderr bytes.Buffer
-	agent.Stderr = &stderr
-	out, err := agent.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("agent: %v; stderr %s", err, stderr.String())
-	}
-	var pid int
-	if _, err := fmt.Sscanf(line, "started %d", &pid); err != nil {
-		t.Fatalf("agent said %q", line)
-	}
-	_ = agent.Process.Kill()
-	_ = agent.Wait()
+	pid := runAgentUntilStarted(t, agentEnv+"="+dir)
 
 	p := newTestDriver(t, ProcessConfig{DataDir: dir})
 	h, err := p.Recover(testCtx(t), "survivor")
@@ -595,7 +573,7 @@ func TestMemoryLimit(t *testing.T) {
 		t.Fatalf("cgroup v1 memory at %s is writable but a workload allocating 512 MB under a 96 MB limit ended with %v (%+v); log %+v",
 			p.cg.dir, es, es, readLog(t, h.LogPath()))
 	}
-	if es.String() != "killed: out of memory" {
+	if es.String() != "killed: out of memory (killed by signal 9 (killed))" {
 		t.Errorf("reason %q", es.String())
 	}
 	if _, err := os.Stat(p.cg.path(spec.ID)); !errors.Is(err, os.ErrNotExist) {

@@ -53,7 +53,7 @@ func forwardable(sig os.Signal) bool {
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // MaybeRunShim runs the instance shim and exits if this process was started
-// by the Process driver as one; otherwise it returns at once. Programs that
+// by the Process driver (or the OCI driver, see runOCIShim) as one; otherwise it returns at once. Programs that
 // use the Process driver with its default shim (/proc/self/exe) call it first
 // thing in main, and tests in TestMain.
 //
@@ -67,6 +67,9 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // status in the instance directory and exits with it (128+signal when the
 // workload was killed by a signal).
 func MaybeRunShim() {
+	if dir := os.Getenv(ociShimEnv); dir != "" {
+		os.Exit(runOCIShim(dir)) // the OCI driver's shim
+	}
 	dir := os.Getenv(shimEnv)
 	if dir == "" {
 		return
@@ -188,18 +191,8 @@ func runShim(dir string) int {
 			}
 		case <-reapTick.C:
 		}
-		for {
-			var ws syscall.WaitStatus
-			pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
-			if err == syscall.EINTR {
-				continue
-			}
-			if err != nil || pid <= 0 {
-				break
-			}
-			if pid == child {
-				status, exited = ws, true
-			}
+		if ws, ok := reapChildren(child); ok {
+			status, exited = ws, true
 		}
 	}
 	exitedAt := time.Now()
@@ -219,21 +212,9 @@ func runShim(dir string) int {
 			break
 		}
 	}
-	drained := make(chan struct{})
-	go func() { copying.Wait(); close(drained) }()
-	select {
-	case <-drained:
-	case <-time.After(5 * time.Second):
-		fmt.Fprintln(os.Stderr, "meridian shim: log pipes did not drain")
-	}
-	logf.close()
+	drainLogs(&copying, logf, "meridian shim")
 
-	es := ExitStatus{Code: status.ExitStatus(), ExitedAt: exitedAt}
-	code := es.Code
-	if status.Signaled() {
-		es.Code, es.Signal = -1, status.Signal()
-		code = 128 + int(es.Signal)
-	}
+	es, code := shimExit(status, exitedAt)
 	if err := writeJSONFile(filepath.Join(dir, fileExit), es); err != nil {
 		fmt.Fprintf(os.Stderr, "meridian shim: %v\n", err)
 	}

@@ -30,6 +30,9 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv(agentEnv); dir != "" {
 		os.Exit(runTestAgent(dir))
 	}
+	if dir := os.Getenv(ociAgentEnv); dir != "" {
+		os.Exit(runOCITestAgent(dir))
+	}
 	os.Exit(m.Run())
 }
 

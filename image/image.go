@@ -114,6 +114,9 @@ type Image struct {
 	// Digest is the digest of the image's manifest (for a multi-platform
 	// image, the manifest of this machine's platform).
 	Digest v1.Hash
+	// Pinned is the image's repository at Digest ("repo@sha256:..."): the
+	// same bytes wherever and whenever it is pulled.
+	Pinned string
 	// Config is the image's configuration (entrypoint, cmd, env, working
 	// directory, user, ...).
 	Config v1.Config
@@ -235,6 +238,7 @@ func (s *Store) pull(ctx context.Context, ref string) (*Image, error) {
 			return fail("resolve", fmt.Errorf("%w: %w", ErrInvalid, err))
 		}
 		if img, err := s.local(ref, h); err == nil {
+			img.Pinned = r.Context().Digest(img.Digest.String()).String()
 			return img, nil
 		}
 	}
@@ -298,7 +302,7 @@ func (s *Store) pull(ctx context.Context, ref string) (*Image, error) {
 	if err != nil {
 		return fail("resolve", err)
 	}
-	img := &Image{Ref: ref, Digest: mdigest, Config: cf.Config, ChainID: chain,
+	img := &Image{Ref: ref, Digest: mdigest, Pinned: r.Context().Digest(mdigest.String()).String(), Config: cf.Config, ChainID: chain,
 		Rootfs: filepath.Join(s.rootfs, chain.Hex), Size: layersSize(m), Pulled: true}
 	if s.hasRootfs(chain) {
 		return img, nil

@@ -1,9 +1,11 @@
 // Command probe is a static test program that tests put in container
 // images: "info" prints, as one JSON line, what it sees of its world
 // (arguments, environment, working directory, user, groups, host name,
-// capabilities, and the files named by $PROBE_FILES), then stays if
-// $PROBE_STAY is set; "serve" answers HTTP on $PORT; "alloc" allocates
-// memory until it is killed; "sleep" waits for SIGTERM and exits 0.
+// capabilities, and the files named by $PROBE_FILES), after writing the
+// file $PROBE_WRITE if set, then stays if $PROBE_STAY is set; "serve"
+// answers HTTP on $PORT; "alloc" allocates memory until it is killed;
+// "tick" prints a line every 20 ms; "sleep" prints "sleeping". All but
+// "alloc" exit 0 on SIGTERM.
 package main
 
 import (
@@ -15,21 +17,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
-)
 
-// Info is what "info" prints.
-type Info struct {
-	Args     []string          `json:"args"`
-	Env      []string          `json:"env"`
-	Cwd      string            `json:"cwd"`
-	UID      int               `json:"uid"`
-	GID      int               `json:"gid"`
-	Groups   []int             `json:"groups"`
-	Pid      int               `json:"pid"`
-	Hostname string            `json:"hostname"`
-	Status   map[string]string `json:"status"`
-	Files    map[string]string `json:"files"`
-}
+	"github.com/meridian-run/meridian/image/imagetest/probeinfo"
+)
 
 func main() {
 	mode := "info"
@@ -38,7 +28,12 @@ func main() {
 	}
 	switch mode {
 	case "info":
-		in := Info{Args: os.Args, Env: os.Environ(), UID: os.Getuid(), GID: os.Getgid(), Pid: os.Getpid(),
+		if p := os.Getenv("PROBE_WRITE"); p != "" {
+			if err := os.WriteFile(p, []byte("written"), 0o644); err != nil {
+				fmt.Fprintln(os.Stderr, "probe:", err)
+			}
+		}
+		in := probeinfo.Info{Args: os.Args, Env: os.Environ(), UID: os.Getuid(), GID: os.Getgid(), Pid: os.Getpid(),
 			Status: map[string]string{}, Files: map[string]string{}}
 		in.Cwd, _ = os.Getwd()
 		in.Groups, _ = os.Getgroups()
@@ -85,6 +80,14 @@ func main() {
 			hoard = append(hoard, b)
 			time.Sleep(time.Millisecond)
 		}
+	case "tick":
+		go func() {
+			for i := 0; ; i++ {
+				fmt.Printf("tick %d\n", i)
+				time.Sleep(20 * time.Millisecond)
+			}
+		}()
+		waitTerm()
 	case "sleep":
 		fmt.Println("sleeping")
 		waitTerm()
