@@ -94,10 +94,17 @@ type Config struct {
 	// PortMin and PortMax bound the host ports the agent assigns to
 	// instances. Default DefaultPortMin..DefaultPortMax.
 	PortMin, PortMax int
-	// Driver runs instances. Default a driver.Process under
-	// DataDir/instances (its shim is /proc/self/exe: call
-	// driver.MaybeRunShim first thing in main).
+	// Driver runs instances. Default a driver.Runtimes: definitions with
+	// a command only run with a driver.Process under DataDir/instances,
+	// those with an image as containers with a driver.OCI under
+	// DataDir/oci, their images kept in DataDir/images (see Images). The
+	// shims are /proc/self/exe by default: call driver.MaybeRunShim first
+	// thing in main.
 	Driver driver.Driver
+	// Images configures the default driver's image runtime. Nil means its
+	// defaults. Without runc or overlayfs on the machine the runtime is
+	// off, and instances of images fail with the reason.
+	Images *ImagesConfig
 	// InstanceUIDBase, when not 0, runs every service's instances as an
 	// unprivileged user and group of their own, InstanceUIDBase + n (n
 	// from 1, per service, kept in DataDir): they cannot read the agent's
@@ -242,7 +249,11 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 		if err != nil {
 			return nil, fmt.Errorf("agent: %w", err)
 		}
-		a.drv = p
+		rt := &driver.Runtimes{Commands: p}
+		if rt.Images, rt.ImagesErr = a.imageRuntime(); rt.ImagesErr != nil {
+			a.log.Warn("this machine runs no images", "err", rt.ImagesErr)
+		}
+		a.drv = rt
 	}
 	id, err := a.loadOrJoin(ctx)
 	if err != nil {

@@ -461,12 +461,13 @@ func (p portDialer) DialContext(ctx context.Context, network, addr string) (net.
 // defaultPath is the PATH of workloads that set none.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// buildSpec turns an assignment into what the driver runs: the command,
-// the environment (the definition's, secrets resolved, then the platform's
+// buildSpec turns an assignment into what the driver runs: the image (for
+// a driver that runs images; its config is laid under the spec's), the
+// command, the environment (the definition's, secrets resolved, then the platform's
 // MERIDIAN_* variables and ports), the memory limit, the host name and
 // resolv.conf.
 func (a *Agent) buildSpec(as regionapi.Assignment, ports map[int]int) (driver.Spec, error) {
-	spec, err := buildSpec(&a.cfg, as, ports, a.drv.Name() != "process")
+	spec, err := buildSpec(&a.cfg, as, ports, driver.RunsImages(a.drv))
 	if err != nil {
 		return spec, err
 	}
@@ -487,7 +488,7 @@ func (a *Agent) buildSpec(as regionapi.Assignment, ports map[int]int) (driver.Sp
 func buildSpec(cfg *Config, as regionapi.Assignment, ports map[int]int, images bool) (driver.Spec, error) {
 	def := as.Definition
 	spec := driver.Spec{ID: as.ID, Command: def.Command, Args: def.Args, MemoryMB: def.InstanceType.MemoryMB,
-		Hostname: as.ID[:min(len(as.ID), 64)], ResolvConf: *cfg.ResolvConf}
+		MilliCPU: def.InstanceType.MilliCPU, Hostname: as.ID[:min(len(as.ID), 64)], ResolvConf: *cfg.ResolvConf}
 	if !images {
 		if len(def.Command) == 0 {
 			return spec, fmt.Errorf("definition.command: empty; the process runtime runs commands, not images (image %q)", def.Image)
@@ -513,7 +514,9 @@ func buildSpec(cfg *Config, as regionapi.Assignment, ports map[int]int, images b
 		}
 		set(e.Key, v)
 	}
-	if _, ok := vals["PATH"]; !ok {
+	// An image has its own PATH (in its config, else Docker's default);
+	// a command is looked up in the agent's.
+	if _, ok := vals["PATH"]; !ok && spec.Image == "" {
 		path := cfg.InstancePath
 		if path == "" {
 			path = defaultPath
