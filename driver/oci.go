@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/meridian-run/meridian/image"
+	"github.com/meridian-run/meridian/image/runnable"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,8 +25,9 @@ type OCIConfig struct {
 	// DataDir holds one directory per instance. Required; created if
 	// missing. runc's state is in DataDir/.runc.
 	DataDir string
-	// Images pulls and unpacks the instances' images. Required.
-	Images *image.Store
+	// Images pulls and unpacks the instances' images (an *image.Store).
+	// Required.
+	Images ImageSource
 	// Runc is the runc binary. Default "runc" in PATH, else
 	// /usr/sbin/runc (Debian's runc package).
 	Runc string
@@ -48,6 +49,12 @@ type OCIConfig struct {
 	StartTimeout time.Duration
 	// Logger receives the driver's logs; nil discards them.
 	Logger *slog.Logger
+}
+
+// ImageSource makes images ready to run on the machine: *image.Store is
+// one. Its errors name the image.
+type ImageSource interface {
+	Pull(ctx context.Context, ref string) (*runnable.Image, error)
 }
 
 // DefaultOCICgroupParent is the cgroup holding the OCI driver's instances.
@@ -115,8 +122,8 @@ func NewOCI(cfg OCIConfig) (*OCI, error) {
 	if err != nil {
 		return nil, fmt.Errorf("oci driver: DataDir: %w", err)
 	}
-	if strings.ContainsAny(dir+cfg.Images.Dir(), ",:") {
-		return nil, fmt.Errorf("oci driver: DataDir %q and the image store %q must not hold ',' or ':' (overlayfs options)", dir, cfg.Images.Dir())
+	if strings.ContainsAny(dir, ",:") {
+		return nil, fmt.Errorf("oci driver: DataDir %q must not hold ',' or ':' (overlayfs options)", dir)
 	}
 	cfg.DataDir = dir
 	if cfg.Runc == "" {
@@ -271,13 +278,13 @@ func (d *OCI) start(ctx context.Context, spec Spec) (_ *ociHandle, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if pin.Ref != spec.Image || pin.ChainID != img.ChainID.String() {
+	if pin.Ref != spec.Image || pin.ChainID != img.ChainID {
 		// Another image: the writable layer of the previous one goes.
 		if err := os.RemoveAll(filepath.Join(dir, dirOverlay)); err != nil {
 			return nil, fmt.Errorf("reset the writable layer: %w", err)
 		}
 	}
-	if err := writeJSONFile(filepath.Join(dir, fileImage), pinnedImage{Ref: spec.Image, Pinned: img.Pinned, ChainID: img.ChainID.String()}); err != nil {
+	if err := writeJSONFile(filepath.Join(dir, fileImage), pinnedImage{Ref: spec.Image, Pinned: img.Pinned, ChainID: img.ChainID}); err != nil {
 		return nil, err
 	}
 
@@ -325,6 +332,9 @@ func (d *OCI) mountRootfs(dir, lower string) error {
 	upper, work, merged := filepath.Join(dir, dirOverlay, "upper"), filepath.Join(dir, dirOverlay, "work"), filepath.Join(dir, dirRootfs)
 	if err := unmountAll(merged); err != nil {
 		return err
+	}
+	if strings.ContainsAny(lower, ",:") {
+		return fmt.Errorf("image root %q holds ',' or ':' (overlayfs options)", lower)
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(lower, &st); err != nil {

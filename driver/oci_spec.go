@@ -9,10 +9,11 @@ import (
 	"strings"
 
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/sys/user"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/meridian-run/meridian/image/runnable"
 )
 
 // dockerCapabilities is Docker's default capability set, less CAP_NET_RAW:
@@ -35,7 +36,7 @@ var (
 // imageArgs applies Docker's rules (as Kubernetes states them for command
 // and args): the spec's Command replaces the image's entrypoint and drops
 // its cmd; the spec's Args replace the image's cmd.
-func imageArgs(spec Spec, cfg v1.Config) []string {
+func imageArgs(spec Spec, cfg runnable.Config) []string {
 	if len(spec.Command) > 0 {
 		return slices.Concat(spec.Command, spec.Args)
 	}
@@ -48,7 +49,7 @@ func imageArgs(spec Spec, cfg v1.Config) []string {
 // imageEnv is the image's environment with the spec's on top (same key:
 // the spec's wins), PATH defaulted as Docker does, HOME from the user's
 // passwd entry and HOSTNAME the instance's host name when unset.
-func imageEnv(spec Spec, cfg v1.Config, home string) []string {
+func imageEnv(spec Spec, cfg runnable.Config, home string) []string {
 	var keys []string
 	vals := map[string]string{}
 	set := func(e string) {
@@ -82,7 +83,7 @@ func imageEnv(spec Spec, cfg v1.Config, home string) []string {
 // agent's per-service user) when set, else the image's USER, by name or
 // number, looked up in the image's /etc/passwd and /etc/group (opened
 // inside the root filesystem, symlinks resolved within it).
-func imageUser(spec Spec, cfg v1.Config, rootfs string) (specs.User, string, error) {
+func imageUser(spec Spec, cfg runnable.Config, rootfs string) (specs.User, string, error) {
 	if spec.User != nil {
 		return specs.User{UID: spec.User.UID, GID: spec.User.GID}, "/", nil
 	}
@@ -131,7 +132,7 @@ type ociFiles struct {
 }
 
 // ociRuntimeSpec builds the OCI runtime config of an instance of img.
-func (d *OCI) ociRuntimeSpec(spec Spec, cfg v1.Config, lowerRootfs string, f ociFiles) (*specs.Spec, error) {
+func (d *OCI) ociRuntimeSpec(spec Spec, cfg runnable.Config, lowerRootfs string, f ociFiles) (*specs.Spec, error) {
 	args := imageArgs(spec, cfg)
 	if len(args) == 0 {
 		return nil, errors.New("spec.command: empty, and the image sets no entrypoint or cmd")

@@ -41,6 +41,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/meridian-run/meridian/image/runnable"
 )
 
 // Limits bound what an image may make the store read, keep and write.
@@ -107,31 +109,9 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Image is an image ready to run.
-type Image struct {
-	// Ref is the reference as asked.
-	Ref string
-	// Digest is the digest of the image's manifest (for a multi-platform
-	// image, the manifest of this machine's platform).
-	Digest v1.Hash
-	// Pinned is the image's repository at Digest ("repo@sha256:..."): the
-	// same bytes wherever and whenever it is pulled.
-	Pinned string
-	// Config is the image's configuration (entrypoint, cmd, env, working
-	// directory, user, ...).
-	Config v1.Config
-	// ChainID identifies the image's layers; the root filesystem is keyed
-	// by it.
-	ChainID v1.Hash
-	// Rootfs is the image's unpacked root filesystem. It is shared by
-	// every instance of the image: never write to it.
-	Rootfs string
-	// Size is the sum of the image's compressed layers, in bytes.
-	Size int64
-	// Pulled says the image was fetched or unpacked by this call (false:
-	// it was already on the machine).
-	Pulled bool
-}
+// Image is an image ready to run (a runnable.Image, which runtimes take
+// without linking this package).
+type Image = runnable.Image
 
 // Store keeps the images of one machine; see the package doc. Its methods
 // are safe for concurrent use; concurrent pulls of one image share the
@@ -238,7 +218,7 @@ func (s *Store) pull(ctx context.Context, ref string) (*Image, error) {
 			return fail("resolve", fmt.Errorf("%w: %w", ErrInvalid, err))
 		}
 		if img, err := s.local(ref, h); err == nil {
-			img.Pinned = r.Context().Digest(img.Digest.String()).String()
+			img.Pinned = r.Context().Digest(img.Digest).String()
 			return img, nil
 		}
 	}
@@ -302,8 +282,8 @@ func (s *Store) pull(ctx context.Context, ref string) (*Image, error) {
 	if err != nil {
 		return fail("resolve", err)
 	}
-	img := &Image{Ref: ref, Digest: mdigest, Pinned: r.Context().Digest(mdigest.String()).String(), Config: cf.Config, ChainID: chain,
-		Rootfs: filepath.Join(s.rootfs, chain.Hex), Size: layersSize(m), Pulled: true}
+	img := &Image{Ref: ref, Digest: mdigest.String(), Pinned: r.Context().Digest(mdigest.String()).String(), Config: runConfig(cf.Config),
+		ChainID: chain.String(), Rootfs: filepath.Join(s.rootfs, chain.Hex), Size: layersSize(m), Pulled: true}
 	if s.hasRootfs(chain) {
 		return img, nil
 	}
@@ -382,8 +362,13 @@ func (s *Store) local(ref string, d v1.Hash) (*Image, error) {
 	if !s.hasRootfs(chain) {
 		return nil, os.ErrNotExist
 	}
-	return &Image{Ref: ref, Digest: d, Config: cf.Config, ChainID: chain,
+	return &Image{Ref: ref, Digest: d.String(), Config: runConfig(cf.Config), ChainID: chain.String(),
 		Rootfs: filepath.Join(s.rootfs, chain.Hex), Size: layersSize(m)}, nil
+}
+
+// runConfig is the part of an image config runtimes use.
+func runConfig(c v1.Config) runnable.Config {
+	return runnable.Config{Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User}
 }
 
 // pickPlatform picks this machine's manifest of an index.

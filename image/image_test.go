@@ -73,13 +73,13 @@ func TestPullUnpacksLayersWithWhiteouts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !img.Pulled || img.Ref != ref || !strings.HasSuffix(ref, "@"+img.Digest.String()) {
+	if !img.Pulled || img.Ref != ref || !strings.HasSuffix(ref, "@"+img.Digest) {
 		t.Fatalf("image %+v for %s", img, ref)
 	}
 	if img.Config.Cmd[0] != "/bin/tool" {
 		t.Errorf("config cmd %q", img.Config.Cmd)
 	}
-	if img.Rootfs != filepath.Join(s.Dir(), "rootfs", img.ChainID.Hex) {
+	if img.Rootfs != filepath.Join(s.Dir(), "rootfs", strings.TrimPrefix(img.ChainID, "sha256:")) {
 		t.Errorf("rootfs %s, chain %s", img.Rootfs, img.ChainID)
 	}
 	read := func(p string) string {
