@@ -14,6 +14,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/driver"
 	"github.com/meridian-run/meridian/image/imagetest"
 	"github.com/meridian-run/meridian/regionapi"
@@ -101,4 +102,40 @@ func getJSON(t *testing.T, is regionapi.InstanceStatus) map[string]any {
 		t.Fatalf("GET instance %s: %v: %s", is.ID, err, b)
 	}
 	return m
+}
+
+// TestBuildSpecImage: for an image the spec carries the image, the
+// definition's command and args as overrides, the instance type's CPU and
+// memory, and no PATH of the agent's (the image has its own).
+func TestBuildSpecImage(t *testing.T) {
+	resolv := "nameserver 127.0.9.1\n"
+	cfg := &Config{Region: "fra", Datacenter: "fra1", Name: "m1", Address: "127.0.0.1", ResolvConf: &resolv, InstancePath: "/agent/bin"}
+	as := regionapi.Assignment{ID: "fra-r1-0", Service: "acme.shop.web", Org: "acme", App: "shop", ServiceName: "web",
+		DeploymentID: "dep-1", Version: 1, Definition: api.RegionalDefinition{
+			Image: "registry.example/web@sha256:" + strings.Repeat("a", 64), Args: []string{"--fast"},
+			Ports:        []api.Port{{Port: 8080}},
+			InstanceType: api.InstanceType{Name: "small", MilliCPU: 250, MemoryMB: 128},
+		}}
+	spec, err := buildSpec(cfg, as, map[int]int{8080: 20001}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.Image != as.Definition.Image || spec.Command != nil || !slices.Equal(spec.Args, []string{"--fast"}) ||
+		spec.MilliCPU != 250 || spec.MemoryMB != 128 || spec.ResolvConf != resolv {
+		t.Errorf("spec %+v", spec)
+	}
+	for _, e := range spec.Env {
+		if strings.HasPrefix(e, "PATH=") {
+			t.Errorf("the agent's %s was given to an image", e)
+		}
+	}
+	if !slices.Contains(spec.Env, "PORT=20001") || !slices.Contains(spec.Env, "MERIDIAN_INSTANCE=fra-r1-0") {
+		t.Errorf("env %q lacks the platform's variables", spec.Env)
+	}
+	// A command-only definition keeps the agent's PATH on the same agent.
+	as.Definition.Image, as.Definition.Command = "", []string{"server"}
+	spec, err = buildSpec(cfg, as, map[int]int{8080: 20001}, true)
+	if err != nil || !slices.Contains(spec.Env, "PATH=/agent/bin") {
+		t.Errorf("command spec %+v, %v", spec, err)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -331,11 +332,23 @@ func TestOCIStopStatsAndLogs(t *testing.T) {
 	e := newOCIEnv(t)
 	ref := e.push(t, "probe/tick", v1.Config{Entrypoint: []string{"/bin/probe"}, Cmd: []string{"tick"}})
 	id := uniqueID(t, "tick")
-	h, err := e.d.Start(testCtx(t), Spec{ID: id, Image: ref, MemoryMB: 64, LogMaxBytes: 4096})
+	h, err := e.d.Start(testCtx(t), Spec{ID: id, Image: ref, MemoryMB: 64, MilliCPU: 250, LogMaxBytes: 4096})
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitLog(t, h.LogPath(), textIs("tick 3"))
+	// The limits are in the container's cgroup v1 controllers.
+	for file, want := range map[string]string{
+		"memory/" + DefaultOCICgroupParent + "/" + id + "/memory.limit_in_bytes": strconv.Itoa(64 << 20),
+		"cpu/" + DefaultOCICgroupParent + "/" + id + "/cpu.cfs_quota_us":         "25000",
+		"cpu/" + DefaultOCICgroupParent + "/" + id + "/cpu.cfs_period_us":        "100000",
+		"pids/" + DefaultOCICgroupParent + "/" + id + "/pids.max":                "4096",
+	} {
+		b, err := os.ReadFile("/sys/fs/cgroup/" + file)
+		if got := strings.TrimSpace(string(b)); err != nil || got != want {
+			t.Errorf("%s = %q (%v), want %s", file, got, err, want)
+		}
+	}
 	st, err := h.Stats()
 	if err != nil {
 		t.Fatal(err)
@@ -498,4 +511,37 @@ func runOCITestAgent(dir string) int {
 	fmt.Printf("started %d\n", h.Pid())
 	sleepForever()
 	return 0
+}
+
+func TestRuntimesRouteBySpec(t *testing.T) {
+	p := newTestDriver(t, ProcessConfig{})
+	rt := &Runtimes{Commands: p, ImagesErr: errors.New("runc not found")}
+	if !RunsImages(rt) || RunsImages(p) {
+		t.Fatal("RunsImages: Runtimes take images, Process does not")
+	}
+	_, err := rt.Start(testCtx(t), Spec{ID: uniqueID(t, "img"), Image: "registry.example/web:1"})
+	if err == nil || !strings.Contains(err.Error(), `spec.image "registry.example/web:1": this machine runs no images: runc not found`) {
+		t.Fatalf("image without an image runtime: %v", err)
+	}
+	id := uniqueID(t, "cmd")
+	h, err := rt.Start(testCtx(t), workloadSpec(t, id, "sleep"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := rt.List(bgCtx()); !slices.Equal(ids, []string{id}) {
+		t.Errorf("List %v", ids)
+	}
+	if _, err := rt.Recover(testCtx(t), id); err != nil {
+		t.Errorf("Recover: %v", err)
+	}
+	if _, err := rt.Recover(testCtx(t), "nobody"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Recover of an unknown id: %v", err)
+	}
+	if err := rt.Destroy(testCtx(t), id); err != nil {
+		t.Fatal(err)
+	}
+	<-h.Done()
+	if ids, _ := p.List(bgCtx()); len(ids) != 0 {
+		t.Errorf("left %v", ids)
+	}
 }
