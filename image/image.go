@@ -153,16 +153,13 @@ func Open(cfg Config) (*Store, error) {
 	s := &Store{cfg: cfg, log: cfg.Logger.With("component", "images"),
 		blobs: blobStore{dir: filepath.Join(dir, "blobs")}, rootfs: filepath.Join(dir, "rootfs"),
 		unpack: map[string]*sync.Mutex{}}
-	// The store's root is traversable by instances' users (their root
-	// filesystems live in it); blobs are the agent's alone.
-	for _, d := range []struct {
-		path string
-		mode os.FileMode
-	}{{dir, 0o711}, {s.blobs.dir, 0o700}, {s.rootfs, 0o711}} {
-		if err := os.MkdirAll(d.path, d.mode); err != nil {
+	// Only the agent's user may read the store: instances see their
+	// image's root through their overlay mount, never through this path.
+	for _, d := range []string{dir, s.blobs.dir, s.rootfs} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("image store: %w", err)
 		}
-		if err := os.Chmod(d.path, d.mode); err != nil {
+		if err := os.Chmod(d, 0o700); err != nil {
 			return nil, fmt.Errorf("image store: %w", err)
 		}
 	}
