@@ -17,7 +17,6 @@ import (
 	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/pki"
 	"github.com/meridian-run/meridian/regionapi"
-	"github.com/meridian-run/meridian/supervise"
 )
 
 // Files of the machine identity under DataDir/identity.
@@ -225,7 +224,7 @@ func (a *Agent) saveIdentity(leaf *pki.Leaf, m meta) error {
 // when ctx ends.
 func (a *Agent) renewLoop(ctx context.Context) {
 	err := a.id.certs.Renew(ctx, pki.RenewConfig{
-		Clock:  pkiClock{a.clock},
+		Clock:  a.clock,
 		Before: a.cfg.RenewBefore,
 		Logger: a.log,
 		Issue:  a.renewCert,
@@ -269,12 +268,6 @@ func (a *Agent) renewCert(ctx context.Context) (*pki.Leaf, error) {
 	}
 	return leaf, nil
 }
-
-// pkiClock adapts the agent's clock to pki.Clock.
-type pkiClock struct{ c supervise.Clock }
-
-func (p pkiClock) Now() time.Time                     { return p.c.Now() }
-func (p pkiClock) NewTimer(d time.Duration) pki.Timer { return p.c.NewTimer(d) }
 
 // noCert is the certificate source of the join call: no client
 // certificate.

@@ -50,9 +50,10 @@ func nextMeshNet() string { return fmt.Sprintf("127.%d.0.0/16", meshNets.Add(1))
 // offsetClock is the wall clock moved by an offset, with real timers.
 type offsetClock struct{ off atomic.Int64 }
 
-func (c *offsetClock) Now() time.Time                       { return time.Now().Add(time.Duration(c.off.Load())) }
-func (c *offsetClock) NewTimer(d time.Duration) clock.Timer { return clock.Real().NewTimer(d) }
-func (c *offsetClock) advance(d time.Duration)              { c.off.Add(int64(d)) }
+func (c *offsetClock) Now() time.Time                         { return time.Now().Add(time.Duration(c.off.Load())) }
+func (c *offsetClock) NewTimer(d time.Duration) clock.Timer   { return clock.Real().NewTimer(d) }
+func (c *offsetClock) NewTicker(d time.Duration) clock.Ticker { return clock.Real().NewTicker(d) }
+func (c *offsetClock) advance(d time.Duration)                { c.off.Add(int64(d)) }
 
 // testNode is one machine's mesh, with real certificates from a test
 // installation and real backends as its instances.
@@ -897,64 +898,11 @@ func TestMeshCertificateRotationKeepsConnections(t *testing.T) {
 	}
 }
 
-// manualClock is a clock whose time moves only when the test advances it;
-// its timers fire then.
-type manualClock struct {
-	mu     sync.Mutex
-	now    time.Time
-	timers map[*manualTimer]bool
-}
-
-type manualTimer struct {
-	c  *manualClock
-	at time.Time
-	ch chan time.Time
-}
-
-func (t *manualTimer) C() <-chan time.Time { return t.ch }
-func (t *manualTimer) Stop() bool {
-	t.c.mu.Lock()
-	defer t.c.mu.Unlock()
-	was := t.c.timers[t]
-	delete(t.c.timers, t)
-	return was
-}
-
-func (c *manualClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *manualClock) NewTimer(d time.Duration) clock.Timer {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	t := &manualTimer{c: c, at: c.now.Add(d), ch: make(chan time.Time, 1)}
-	if d <= 0 {
-		t.ch <- c.now
-	} else {
-		c.timers[t] = true
-	}
-	return t
-}
-
-func (c *manualClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	for t := range c.timers {
-		if !t.at.After(c.now) {
-			t.ch <- c.now
-			delete(c.timers, t)
-		}
-	}
-}
-
 // TestMeshRenewsWorkloadCertificates checks that a workload certificate
 // is renewed before it expires, for a new key, and saved.
 func TestMeshRenewsWorkloadCertificates(t *testing.T) {
 	in := pkitest.New(t, "fra")
-	mc := &manualClock{now: time.Now(), timers: map[*manualTimer]bool{}}
+	mc := clock.NewFake(time.Now())
 	var n *testNode
 	n = newTestNode(t, in, "fra", "fra1", "fra1-a", func(d *meshDeps) {
 		d.Clock = mc
@@ -979,15 +927,13 @@ func TestMeshRenewsWorkloadCertificates(t *testing.T) {
 	first := s.cert.leaf()
 	renewAt := first.Cert.NotAfter.Add(-first.Cert.NotAfter.Sub(first.Cert.NotBefore) / 3)
 	// Wait until the renewer waits on its timer, then move past renewAt.
-	testutil.Eventually(t, 10*time.Second, "renewer waiting", func() (bool, string) {
-		mc.mu.Lock()
-		defer mc.mu.Unlock()
-		return len(mc.timers) > 0, ""
-	})
+	if err := mc.WaitArmed(testutil.Context(t, 10*time.Second), nil); err != nil {
+		t.Fatalf("the renewer did not wait on its timer: %v", err)
+	}
 	if n.issued.Load() != 1 {
 		t.Fatalf("%d certificates issued before renewal time", n.issued.Load())
 	}
-	mc.advance(renewAt.Sub(mc.Now()) + time.Second)
+	mc.Advance(renewAt.Sub(mc.Now()) + time.Second)
 	testutil.Eventually(t, 10*time.Second, "renewed", func() (bool, string) {
 		return s.cert.leaf().Cert.SerialNumber.Cmp(first.Cert.SerialNumber) != 0, ""
 	})

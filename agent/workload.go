@@ -103,7 +103,7 @@ func (m *mesh) startCert(s *slot) *workloadCert {
 		}
 		w.rl.Store(rl)
 		close(w.ready)
-		err = rl.Renew(ctx, pki.RenewConfig{Clock: pkiClock{m.d.Clock}, Logger: m.log.With("workload", w.id.String()),
+		err = rl.Renew(ctx, pki.RenewConfig{Clock: m.d.Clock, Logger: m.log.With("workload", w.id.String()),
 			Issue: func(ctx context.Context) (*pki.Leaf, error) { return m.obtainCert(ctx, w) }})
 		if !errors.Is(err, context.Canceled) {
 			m.log.Error("mesh: workload certificate renewal stopped", "service", w.key, "err", err)

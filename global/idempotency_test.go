@@ -15,32 +15,15 @@ import (
 	"time"
 
 	"github.com/meridian-run/meridian/api"
+	"github.com/meridian-run/meridian/clock"
 	"github.com/meridian-run/meridian/store"
 	"github.com/meridian-run/meridian/store/storetest"
 	"github.com/meridian-run/meridian/testutil"
 )
 
-// testClock is a Config.Now that tests move forward instead of sleeping.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newTestClock() *testClock { return &testClock{now: time.Now()} }
-
-// Now is the clock's time.
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-// Advance moves the clock forward by d.
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
+// newTestClock is a clock for Config.Now that tests move forward instead
+// of sleeping.
+func newTestClock() *clock.Fake { return clock.NewFake(time.Now()) }
 
 // logRecorder is a slog.Handler keeping every record, debug included.
 type logRecorder struct {

@@ -8,9 +8,9 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/meridian-run/meridian/api"
+	"github.com/meridian-run/meridian/clock"
 	"github.com/meridian-run/meridian/definition"
 	"github.com/meridian-run/meridian/regionapi"
 	"github.com/meridian-run/meridian/rollout"
@@ -162,20 +162,9 @@ func (s *Server) smoke(ctx context.Context, reg api.Region, op store.RegionOp, k
 				return "the smoke instance failed past its restart limit: " + last
 			}
 		}
-		if !sleepCtx(ctx, s.cfg.RolloutPoll) {
+		if clock.Sleep(ctx, clock.Real(), s.cfg.RolloutPoll) != nil {
 			return fmt.Sprintf("not healthy within %s: %s", s.cfg.SmokeTimeout, last)
 		}
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 

@@ -129,20 +129,11 @@ func (r *Reloader) Renew(ctx context.Context, cfg RenewConfig) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	wait := func(d time.Duration) error {
-		t := cfg.Clock.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C():
-			return nil
-		}
-	}
+	wait := func(d time.Duration) error { return clock.Sleep(ctx, cfg.Clock, d) }
 	if r.Leaf() == nil {
 		return errors.New("pki: renew: reloader has no certificate (use NewReloader)")
 	}
-	backoff := cfg.MinBackoff
+	backoff := clock.Backoff{Min: cfg.MinBackoff, Max: cfg.MaxBackoff}
 	for {
 		leaf := r.Leaf()
 		if d := renewAt(leaf, cfg.Before).Sub(cfg.Clock.Now()); d > 0 {
@@ -159,11 +150,11 @@ func (r *Reloader) Renew(ctx context.Context, cfg RenewConfig) error {
 			err = r.Rotate(next)
 		}
 		if err != nil {
-			log.Warn("certificate renewal failed", "serial", leaf.Cert.SerialNumber, "not_after", leaf.Cert.NotAfter, "retry_in", backoff, "err", err)
-			if err := wait(backoff); err != nil {
+			d := backoff.Next()
+			log.Warn("certificate renewal failed", "serial", leaf.Cert.SerialNumber, "not_after", leaf.Cert.NotAfter, "retry_in", d, "err", err)
+			if err := wait(d); err != nil {
 				return err
 			}
-			backoff = min(2*backoff, cfg.MaxBackoff)
 			continue
 		}
 		log.Info("certificate renewed", "serial", next.Cert.SerialNumber, "not_after", next.Cert.NotAfter)
@@ -173,13 +164,13 @@ func (r *Reloader) Renew(ctx context.Context, cfg RenewConfig) error {
 		if !renewAt(next, cfg.Before).After(cfg.Clock.Now()) {
 			// The issuer handed out a certificate already due for
 			// renewal (e.g. clamped to its CA's expiry): do not spin.
-			log.Warn("renewed certificate is already due for renewal", "serial", next.Cert.SerialNumber, "not_after", next.Cert.NotAfter, "retry_in", backoff)
-			if err := wait(backoff); err != nil {
+			d := backoff.Next()
+			log.Warn("renewed certificate is already due for renewal", "serial", next.Cert.SerialNumber, "not_after", next.Cert.NotAfter, "retry_in", d)
+			if err := wait(d); err != nil {
 				return err
 			}
-			backoff = min(2*backoff, cfg.MaxBackoff)
 			continue
 		}
-		backoff = cfg.MinBackoff
+		backoff.Reset()
 	}
 }

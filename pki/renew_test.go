@@ -4,94 +4,34 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/meridian-run/meridian/clock"
 	"github.com/meridian-run/meridian/pki"
 )
 
-// fakeClock is a manual pki.Clock: time moves only on Advance, and each
-// new timer's deadline is announced on timers so a test knows when the
-// code under test is waiting.
+// fakeClock is the shared fake clock, remembering how many timers the
+// code under test armed so far, so nextTimer can wait for the next one.
 type fakeClock struct {
-	mu      sync.Mutex
-	now     time.Time
-	pending []*fakeTimer
-	timers  chan time.Time
+	*clock.Fake
+	seen int
 }
 
-type fakeTimer struct {
-	clock *fakeClock
-	at    time.Time
-	c     chan time.Time
-}
-
-func newFakeClock(now time.Time) *fakeClock {
-	return &fakeClock{now: now, timers: make(chan time.Time, 64)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) NewTimer(d time.Duration) pki.Timer {
-	c.mu.Lock()
-	t := &fakeTimer{clock: c, at: c.now.Add(d), c: make(chan time.Time, 1)}
-	if d <= 0 {
-		t.c <- c.now
-	} else {
-		c.pending = append(c.pending, t)
-	}
-	c.mu.Unlock()
-	c.timers <- t.at
-	return t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	keep := c.pending[:0]
-	for _, t := range c.pending {
-		if !t.at.After(c.now) {
-			t.c <- c.now
-		} else {
-			keep = append(keep, t)
-		}
-	}
-	c.pending = keep
-}
-
-func (t *fakeTimer) C() <-chan time.Time { return t.c }
-
-func (t *fakeTimer) Stop() bool {
-	c := t.clock
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i, p := range c.pending {
-		if p == t {
-			c.pending = append(c.pending[:i], c.pending[i+1:]...)
-			return true
-		}
-	}
-	return false
-}
+func newFakeClock(now time.Time) *fakeClock { return &fakeClock{Fake: clock.NewFake(now)} }
 
 // nextTimer waits for the code under test to arm a timer and returns its
 // deadline.
 func (c *fakeClock) nextTimer(t *testing.T) time.Time {
 	t.Helper()
-	select {
-	case at := <-c.timers:
-		return at
-	case <-time.After(ioDeadline):
+	ctx, cancel := context.WithTimeout(context.Background(), ioDeadline)
+	defer cancel()
+	if err := c.WaitArms(ctx, c.seen); err != nil {
 		t.Fatal("no timer armed before the deadline")
 	}
-	return time.Time{}
+	c.seen = c.Arms()
+	return c.LastArmed()
 }
 
 type renewHarness struct {

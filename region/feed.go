@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/meridian-run/meridian/api"
+	"github.com/meridian-run/meridian/clock"
 	"github.com/meridian-run/meridian/pki"
 	"github.com/meridian-run/meridian/regionapi"
 	"github.com/meridian-run/meridian/sched"
@@ -101,7 +102,7 @@ func (s *Server) runFeeds(ctx context.Context) {
 		case resp, ok := <-wch:
 			if !ok || resp.Canceled {
 				// The watch broke (etcd leader change): watch again.
-				sleepCtx(ctx, 100*time.Millisecond)
+				clock.Sleep(ctx, clock.Real(), 100*time.Millisecond)
 				wch = s.cli.Watch(clientv3.WithRequireLeader(ctx), s.keys.root, clientv3.WithPrefix())
 				continue
 			}
@@ -221,7 +222,7 @@ func (s *Server) serveFeed(w http.ResponseWriter, r *http.Request) error {
 		if f, _ := s.feeds.current(local); f.version > 0 {
 			break
 		}
-		sleepCtx(ctx, 50*time.Millisecond)
+		clock.Sleep(ctx, clock.Real(), 50*time.Millisecond)
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
@@ -357,7 +358,7 @@ func (s *Server) followPeers(ctx context.Context) {
 			return
 		case _, ok := <-wch:
 			if !ok {
-				sleepCtx(ctx, time.Second)
+				clock.Sleep(ctx, clock.Real(), time.Second)
 				wch = s.cli.Watch(clientv3.WithRequireLeader(ctx), s.keys.peers())
 			}
 		case <-time.After(30 * time.Second):
@@ -368,7 +369,7 @@ func (s *Server) followPeers(ctx context.Context) {
 // followPeer subscribes to one peer's local feed, reconnecting with
 // backoff.
 func (s *Server) followPeer(ctx context.Context, c *regionapi.Client, peer regionapi.Peer) {
-	backoff := 250 * time.Millisecond
+	backoff := clock.Backoff{Min: 250 * time.Millisecond, Max: 10 * time.Second, Jitter: 0.2}
 	for ctx.Err() == nil {
 		err := c.Feed(ctx, true, func(f regionapi.Feed) error {
 			if f.Region != peer.ID {
@@ -379,14 +380,14 @@ func (s *Server) followPeer(ctx context.Context, c *regionapi.Client, peer regio
 				// Nothing the merged feed carries changed (only the
 				// peer's revision, say): the agents get no update.
 				s.feeds.mu.Unlock()
-				backoff = 250 * time.Millisecond
+				backoff.Reset()
 				return nil
 			}
 			s.feeds.peers[peer.ID] = &regionapi.PeerFeed{Region: peer.ID, Latitude: peer.Latitude, Longitude: peer.Longitude,
 				Received: s.cfg.Now().UTC(), Connected: true, Services: f.Services}
 			s.feeds.mu.Unlock()
 			s.feeds.rebuild()
-			backoff = 250 * time.Millisecond
+			backoff.Reset()
 			return nil
 		})
 		if ctx.Err() != nil {
@@ -399,7 +400,6 @@ func (s *Server) followPeer(ctx context.Context, c *regionapi.Client, peer regio
 		}
 		s.feeds.mu.Unlock()
 		s.feeds.rebuild()
-		sleepCtx(ctx, backoff)
-		backoff = min(backoff*2, 10*time.Second)
+		backoff.Wait(ctx, clock.Real())
 	}
 }

@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/meridian-run/meridian/clock"
 	"github.com/meridian-run/meridian/regionapi"
 	"github.com/meridian-run/meridian/sched"
 )
@@ -39,7 +40,7 @@ func (s *Server) campaign(ctx context.Context) {
 		sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(ttl), concurrency.WithContext(ctx))
 		if err != nil {
 			s.log.Warn("election session", "err", err)
-			sleepCtx(ctx, time.Second)
+			clock.Sleep(ctx, clock.Real(), time.Second)
 			continue
 		}
 		e := concurrency.NewElection(sess, s.keys.leader())
@@ -47,7 +48,7 @@ func (s *Server) campaign(ctx context.Context) {
 			sess.Close()
 			if ctx.Err() == nil {
 				s.log.Warn("campaign", "err", err)
-				sleepCtx(ctx, time.Second)
+				clock.Sleep(ctx, clock.Real(), time.Second)
 			}
 			continue
 		}
@@ -60,15 +61,6 @@ func (s *Server) campaign(ctx context.Context) {
 		cancel()
 		sess.Close()
 		s.log.Info("stopped leading")
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
 	}
 }
 

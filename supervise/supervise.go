@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/meridian-run/meridian/api"
+	"github.com/meridian-run/meridian/clock"
 	"github.com/meridian-run/meridian/driver"
 )
 
@@ -349,9 +350,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	s.mu.Unlock()
 	defer close(s.done)
 
-	clock := s.cfg.Clock
+	clk := s.cfg.Clock
 	restarts := 0
-	backoff := s.cfg.BackoffMin
+	backoff := clock.Backoff{Min: s.cfg.BackoffMin, Max: s.cfg.BackoffMax}
 	h := s.cfg.Handle
 	for {
 		var reason string
@@ -386,8 +387,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 				return ctx.Err()
 			}
 		}
-		if !healthySince.IsZero() && clock.Now().Sub(healthySince) >= s.cfg.BackoffReset {
-			restarts, backoff = 0, s.cfg.BackoffMin
+		if !healthySince.IsZero() && clk.Now().Sub(healthySince) >= s.cfg.BackoffReset {
+			restarts = 0
+			backoff.Reset()
 		}
 		if restarts >= s.limit {
 			s.report(Status{State: StateFailed, Restarts: restarts, Reason: reason, Exit: exit})
@@ -395,7 +397,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		}
 		restarts++
 		s.report(Status{State: StateRestarting, Restarts: restarts, Reason: reason, Exit: exit})
-		t := clock.NewTimer(backoff)
+		t := clk.NewTimer(backoff.Next())
 		select {
 		case <-t.C():
 		case <-s.stopCh:
@@ -406,7 +408,6 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			t.Stop()
 			return ctx.Err()
 		}
-		backoff = min(2*backoff, s.cfg.BackoffMax)
 	}
 }
 
@@ -432,8 +433,8 @@ const StartupPoll = 250 * time.Millisecond
 // checks, Stop and ctx. It returns how the run ended, the reason of an
 // ended run, the exit status, and since when the instance was healthy.
 func (s *Supervisor) runInstance(ctx context.Context, h driver.Handle, restarts int, adopted bool) (outcome, string, *driver.ExitStatus, time.Time) {
-	clock := s.cfg.Clock
-	now := clock.Now()
+	clk := s.cfg.Clock
+	now := clk.Now()
 	base := Status{State: StateRunning, Restarts: restarts, Pid: h.Pid()}
 	var healthySince time.Time
 	states := make([]checkState, len(s.checks))
@@ -466,7 +467,7 @@ func (s *Supervisor) runInstance(ctx context.Context, h driver.Handle, restarts 
 					next = st.next
 				}
 			}
-			timer = clock.NewTimer(next.Sub(clock.Now()))
+			timer = clk.NewTimer(next.Sub(clk.Now()))
 			timerC = timer.C()
 		}
 		select {
@@ -487,7 +488,7 @@ func (s *Supervisor) runInstance(ctx context.Context, h driver.Handle, restarts 
 			}
 			return outDetached, "", nil, healthySince
 		case <-timerC:
-			now := clock.Now()
+			now := clk.Now()
 			var due []int
 			for i, st := range states {
 				if !st.next.After(now) {
@@ -498,7 +499,7 @@ func (s *Supervisor) runInstance(ctx context.Context, h driver.Handle, restarts 
 			go func() { results <- s.runChecks(ctx, due) }()
 		case res := <-results:
 			inFlight = false
-			now := clock.Now()
+			now := clk.Now()
 			var failed string
 			for _, r := range res {
 				i, err := r.i, r.err

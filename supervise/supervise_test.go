@@ -167,7 +167,7 @@ func TestCrashRestartsWithBackoffThenFails(t *testing.T) {
 		if st.Reason != "exited with status 1" || st.Exit == nil || st.Exit.Code != 1 {
 			t.Fatalf("restart reason %q exit %+v", st.Reason, st.Exit)
 		}
-		clk.waitTimer(t, backoff)
+		waitTimer(t, clk, backoff)
 		rec.quiet(t) // nothing happens until the backoff has passed
 		clk.Advance(backoff)
 	}
@@ -228,7 +228,7 @@ func TestHTTPHealthFailureRestartsWithReason(t *testing.T) {
 	// During the 5s grace period the check is retried every StartupPoll and
 	// its failures do not count.
 	for elapsed := time.Duration(0); elapsed < 5*time.Second; elapsed += StartupPoll {
-		clk.waitTimer(t, StartupPoll)
+		waitTimer(t, clk, StartupPoll)
 		clk.Advance(StartupPoll)
 	}
 	rec.quiet(t)
@@ -237,10 +237,10 @@ func TestHTTPHealthFailureRestartsWithReason(t *testing.T) {
 	}
 	// After it, failures count: the check at the end of the grace period
 	// failed (the next one waits an interval); two more make the threshold.
-	clk.waitTimer(t, time.Second)
+	waitTimer(t, clk, time.Second)
 	base := hits.Load()
 	clk.Advance(time.Second)
-	clk.waitTimer(t, time.Second)
+	waitTimer(t, clk, time.Second)
 	if n := hits.Load() - base; n != 1 {
 		t.Fatalf("%d checks one interval after the grace period, want 1", n)
 	}
@@ -260,7 +260,7 @@ func TestHTTPHealthFailureRestartsWithReason(t *testing.T) {
 
 	// It comes back healthy.
 	status.Store(http.StatusNoContent)
-	clk.waitTimer(t, time.Second)
+	waitTimer(t, clk, time.Second)
 	clk.Advance(time.Second)
 	rec.expect(t, StateStarting, HealthUnknown, 1)
 	second := rec.expect(t, StateRunning, HealthUnknown, 1)
@@ -327,7 +327,7 @@ func TestTCPCheckGracePeriodHealthyThenUnhealthy(t *testing.T) {
 
 	// Through the 10s grace period the check keeps passing every interval.
 	for range 5 {
-		clk.waitTimer(t, 2*time.Second)
+		waitTimer(t, clk, 2*time.Second)
 		clk.Advance(2 * time.Second)
 	}
 	// Six checks have connected (at 0, 2, 4, 6, 8 and 10s) before the
@@ -340,7 +340,7 @@ func TestTCPCheckGracePeriodHealthyThenUnhealthy(t *testing.T) {
 	rec.quiet(t)
 	ln.Close()
 	for range DefaultFailureThreshold {
-		clk.waitTimer(t, 2*time.Second)
+		waitTimer(t, clk, 2*time.Second)
 		clk.Advance(2 * time.Second)
 	}
 	st := rec.expect(t, StateRunning, HealthUnhealthy, 0)
@@ -348,7 +348,7 @@ func TestTCPCheckGracePeriodHealthyThenUnhealthy(t *testing.T) {
 		t.Fatalf("reason %q, want %q... connection refused", st.Reason, want)
 	}
 	rec.expect(t, StateRestarting, HealthUnknown, 1)
-	clk.waitTimer(t, DefaultBackoffMin)
+	waitTimer(t, clk, DefaultBackoffMin)
 	// Stop during the backoff.
 	if err := s.Stop(context.Background()); err != nil {
 		t.Fatal(err)
@@ -369,7 +369,7 @@ func TestBackoffResetsAfterHealthyRun(t *testing.T) {
 	rec.expect(t, StateStarting, HealthUnknown, 0)
 	rec.expect(t, StateRunning, HealthHealthy, 0)
 	rec.expect(t, StateRestarting, HealthUnknown, 1)
-	clk.waitTimer(t, time.Second)
+	waitTimer(t, clk, time.Second)
 	clk.Advance(time.Second)
 	rec.expect(t, StateStarting, HealthUnknown, 1)
 	st := rec.expect(t, StateRunning, HealthHealthy, 1)
@@ -382,7 +382,7 @@ func TestBackoffResetsAfterHealthyRun(t *testing.T) {
 	if st.Reason != "killed by signal 9 (killed)" {
 		t.Errorf("reason %q", st.Reason)
 	}
-	clk.waitTimer(t, time.Second) // backoff reset too (it would be 2s)
+	waitTimer(t, clk, time.Second) // backoff reset too (it would be 2s)
 	if err := s.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -419,7 +419,7 @@ func TestSupervisesRecoveredHandle(t *testing.T) {
 	if st.Exit == nil || st.Exit.Signal != syscall.SIGKILL {
 		t.Fatalf("exit of the adopted instance %+v (reason %q)", st.Exit, st.Reason)
 	}
-	clk.waitTimer(t, time.Second)
+	waitTimer(t, clk, time.Second)
 	clk.Advance(time.Second)
 	rec.expect(t, StateStarting, HealthUnknown, 1)
 	st = rec.expect(t, StateRunning, HealthHealthy, 1)
