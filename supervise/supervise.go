@@ -411,20 +411,6 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}
 }
 
-// checkState is the running state of one check.
-type checkState struct {
-	next   time.Time
-	fails  int
-	passed bool
-}
-
-// checkResult is the outcome of one check: index in s.checks, and nil or
-// why it failed.
-type checkResult struct {
-	i   int
-	err error
-}
-
 // StartupPoll is how often a check that has not passed yet is retried
 // during its grace period (at most its interval).
 const StartupPoll = 250 * time.Millisecond
@@ -436,109 +422,63 @@ func (s *Supervisor) runInstance(ctx context.Context, h driver.Handle, restarts 
 	clk := s.cfg.Clock
 	now := clk.Now()
 	base := Status{State: StateRunning, Restarts: restarts, Pid: h.Pid()}
-	var healthySince time.Time
-	states := make([]checkState, len(s.checks))
 	// Grace periods count from the instance's start: an adopted instance
 	// that has been up for long is checked at once.
 	var age time.Duration
 	if adopted {
 		age = max(now.Sub(h.StartedAt()), 0)
 	}
-	graceEnd := make([]time.Time, len(s.checks))
-	for i, c := range s.checks {
-		graceEnd[i] = now.Add(max(c.grace-age, 0))
-		states[i].next = now
-	}
-	if len(s.checks) == 0 {
-		healthySince = now
+	hl := newHealth(s.checks, s.cfg.FailureThreshold, now, age)
+	if hl.healthy() {
 		base.Health = HealthHealthy
 	}
 	s.report(base)
 
 	results := make(chan []checkResult, 1)
 	inFlight := false
+	var timer clock.Timer
+	stopTimer := func() {
+		if timer != nil {
+			timer.Stop()
+			timer = nil
+		}
+	}
+	defer stopTimer()
 	for {
-		var timer Timer
 		var timerC <-chan time.Time
-		if !inFlight && len(states) > 0 {
-			next := states[0].next
-			for _, st := range states[1:] {
-				if st.next.Before(next) {
-					next = st.next
-				}
-			}
+		if next, ok := hl.next(); ok && !inFlight {
 			timer = clk.NewTimer(next.Sub(clk.Now()))
 			timerC = timer.C()
 		}
 		select {
 		case <-h.Done():
-			if timer != nil {
-				timer.Stop()
-			}
 			es, _ := h.Wait(context.Background())
-			return outEnded, es.String(), &es, healthySince
+			return outEnded, es.String(), &es, hl.since
 		case <-s.stopCh:
-			if timer != nil {
-				timer.Stop()
-			}
-			return outStopped, "", s.stopHandle(ctx, h), healthySince
+			stopTimer()
+			return outStopped, "", s.stopHandle(ctx, h), hl.since
 		case <-ctx.Done():
-			if timer != nil {
-				timer.Stop()
-			}
-			return outDetached, "", nil, healthySince
+			return outDetached, "", nil, hl.since
 		case <-timerC:
-			now := clk.Now()
-			var due []int
-			for i, st := range states {
-				if !st.next.After(now) {
-					due = append(due, i)
-				}
-			}
+			due := hl.due(clk.Now())
 			inFlight = true
 			go func() { results <- s.runChecks(ctx, due) }()
 		case res := <-results:
 			inFlight = false
-			now := clk.Now()
-			var failed string
-			for _, r := range res {
-				i, err := r.i, r.err
-				st := &states[i]
-				st.next = now.Add(s.checks[i].interval)
-				if err == nil {
-					st.fails, st.passed = 0, true
-					continue
-				}
-				if now.Before(graceEnd[i]) {
-					// Not counted: the instance may still be starting.
-					st.next = now.Add(min(s.checks[i].interval, StartupPoll))
-					continue
-				}
-				st.fails++
-				s.log.Debug("health check failed", "check", s.checks[i].name, "err", err, "consecutive", st.fails)
-				if st.fails >= s.cfg.FailureThreshold && failed == "" {
-					failed = fmt.Sprintf("health check %s: %v", s.checks[i].name, err)
-				}
-			}
+			failed, nowHealthy := hl.record(clk.Now(), res, s.log)
 			if failed != "" {
 				st := base
 				st.Health, st.Reason = HealthUnhealthy, failed
 				s.report(st)
-				return outEnded, failed, s.stopHandle(ctx, h), healthySince
+				return outEnded, failed, s.stopHandle(ctx, h), hl.since
 			}
-			if healthySince.IsZero() {
-				all := true
-				for _, st := range states {
-					all = all && st.passed && st.fails == 0
-				}
-				if all {
-					healthySince = now
-					st := base
-					st.Health = HealthHealthy
-					s.report(st)
-				}
+			if nowHealthy {
+				st := base
+				st.Health = HealthHealthy
+				s.report(st)
 			}
 		}
+		stopTimer()
 	}
 }
 
