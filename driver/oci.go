@@ -1,11 +1,9 @@
 package driver
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -360,91 +358,33 @@ func (d *OCI) mountRootfs(dir, lower string) error {
 
 // startShim starts the instance's shim, which starts the container.
 func (d *OCI) startShim(ctx context.Context, spec Spec, dir, pinned string) (*ociHandle, error) {
-	shimLog, err := os.OpenFile(filepath.Join(dir, fileShim), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	var s ociState
+	cmd, payload, err := launchShim(ctx, shimLaunch{
+		dir:     dir,
+		path:    d.cfg.ShimPath,
+		args:    []string{"meridian-oci-shim", spec.ID},
+		env:     append([]string{ociShimEnv + "=" + dir, "GOMAXPROCS=1", "PATH=" + defaultPath}, d.cfg.ShimEnv...),
+		attr:    &syscall.SysProcAttr{Setsid: true},
+		timeout: d.cfg.StartTimeout,
+		late:    "the container did not start",
+		prepare: func(pid int, startTime uint64, startedAt time.Time) error {
+			s = ociState{ID: spec.ID, ShimPid: pid, ShimStart: startTime, StartedAt: startedAt, Image: pinned, Spec: spec}
+			return writeJSONFile(filepath.Join(dir, fileState), s)
+		},
+	})
+	var refusal *shimRefusal
+	if errors.As(err, &refusal) {
+		return nil, fmt.Errorf("image %s: %w", spec.Image, err)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("open shim log: %w", err)
+		return nil, err
 	}
-	defer shimLog.Close()
-	goR, goW, err := os.Pipe()
+	pid := s.ShimPid
+	init, err := strconv.Atoi(payload)
 	if err != nil {
-		return nil, fmt.Errorf("pipe: %w", err)
-	}
-	defer goW.Close()
-	ansR, ansW, err := os.Pipe()
-	if err != nil {
-		goR.Close()
-		return nil, fmt.Errorf("pipe: %w", err)
-	}
-	defer ansR.Close()
-	cmd := &exec.Cmd{
-		Path:        d.cfg.ShimPath,
-		Args:        []string{"meridian-oci-shim", spec.ID},
-		Env:         append([]string{ociShimEnv + "=" + dir, "GOMAXPROCS=1", "PATH=" + defaultPath}, d.cfg.ShimEnv...),
-		Stdout:      shimLog,
-		Stderr:      shimLog,
-		ExtraFiles:  []*os.File{goR, ansW}, // fds 3 and 4
-		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
-	}
-	err = cmd.Start()
-	goR.Close()
-	ansW.Close()
-	if err != nil {
-		return nil, fmt.Errorf("start shim %s: %w", d.cfg.ShimPath, err)
-	}
-	startedAt := time.Now()
-	pid := cmd.Process.Pid
-	abort := func(cause error) (*ociHandle, error) {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		return nil, cause
-	}
-	st, err := readProcStat(pid)
-	if err != nil {
-		return abort(fmt.Errorf("read shim start time: %w", err))
-	}
-	s := ociState{ID: spec.ID, ShimPid: pid, ShimStart: st.StartTime, StartedAt: startedAt, Image: pinned, Spec: spec}
-	if err := writeJSONFile(filepath.Join(dir, fileState), s); err != nil {
-		return abort(err)
-	}
-	if _, err := goW.Write([]byte("go")); err != nil {
-		return abort(fmt.Errorf("%w: %s", errShimGone, readShimLog(dir)))
-	}
-	goW.Close()
-	type answer struct {
-		line string
-		err  error
-	}
-	ansc := make(chan answer, 1)
-	go func() {
-		line, err := bufio.NewReader(ansR).ReadString('\n')
-		ansc <- answer{line, err}
-	}()
-	timer := time.NewTimer(d.cfg.StartTimeout)
-	defer timer.Stop()
-	var a answer
-	select {
-	case a = <-ansc:
-	case <-timer.C:
-		return abort(fmt.Errorf("the container did not start within %v: %s", d.cfg.StartTimeout, readShimLog(dir)))
-	case <-ctx.Done():
-		return abort(ctx.Err())
-	}
-	var init int
-	switch {
-	case strings.HasPrefix(a.line, "ok "):
-		init, err = strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(a.line, "ok ")))
-		if err != nil {
-			return abort(fmt.Errorf("shim answer %q: %w", a.line, err))
-		}
-	case strings.HasPrefix(a.line, "err "):
-		_ = cmd.Wait()
-		return nil, fmt.Errorf("image %s: %s", spec.Image, strings.TrimSpace(strings.TrimPrefix(a.line, "err ")))
-	default:
-		_ = cmd.Wait()
-		if a.err != nil && !errors.Is(a.err, io.EOF) {
-			return nil, fmt.Errorf("read shim answer: %w", a.err)
-		}
-		return nil, fmt.Errorf("%w: %s", errShimGone, readShimLog(dir))
+		return nil, fmt.Errorf("shim answer %q: %w", payload, err)
 	}
 	h := &ociHandle{d: d, dir: dir, cmd: cmd, done: make(chan struct{})}
 	// The init's pidfd: signals reach the workload, never a reused pid.

@@ -1,16 +1,13 @@
 package driver
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -172,23 +169,9 @@ func (p *Process) Start(ctx context.Context, spec Spec) (Handle, error) {
 
 func (p *Process) start(ctx context.Context, spec Spec) (_ *processHandle, err error) {
 	dir := p.dir(spec.ID)
-	_, statErr := os.Stat(dir)
-	fresh := errors.Is(statErr, os.ErrNotExist)
-	if !fresh {
-		var old state
-		if readJSONFile(filepath.Join(dir, fileState), &old) == nil {
-			if ok, _ := sameProcess(old.Pid, old.StartTime); ok {
-				return nil, fmt.Errorf("pid %d: %w", old.Pid, ErrExists)
-			}
-			if err := removeCgroup(old.Cgroup); err != nil {
-				return nil, err
-			}
-		}
-		for _, f := range []string{fileState, fileExit, fileSpec, fileResolv} {
-			if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return nil, fmt.Errorf("reset instance directory: %w", err)
-			}
-		}
+	fresh, err := p.reset(dir)
+	if err != nil {
+		return nil, err
 	}
 	var cgPath string
 	defer func() {
@@ -202,8 +185,76 @@ func (p *Process) start(ctx context.Context, spec Spec) (_ *processHandle, err e
 			_ = os.Remove(filepath.Join(dir, fileState))
 		}
 	}()
+	if err := prepareDir(dir, &spec); err != nil {
+		return nil, err
+	}
+	if cgPath, err = p.limitMemory(spec); err != nil {
+		return nil, err
+	}
 
-	// Resolve the spec's defaults; the shim reads the result.
+	var s state
+	cmd, _, err := launchShim(ctx, shimLaunch{
+		dir:  dir,
+		path: p.cfg.ShimPath,
+		args: []string{"meridian-shim", spec.ID},
+		env:  append([]string{shimEnv + "=" + dir, "GOMAXPROCS=1"}, p.cfg.ShimEnv...),
+		attr: &syscall.SysProcAttr{
+			Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,
+			Setsid:     true,
+		},
+		timeout: p.cfg.StartTimeout,
+		late:    "shim did not answer",
+		prepare: func(pid int, startTime uint64, startedAt time.Time) error {
+			if cgPath != "" {
+				if err := addProc(cgPath, pid); err != nil {
+					return fmt.Errorf("spec.memory_mb: %w", err)
+				}
+			}
+			s = state{ID: spec.ID, Pid: pid, StartTime: startTime, StartedAt: startedAt, Cgroup: cgPath, Spec: spec}
+			return writeJSONFile(filepath.Join(dir, fileState), s)
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	pid := s.Pid
+	h := newHandle(p, s)
+	h.cmd = cmd
+	go h.watchChild()
+	p.log.Debug("instance started", "instance", spec.ID, "pid", pid, "cgroup", cgPath)
+	return h, nil
+}
+
+// reset readies an instance directory for a start: a new one (fresh), or
+// the one a stopped instance left, whose state, exit, spec and cgroup go
+// (its log and working directory stay). A still running instance is
+// ErrExists.
+func (p *Process) reset(dir string) (fresh bool, err error) {
+	_, statErr := os.Stat(dir)
+	if errors.Is(statErr, os.ErrNotExist) {
+		return true, nil
+	}
+	var old state
+	if readJSONFile(filepath.Join(dir, fileState), &old) == nil {
+		if ok, _ := sameProcess(old.Pid, old.StartTime); ok {
+			return false, fmt.Errorf("pid %d: %w", old.Pid, ErrExists)
+		}
+		if err := removeCgroup(old.Cgroup); err != nil {
+			return false, err
+		}
+	}
+	for _, f := range []string{fileState, fileExit, fileSpec, fileResolv} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return false, fmt.Errorf("reset instance directory: %w", err)
+		}
+	}
+	return false, nil
+}
+
+// prepareDir resolves spec's defaults and writes what the shim reads into
+// the instance directory: the working directory (the workload's own, when
+// it runs as its own user), the resolv.conf to mount and the spec.
+func prepareDir(dir string, spec *Spec) error {
 	if spec.Hostname == "" {
 		spec.Hostname = spec.ID[:min(len(spec.ID), 64)]
 	}
@@ -211,154 +262,62 @@ func (p *Process) start(ctx context.Context, spec Spec) (_ *processHandle, err e
 		spec.LogMaxBytes = DefaultLogMaxBytes
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create instance directory: %w", err)
+		return fmt.Errorf("create instance directory: %w", err)
 	}
 	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create instance directory: %w", err)
+		return fmt.Errorf("create instance directory: %w", err)
 	}
 	defaultWork := spec.WorkDir == ""
 	if defaultWork {
 		spec.WorkDir = filepath.Join(dir, dirWork)
 	}
 	if err := os.MkdirAll(spec.WorkDir, 0o755); err != nil {
-		return nil, fmt.Errorf("spec.work_dir: %w", err)
+		return fmt.Errorf("spec.work_dir: %w", err)
 	}
 	spec.MountedWorkDir = ""
 	if spec.User != nil && defaultWork {
 		// The workload's own directory, shown to it at UserWorkDir (the
 		// instance directory around it is closed to it).
 		if err := os.MkdirAll(UserWorkDir, 0o755); err != nil {
-			return nil, fmt.Errorf("spec.user: mount point %s: %w", UserWorkDir, err)
+			return fmt.Errorf("spec.user: mount point %s: %w", UserWorkDir, err)
 		}
 		if err := os.Chown(spec.WorkDir, int(spec.User.UID), int(spec.User.GID)); err != nil {
-			return nil, fmt.Errorf("spec.user: %w", err)
+			return fmt.Errorf("spec.user: %w", err)
 		}
 		if err := os.Chmod(spec.WorkDir, 0o700); err != nil {
-			return nil, fmt.Errorf("spec.user: %w", err)
+			return fmt.Errorf("spec.user: %w", err)
 		}
 		spec.MountedWorkDir = UserWorkDir
 	}
 	if spec.ResolvConf != "" {
 		if _, err := os.Stat("/etc/resolv.conf"); err != nil {
-			return nil, fmt.Errorf("spec.resolv_conf: the host has no /etc/resolv.conf to mount over: %w", err)
+			return fmt.Errorf("spec.resolv_conf: the host has no /etc/resolv.conf to mount over: %w", err)
 		}
 		if err := os.WriteFile(filepath.Join(dir, fileResolv), []byte(spec.ResolvConf), 0o644); err != nil {
-			return nil, fmt.Errorf("spec.resolv_conf: %w", err)
+			return fmt.Errorf("spec.resolv_conf: %w", err)
 		}
 	}
-	if err := writeJSONFile(filepath.Join(dir, fileSpec), spec); err != nil {
-		return nil, err
-	}
-	if spec.MemoryMB > 0 {
-		if p.cgOK {
-			if cgPath, err = p.cg.create(spec.ID, uint64(spec.MemoryMB)<<20); err != nil {
-				return nil, fmt.Errorf("spec.memory_mb: %w", err)
-			}
-		} else {
-			p.warnOnce.Do(func() {
-				p.log.Warn("memory limits disabled: cgroup v1 memory controller not writable; instances run without limits",
-					"cgroup", p.cg.dir, "err", p.cgErr, "instance", spec.ID)
-			})
-		}
-	}
+	return writeJSONFile(filepath.Join(dir, fileSpec), spec)
+}
 
-	shimLog, err := os.OpenFile(filepath.Join(dir, fileShim), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+// limitMemory creates the instance's memory cgroup when its spec asks for
+// a limit and the machine can set one ("" otherwise: warned once).
+func (p *Process) limitMemory(spec Spec) (string, error) {
+	if spec.MemoryMB <= 0 {
+		return "", nil
+	}
+	if !p.cgOK {
+		p.warnOnce.Do(func() {
+			p.log.Warn("memory limits disabled: cgroup v1 memory controller not writable; instances run without limits",
+				"cgroup", p.cg.dir, "err", p.cgErr, "instance", spec.ID)
+		})
+		return "", nil
+	}
+	path, err := p.cg.create(spec.ID, uint64(spec.MemoryMB)<<20)
 	if err != nil {
-		return nil, fmt.Errorf("open shim log: %w", err)
+		return "", fmt.Errorf("spec.memory_mb: %w", err)
 	}
-	defer shimLog.Close()
-	goR, goW, err := os.Pipe()
-	if err != nil {
-		return nil, fmt.Errorf("pipe: %w", err)
-	}
-	defer goW.Close()
-	ansR, ansW, err := os.Pipe()
-	if err != nil {
-		goR.Close()
-		return nil, fmt.Errorf("pipe: %w", err)
-	}
-	defer ansR.Close()
-
-	cmd := &exec.Cmd{
-		Path:       p.cfg.ShimPath,
-		Args:       []string{"meridian-shim", spec.ID},
-		Env:        append([]string{shimEnv + "=" + dir, "GOMAXPROCS=1"}, p.cfg.ShimEnv...),
-		Stdout:     shimLog,
-		Stderr:     shimLog,
-		ExtraFiles: []*os.File{goR, ansW}, // fds 3 and 4
-		SysProcAttr: &syscall.SysProcAttr{
-			Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,
-			Setsid:     true,
-		},
-	}
-	err = cmd.Start()
-	goR.Close()
-	ansW.Close()
-	if err != nil {
-		return nil, fmt.Errorf("start shim %s: %w", p.cfg.ShimPath, err)
-	}
-	startedAt := time.Now()
-	pid := cmd.Process.Pid
-	abort := func(cause error) (*processHandle, error) {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		return nil, cause
-	}
-	st, err := readProcStat(pid)
-	if err != nil {
-		return abort(fmt.Errorf("read shim start time: %w", err))
-	}
-	if cgPath != "" {
-		if err := addProc(cgPath, pid); err != nil {
-			return abort(fmt.Errorf("spec.memory_mb: %w", err))
-		}
-	}
-	s := state{ID: spec.ID, Pid: pid, StartTime: st.StartTime, StartedAt: startedAt, Cgroup: cgPath, Spec: spec}
-	if err := writeJSONFile(filepath.Join(dir, fileState), s); err != nil {
-		return abort(err)
-	}
-	if _, err := goW.Write([]byte("go")); err != nil {
-		return abort(fmt.Errorf("%w: %s", errShimGone, readShimLog(dir)))
-	}
-	goW.Close()
-
-	// Wait for the shim's answer.
-	type answer struct {
-		line string
-		err  error
-	}
-	ansc := make(chan answer, 1)
-	go func() {
-		line, err := bufio.NewReader(ansR).ReadString('\n')
-		ansc <- answer{line, err}
-	}()
-	timer := time.NewTimer(p.cfg.StartTimeout)
-	defer timer.Stop()
-	var a answer
-	select {
-	case a = <-ansc:
-	case <-timer.C:
-		return abort(fmt.Errorf("shim did not answer within %v: %s", p.cfg.StartTimeout, readShimLog(dir)))
-	case <-ctx.Done():
-		return abort(ctx.Err())
-	}
-	switch {
-	case strings.HasPrefix(a.line, "ok "):
-	case strings.HasPrefix(a.line, "err "):
-		_ = cmd.Wait()
-		return nil, errors.New(strings.TrimSpace(strings.TrimPrefix(a.line, "err ")))
-	default:
-		_ = cmd.Wait()
-		if a.err != nil && !errors.Is(a.err, io.EOF) {
-			return nil, fmt.Errorf("read shim answer: %w", a.err)
-		}
-		return nil, fmt.Errorf("%w: %s", errShimGone, readShimLog(dir))
-	}
-	h := newHandle(p, s)
-	h.cmd = cmd
-	go h.watchChild()
-	p.log.Debug("instance started", "instance", spec.ID, "pid", pid, "cgroup", cgPath)
-	return h, nil
+	return path, nil
 }
 
 // Recover re-adopts a running instance; see Driver.
