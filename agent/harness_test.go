@@ -106,7 +106,7 @@ func (r *testRegion) agentConfig(t *testing.T, name, dc string) Config {
 		DataDir:           filepath.Join(t.TempDir(), name),
 		PortMin:           lo,
 		PortMax:           lo + 39,
-		Logger:            testutil.Logger().With("test_machine", name),
+		Logger:            testutil.Logger(t).With("test_machine", name),
 		RequestTimeout:    5 * time.Second,
 		StopTimeout:       2 * time.Second,
 		RestartBackoffMin: 100 * time.Millisecond,

@@ -2,16 +2,15 @@ package e2e
 
 import (
 	"context"
-	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/meridian-run/meridian/dev"
+	"github.com/meridian-run/meridian/testutil"
 )
 
 // TestDevStartsAgainOnPortClash: a port dev picked as free and another
@@ -47,7 +46,7 @@ func TestDevStartsAgainOnPortClash(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	env, err := dev.Start(ctx, dev.Config{StateDir: t.TempDir(), Topology: topo, Binary: meridianBin, APIListen: "127.0.0.1:0",
-		FreeAddr: free, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+		FreeAddr: free, Logger: testutil.Logger(t)})
 	if err != nil {
 		t.Fatalf("meridian dev with taken ports: %v", err)
 	}

@@ -336,7 +336,7 @@ func TestEdges(t *testing.T) {
 		}
 		e, err := edge.Start(t.Context(), edge.Config{Location: "par", Latitude: 48.86, Longitude: 2.35, Domain: in.info.Domain,
 			Listen: "127.0.0.1:0", StateDir: t.TempDir(), GlobalURL: in.info.API, GlobalToken: strings.TrimSpace(string(edgeToken)), Identity: id,
-			Dial: links.dial, DialRegion: links.dial, Logger: testutil.Logger()})
+			Dial: links.dial, DialRegion: links.dial, Logger: testutil.Logger(t)})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -100,7 +100,7 @@ func service(name string, prefixes []string, eps ...regionapi.Endpoint) regionap
 func startEdge(t testing.TB, tweak func(*Config)) *Server {
 	t.Helper()
 	cfg := Config{Location: "par", Latitude: parLat, Longitude: parLon, Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0",
-		StateDir: t.TempDir(), Logger: testutil.Logger(), EjectBase: 2 * time.Second, ShutdownTimeout: 5 * time.Second}
+		StateDir: t.TempDir(), Logger: testutil.Logger(t), EjectBase: 2 * time.Second, ShutdownTimeout: 5 * time.Second}
 	if tweak != nil {
 		tweak(&cfg)
 	}

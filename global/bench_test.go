@@ -93,7 +93,7 @@ func BenchmarkDeployLatency(b *testing.B) {
 			}()
 			st := storetest.Open(b, "sqlite")
 			cfg := rolloutConfig(b, st, tp, "bench", &calls{})
-			cfg.OnRegionCall, cfg.RolloutPoll, cfg.Logger = nil, tc.poll, testutil.Logger()
+			cfg.OnRegionCall, cfg.RolloutPoll, cfg.Logger = nil, tc.poll, testutil.Logger(b)
 			g := startGlobal(b, cfg)
 			h := &harness{t: b, srv: g, st: st, admin: api.NewClient(g.URL(), testAdminToken)}
 			tp.register(b, h.admin)

@@ -3,7 +3,6 @@ package global
 import (
 	"context"
 	"encoding/base64"
-	"log/slog"
 	"os"
 	"testing"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/store"
 	"github.com/meridian-run/meridian/store/storetest"
+	"github.com/meridian-run/meridian/testutil"
 )
 
 const testAdminToken = "test-admin-token-0123456789"
@@ -32,7 +32,7 @@ func newHarness(t testing.TB, st store.Store, opts ...func(*Config)) *harness {
 	key, _ := base64.StdEncoding.DecodeString(NewSecretKey())
 	cfg := Config{
 		Listen: "127.0.0.1:0", Store: st, AdminToken: testAdminToken, SecretKey: key,
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Logger: testutil.Logger(t),
 	}
 	for _, o := range opts {
 		o(&cfg)

@@ -105,7 +105,7 @@ func (tp *topology) startAgent(t testing.TB, name string, onInstance func(string
 		Region: name, RegionURLs: []string{srv.URL()}, JoinToken: tok.Value, Roots: tp.in.Root.Pool(),
 		TrustDomain: pkitest.TrustDomain, Datacenter: name + "1", Name: name + "1-a",
 		MilliCPU: 4000, MemoryMB: 4096, DataDir: t.TempDir(), PortMin: lo, PortMax: lo + 59,
-		Logger: testutil.Logger().With("test_machine", name+"1-a"), RequestTimeout: 5 * time.Second,
+		Logger: testutil.Logger(t).With("test_machine", name+"1-a"), RequestTimeout: 5 * time.Second,
 		StopTimeout: 2 * time.Second, RestartBackoffMin: 100 * time.Millisecond, RestartBackoffMax: 300 * time.Millisecond,
 		ReportDebounce: 50 * time.Millisecond,
 		OnInstance: func(in agent.Instance) {
@@ -205,7 +205,7 @@ func rolloutConfig(t testing.TB, st store.Store, tp *topology, owner string, rec
 		HealthChecks: []api.HealthCheck{{Port: 8080, TCP: &api.TCPCheck{}, GracePeriod: "100ms", Interval: "300ms", Timeout: "200ms"}}}
 	return Config{
 		Listen: "127.0.0.1:0", Store: st, AdminToken: testAdminToken, SecretKey: key,
-		Logger:     testutil.Logger().With("test_global", owner),
+		Logger:     testutil.Logger(t).With("test_global", owner),
 		RegionHTTP: tp.in.GlobalClient(t), RolloutPoll: 100 * time.Millisecond, RegionTimeout: 2 * time.Second,
 		RetryMin: 100 * time.Millisecond, RetryMax: time.Second, Owner: owner, LeaseTTL: 5 * time.Second,
 		SmokeDefinition: &smoke, SmokeTimeout: 30 * time.Second, OnRegionCall: rec.hook,

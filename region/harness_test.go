@@ -77,7 +77,7 @@ func startRegionErr(t testing.TB, in *pkitest.Installation, region string, ms []
 		EtcdTuning:       fastEtcd,
 		LeaseTTL:         2 * time.Second,
 		ScheduleInterval: time.Second,
-		Logger:           testutil.Logger(),
+		Logger:           testutil.Logger(t),
 	}
 	if tweak != nil {
 		tweak(&cfg)

@@ -63,7 +63,7 @@ func startAgent(t *testing.T, in *pkitest.Installation, s *Server, name, dc stri
 		Region: s.cfg.Region, RegionURLs: []string{s.URL()}, JoinToken: tok.Value, Roots: in.Root.Pool(),
 		TrustDomain: pkitest.TrustDomain, Datacenter: dc, Name: name, MilliCPU: 4000, MemoryMB: 4096,
 		DataDir: filepath.Join(t.TempDir(), name), PortMin: portBase, PortMax: portBase + 39,
-		Logger: testutil.Logger().With("test_machine", name), StopTimeout: 2 * time.Second,
+		Logger: testutil.Logger(t).With("test_machine", name), StopTimeout: 2 * time.Second,
 		ReportDebounce: 50 * time.Millisecond, FullReportInterval: time.Second,
 		Mesh: &agent.MeshConfig{Net: fmt.Sprintf("127.%d.0.0/16", meshOctet)},
 	})

@@ -1,8 +1,8 @@
 // Package testutil holds what Meridian's tests share: a TestMain that
-// builds the demo app (and serves the process driver's shim), a quiet
-// logger, free loopback ports, bounded contexts, a buffer safe for
-// concurrent use, and polling a condition against a deadline instead of
-// sleeping and hoping.
+// builds the demo app (and serves the process driver's shim), a logger
+// writing to the test's output, Slow for the tests `make unit` skips, free
+// loopback ports, bounded contexts, a buffer safe for concurrent use, and
+// polling a condition against a deadline instead of sleeping and hoping.
 package testutil
 
 import (
@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -66,14 +67,53 @@ func moduleRoot() (string, error) {
 	return filepath.Dir(strings.TrimSpace(string(out))), nil
 }
 
-// Logger logs warnings and errors to stderr, everything with
-// MERIDIAN_TEST_DEBUG set.
-func Logger() *slog.Logger {
+// Logger logs warnings and errors (everything, with MERIDIAN_TEST_DEBUG
+// set) to the test's own output, t.Log's, so a component's logs show with
+// the test that failed and stay out of the terminal otherwise. Records
+// that arrive after the test ended (a goroutine still stopping) go to
+// stderr rather than panicking in t.Log.
+func Logger(t testing.TB) *slog.Logger {
 	level := slog.LevelWarn
 	if os.Getenv("MERIDIAN_TEST_DEBUG") != "" {
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	w := &testWriter{t: t}
+	t.Cleanup(w.end) // registered first: runs after the components' Close
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+// testWriter writes to t.Log until the test ends, to stderr after.
+type testWriter struct {
+	mu    sync.Mutex
+	t     testing.TB
+	ended bool
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ended {
+		return os.Stderr.Write(p)
+	}
+	w.t.Helper()
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+func (w *testWriter) end() {
+	w.mu.Lock()
+	w.ended = true
+	w.mu.Unlock()
+}
+
+// Slow marks a test that starts real processes, etcd members or whole
+// installations, or otherwise runs for seconds: `make unit` (go test
+// -short) skips it; `make test` and CI run it.
+func Slow(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("slow (real processes, etcd or seconds of waiting): skipped by -short; make test runs it")
+	}
 }
 
 // FreePort returns a loopback port that was free a moment ago.

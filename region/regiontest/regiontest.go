@@ -34,7 +34,7 @@ func Start(t testing.TB, in *pkitest.Installation, name string) (*region.Server,
 			EtcdTuning:       func(c *embed.Config) { c.TickMs, c.ElectionMs = 50, 500 },
 			LeaseTTL:         2 * time.Second,
 			ScheduleInterval: time.Second,
-			Logger:           testutil.Logger().With("test_region", name),
+			Logger:           testutil.Logger(t).With("test_region", name),
 		})
 		if !testutil.PortTaken(err) {
 			break
