@@ -2,9 +2,11 @@ package region
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -53,18 +55,59 @@ func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.Che
 	return ce
 }
 
+// benign are etcd warnings that say nothing an operator can act on: how
+// the region configures its member on purpose (one port for gRPC and
+// HTTP, 16 MiB requests for large plans, no etcd auth: mutual TLS admits
+// only the region's servers) and its listeners closing at shutdown. They
+// are written at debug level.
+// A message is benign when its error field (if the entry names one)
+// contains the given text.
+var benign = []struct{ msg, err string }{
+	{"Running http and grpc server on single port", ""},
+	{"exceeded recommended request limit", ""},
+	{"simple token is not cryptographically signed", ""},
+	{"setting up serving from embedded etcd failed", ""},
+	{"stopping secure grpc server due to error", ""},
+	{"stopped secure grpc server due to error", ""},
+	// A new member's first start, before it has a raft term.
+	{"Failed to detect schema version", "missing term information"},
+	{"failed to update storage version", "missing term information"},
+	// The client's retry of a call its caller canceled (at Close).
+	{"retrying of unary invoker failed", "context canceled"},
+}
+
 // Write hands one entry to the handler.
 func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
-	r := slog.NewRecord(e.Time, slogLevel(e.Level), e.Message, 0)
+	as := attrs(fields)
+	level := slogLevel(e.Level)
+	for _, b := range benign {
+		if strings.HasPrefix(e.Message, b.msg) && strings.Contains(errorField(as), b.err) {
+			level = slog.LevelDebug
+		}
+	}
+	if !c.h.Enabled(context.Background(), level) {
+		return nil
+	}
+	r := slog.NewRecord(e.Time, level, e.Message, 0)
 	if e.LoggerName != "" {
 		r.AddAttrs(slog.String("logger", e.LoggerName))
 	}
-	r.AddAttrs(attrs(fields)...)
+	r.AddAttrs(as...)
 	return c.h.Handle(context.Background(), r)
 }
 
 // Sync has nothing to flush: the handler writes as it goes.
 func (c *slogCore) Sync() error { return nil }
+
+// errorField is the text of an entry's "error" field ("" without one).
+func errorField(as []slog.Attr) string {
+	for _, a := range as {
+		if a.Key == "error" {
+			return fmt.Sprint(a.Value.Any())
+		}
+	}
+	return ""
+}
 
 // attrs converts zap fields with zap's own encoder.
 func attrs(fields []zapcore.Field) []slog.Attr {

@@ -98,9 +98,11 @@ type feedCounter struct {
 
 func countFeed(ctx context.Context, hc *http.Client, url string) *feedCounter {
 	fc := &feedCounter{}
+	stream := *hc
+	stream.Timeout = 0 // a feed is a stream: ctx ends it, not a whole-request timeout
 	go func() {
 		req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
-		resp, err := hc.Do(req)
+		resp, err := stream.Do(req)
 		if err != nil {
 			fc.err.Store(err)
 			return
