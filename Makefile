@@ -2,7 +2,7 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: run test check fmt vet staticcheck build bench clean
+.PHONY: run test unit check fmt vet staticcheck build bench clean
 
 ## run: build, start a whole installation (meridian dev: global, 3 regions,
 ## 12 machines) and deploy the bundled example; Ctrl-C stops everything.
@@ -15,6 +15,13 @@ run: build
 ## ports they pick and for the 2 cores their timings assume.
 test: check
 	$(GO) test -race -count=1 -p 1 -timeout 30m $(PKGS)
+
+## unit: the fast tier while working: pure and in-process tests, without
+## the race detector (make test adds it); tests that start processes,
+## etcd or installations call testutil.Slow (or their package's TestMain
+## testutil.SlowPackage) and are skipped by -short. make test runs all.
+unit:
+	$(GO) test -short -count=1 $(PKGS)
 
 ## check: formatting, go vet and staticcheck.
 check: fmt vet staticcheck

@@ -14,6 +14,7 @@ import (
 // dc2, then kills a dc1 machine (its instance is replaced in dc1), then the
 // other dc1 machine (its instance is replaced in dc2).
 func TestFailover(t *testing.T) {
+	testutil.Slow(t)
 	r := newRegion(t, "fra")
 	agents := map[string]*testAgent{
 		"m1": r.startAgent(t, "m1", "dc1", nil),

@@ -28,6 +28,7 @@ import (
 // instance with a reason naming the image, and the other services are
 // untouched.
 func TestImageInstances(t *testing.T) {
+	testutil.Slow(t)
 	reg := imagetest.StartRegistry(t)
 	hello := filepath.Join(t.TempDir(), "hello")
 	if err := imagetest.BuildStatic("examples/hello", hello); err != nil {

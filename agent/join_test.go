@@ -29,6 +29,7 @@ func (r *testRegion) machines(t *testing.T) []string {
 }
 
 func TestJoin(t *testing.T) {
+	testutil.Slow(t)
 	r := newRegion(t, "fra")
 
 	t.Run("valid token", func(t *testing.T) {

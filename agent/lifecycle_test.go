@@ -67,6 +67,7 @@ func (e *events) firstFailed() (event, bool) {
 // restart limit, then reported failed, then replaced by the region on the
 // other machine.
 func TestCrashLoop(t *testing.T) {
+	testutil.Slow(t)
 	r := newRegion(t, "fra")
 	var ev events
 	agents := map[string]*testAgent{}
@@ -125,6 +126,7 @@ func TestCrashLoop(t *testing.T) {
 // TestUnhealthyReason: an instance failing its HTTP check is restarted with
 // the check named by its declared port.
 func TestUnhealthyReason(t *testing.T) {
+	testutil.Slow(t)
 	r := newRegion(t, "fra")
 	var ev events
 	r.startAgent(t, "m1", "dc1", func(c *Config) { c.OnInstance = ev.hook("m1") })
@@ -149,6 +151,7 @@ func TestUnhealthyReason(t *testing.T) {
 // started again on the same DataDir re-adopts them: same ids, same pids,
 // same ports, no duplicates.
 func TestAgentRestart(t *testing.T) {
+	testutil.Slow(t)
 	r := newRegion(t, "fra")
 	a := r.startAgent(t, "m1", "dc1", nil)
 	key := r.apply(t, "web", 1, "dep-1", helloDef("fra", 2), nil)
@@ -242,6 +245,7 @@ func TestAgentRestart(t *testing.T) {
 // by going silent (a blackhole: the agent's watchdog and request timeouts
 // must notice).
 func TestComeBack(t *testing.T) {
+	testutil.Slow(t)
 	t.Run("reset", func(t *testing.T) { testComeBack(t, (*linkProxy).cut) })
 	t.Run("blackhole", func(t *testing.T) { testComeBack(t, (*linkProxy).blackhole) })
 }

@@ -72,6 +72,7 @@ func askCaller(t *testing.T, is regionapi.InstanceStatus, path string) []byte {
 // (resolv.conf pointing at its agent's DNS server on port 53), over mutual
 // TLS between the two node proxies.
 func TestMeshThroughARealRegion(t *testing.T) {
+	testutil.Slow(t)
 	caller := buildCaller(t)
 	r := newRegion(t, "fra")
 	withMesh := func(c *Config) { c.Mesh = &MeshConfig{Net: nextMeshNet(), ProbeInterval: time.Second} }

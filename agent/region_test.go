@@ -29,6 +29,7 @@ func (r *testRegion) aliveRevision(t *testing.T, machine string) int64 {
 // TestRegionFailover: with two region URLs, losing either one keeps the
 // machine alive (its lease never lapses), watched and reporting.
 func TestRegionFailover(t *testing.T) {
+	testutil.Slow(t)
 	r := newRegion(t, "fra")
 	pa, pb := newLinkProxy(t, r.srv.Addr()), newLinkProxy(t, r.srv.Addr())
 	pa.cut() // the first server is down from the start: join fails over
@@ -70,6 +71,7 @@ func TestRegionFailover(t *testing.T) {
 // expires and saved; heartbeats carry on with it and a restarted agent
 // loads it.
 func TestRenew(t *testing.T) {
+	testutil.Slow(t)
 	// CAs outlive the machine certificates (24h), which renew 3s after
 	// issue.
 	r := newRegionWith(t, "fra", installation(t, "fra", 72*time.Hour))

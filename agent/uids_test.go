@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/meridian-run/meridian/testutil"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -72,6 +73,7 @@ func uidOf(t *testing.T, pid int) int {
 // instances run as the service's own unprivileged user (the shim stays
 // root) and serve as usual.
 func TestInstancesRunAsTheirServiceUser(t *testing.T) {
+	testutil.Slow(t)
 	r := newRegion(t, "fra")
 	const base = 4100000
 	ta := r.startAgent(t, "fra1-a", "fra1", func(c *Config) { c.InstanceUIDBase = base })

@@ -61,6 +61,7 @@ func newPKI(t *testing.T, dir string, hosts ...string) (pkiDir string, roots *x5
 // without; running `pki global` again rotates the served certificate
 // without a restart.
 func TestGlobalServesHTTPSFromPKI(t *testing.T) {
+	testutil.Slow(t)
 	dir := t.TempDir()
 	pkiDir, roots := newPKI(t, dir, "localhost", "127.0.0.1")
 	apiURL, _ := runGlobal(t, "--state-dir", filepath.Join(dir, "global"), "--listen", "127.0.0.1:0", "--log-level", "error",

@@ -188,6 +188,7 @@ const (
 )
 
 func TestOCIImageConfigHonoured(t *testing.T) {
+	slow(t)
 	e := newOCIEnv(t)
 	ref := e.push(t, "probe/config", v1.Config{
 		Entrypoint: []string{"/bin/probe"}, Cmd: []string{"info"},
@@ -273,6 +274,7 @@ func TestOCIImageConfigHonoured(t *testing.T) {
 }
 
 func TestOCIWhiteoutsAndWritableLayers(t *testing.T) {
+	slow(t)
 	e := newOCIEnv(t)
 	lower := imagetest.Layer(t, imagetest.File{Name: "data/"}, imagetest.File{Name: "data/old", Body: "old"},
 		imagetest.File{Name: "data/gone", Body: "gone"}, imagetest.File{Name: "opq/"}, imagetest.File{Name: "opq/hidden", Body: "h"})
@@ -308,6 +310,7 @@ func TestOCIWhiteoutsAndWritableLayers(t *testing.T) {
 }
 
 func TestOCIOOMKilled(t *testing.T) {
+	slow(t)
 	e := newOCIEnv(t)
 	ref := e.push(t, "probe/oom", v1.Config{Entrypoint: []string{"/bin/probe", "alloc"}})
 	id := uniqueID(t, "oom")
@@ -329,6 +332,7 @@ func TestOCIOOMKilled(t *testing.T) {
 }
 
 func TestOCIStopStatsAndLogs(t *testing.T) {
+	slow(t)
 	e := newOCIEnv(t)
 	ref := e.push(t, "probe/tick", v1.Config{Entrypoint: []string{"/bin/probe"}, Cmd: []string{"tick"}})
 	id := uniqueID(t, "tick")
@@ -391,6 +395,7 @@ func TestOCIStopStatsAndLogs(t *testing.T) {
 }
 
 func TestOCIBadImagesFailClearly(t *testing.T) {
+	slow(t)
 	e := newOCIEnv(t)
 	evil := e.reg.Push(t, "probe/evil:1", imagetest.Image(t, v1.Config{Entrypoint: []string{"/bin/probe"}}, probeLayer(t),
 		imagetest.Layer(t, imagetest.File{Name: "dev/"}, imagetest.File{Name: "dev/kmem", Type: '3', Devmajor: 1, Devminor: 2})))
@@ -412,6 +417,7 @@ func TestOCIBadImagesFailClearly(t *testing.T) {
 }
 
 func TestOCIRecoverAfterAgentKilled(t *testing.T) {
+	slow(t)
 	e := newOCIEnv(t)
 	ref := e.push(t, "probe/survivor", v1.Config{Entrypoint: []string{"/bin/probe", "tick"}})
 	if _, err := e.images.Pull(testCtx(t), ref); err != nil {
@@ -543,5 +549,15 @@ func TestRuntimesRouteBySpec(t *testing.T) {
 	<-h.Done()
 	if ids, _ := p.List(bgCtx()); len(ids) != 0 {
 		t.Errorf("left %v", ids)
+	}
+}
+
+// slow marks a test that runs real containers: `make unit` (go test
+// -short) skips it. (testutil.Slow, which imports this package, cannot be
+// used here.)
+func slow(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("slow (real containers): skipped by -short; make test runs it")
 	}
 }

@@ -29,6 +29,9 @@ import (
 var meridianBin, shimBin, helloBin string
 
 func TestMain(m *testing.M) {
+	if testutil.SlowPackage("starts a whole installation of processes") {
+		return
+	}
 	os.Exit(testutil.Main(m, map[string]*string{
 		"cmd/meridian": &meridianBin, "driver/meridian-shim": &shimBin, "examples/hello": &helloBin}))
 }

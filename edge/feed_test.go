@@ -75,6 +75,7 @@ func TestFollowsRegionFeeds(t *testing.T) {
 // leaves the region's last good state in use; the edge reconnects and
 // picks up the next good feed.
 func TestBadFeedsKeepTheLastGoodState(t *testing.T) {
+	testutil.Slow(t)
 	in := pkitest.New(t, "fra")
 	ff := newFeedServer(t, in, "fra")
 	f1 := newBackend(t, "fra-1", nil)
@@ -123,6 +124,7 @@ func TestBadFeedsKeepTheLastGoodState(t *testing.T) {
 // closed as failed and opened again; routing goes on from the last good
 // state meanwhile.
 func TestSilentFeedIsReopened(t *testing.T) {
+	testutil.Slow(t)
 	in := pkitest.New(t, "fra")
 	ff := newFeedServer(t, in, "fra") // sends on changes only: silent otherwise
 	f1 := newBackend(t, "fra-1", nil)
@@ -216,6 +218,7 @@ func (p *proxies) dial(ctx context.Context, network, addr string) (net.Conn, err
 // swallow every byte: the probe times out, the region goes last, and the
 // GETs waiting on it are cut and retried in Washington: none fails.
 func TestBlackholedRegion(t *testing.T) {
+	testutil.Slow(t)
 	in := pkitest.New(t, "fra", "was")
 	ff, wf := newFeedServer(t, in, "fra"), newFeedServer(t, in, "was")
 	f1, w1 := newBackend(t, "fra-1", nil), newBackend(t, "was-1", nil)

@@ -205,6 +205,7 @@ func TestFrontLaneAnswers(t *testing.T) {
 // closed after IdleTimeout, and at once by Close; a connection whose
 // headers come too slowly is closed after ReadHeaderTimeout.
 func TestFrontLaneTimeoutsAndShutdown(t *testing.T) {
+	testutil.Slow(t)
 	s := startEdge(t, func(c *Config) {
 		c.IdleTimeout = 400 * time.Millisecond
 		c.ReadHeaderTimeout = 300 * time.Millisecond
@@ -249,6 +250,7 @@ func TestFrontLaneTimeoutsAndShutdown(t *testing.T) {
 // a request with a body hands the connection to net/http, which still
 // knows it is HTTPS; clients that negotiate h2 are served by net/http.
 func TestFrontLaneHTTPS(t *testing.T) {
+	testutil.Slow(t)
 	in := pkitest.New(t, "fra")
 	s := startEdge(t, func(c *Config) {
 		c.TLSListen = "127.0.0.1:0"

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"github.com/meridian-run/meridian/testutil"
 	"io"
 	"net"
 	"net/http"
@@ -80,6 +81,7 @@ func TestForwardedHeadersAndRequestIDs(t *testing.T) {
 // headers (cut at ReadHeaderTimeout) or body (cut at ReadTimeout); the
 // edge keeps serving.
 func TestBadInput(t *testing.T) {
+	testutil.Slow(t)
 	s := startEdge(t, func(c *Config) {
 		c.MaxHeaderBytes = 4 << 10
 		c.MaxBodyBytes = 1 << 10
@@ -248,6 +250,7 @@ func TestStreamingPassesThrough(t *testing.T) {
 // over TLS (ALPN) with the edge's certificate from the installation's
 // CA, which names *.<domain>.
 func TestHTTP2(t *testing.T) {
+	testutil.Slow(t)
 	in := pkitest.New(t, "fra")
 	id := edgeIdentity(t, in)
 	s := startEdge(t, func(c *Config) {

@@ -197,6 +197,7 @@ func TestOrganizationsSeeOnlyTheirOwn(t *testing.T) {
 }
 
 func TestBadInputIsRefusedAndNothingStored(t *testing.T) {
+	testutil.Slow(t)
 	forEachStore(t, func(t *testing.T, h *harness) {
 		ctx := testutil.Context(t, time.Minute)
 		if _, err := h.acme.CreateApp(ctx, "hello", ""); err != nil {

@@ -81,6 +81,7 @@ func answer(c net.Conn, d time.Duration) (status int, closed bool, err error) {
 // after the body timeout and closed. An unauthenticated slow body is
 // answered 401 without waiting for its body, and closed.
 func TestSlowClientsCannotStarveGlobal(t *testing.T) {
+	testutil.Slow(t)
 	const perClient, attackers = 8, 20
 	bodyTimeout := 3 * time.Second
 	h := newHarness(t, storetest.Open(t, "sqlite"), func(c *Config) {
@@ -178,6 +179,7 @@ func TestSlowClientsCannotStarveGlobal(t *testing.T) {
 // after the header timeout, and a keep-alive connection after the idle
 // timeout.
 func TestIdleAndHeaderTimeouts(t *testing.T) {
+	testutil.Slow(t)
 	h := newHarness(t, storetest.Open(t, "sqlite"), func(c *Config) {
 		c.ReadHeaderTimeout = 500 * time.Millisecond
 		c.IdleTimeout = 500 * time.Millisecond
@@ -213,6 +215,7 @@ func TestIdleAndHeaderTimeouts(t *testing.T) {
 // body timeout no longer applies: an answer that takes several times as
 // long is delivered and its request context is not canceled.
 func TestBodyDeadlineSparesLongAnswers(t *testing.T) {
+	testutil.Slow(t)
 	s := &Server{cfg: Config{BodyTimeout: 200 * time.Millisecond}}
 	ctxErr := make(chan error, 1)
 	srv := &http.Server{Handler: s.boundBodies(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

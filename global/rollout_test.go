@@ -27,6 +27,7 @@ import (
 // and deletes its services when it ends: one failing does not fail the
 // next.
 func TestRollouts(t *testing.T) {
+	testutil.Slow(t)
 	tp := newTopology(t, "fra", "was", "sin")
 	all := []string{"fra", "was", "sin"}
 	ctx := context.Background()

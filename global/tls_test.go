@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
+	"github.com/meridian-run/meridian/testutil"
 	"io"
 	"net"
 	"net/http"
@@ -40,6 +41,7 @@ func testServerCert(t *testing.T) (*pki.CA, *pki.Leaf) {
 // body timeout; a client that does not trust the root, or speaks plain
 // HTTP, gets nothing.
 func TestServesTLS(t *testing.T) {
+	testutil.Slow(t)
 	root, leaf := testServerCert(t)
 	rl, err := pki.NewReloader(leaf)
 	if err != nil {

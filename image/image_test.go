@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"github.com/meridian-run/meridian/testutil"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -66,6 +67,7 @@ func whiteoutImage(t testing.TB) v1.Image {
 }
 
 func TestPullUnpacksLayersWithWhiteouts(t *testing.T) {
+	testutil.Slow(t)
 	reg := imagetest.StartRegistry(t)
 	ref := reg.Push(t, "demo/whiteouts:1", whiteoutImage(t))
 	s := open(t, image.Config{})
@@ -176,6 +178,7 @@ func assertNoRootfs(t *testing.T, s *image.Store) {
 }
 
 func TestMaliciousLayersAreRefused(t *testing.T) {
+	testutil.Slow(t)
 	reg := imagetest.StartRegistry(t)
 	host := t.TempDir() // a host directory layers try to reach
 	for _, tc := range []struct {

@@ -26,6 +26,9 @@ import (
 var helloPath string
 
 func TestMain(m *testing.M) {
+	if testutil.SlowPackage("starts etcd") {
+		return
+	}
 	os.Exit(testutil.Main(m, map[string]*string{"examples/hello": &helloPath}))
 }
 

@@ -8,6 +8,7 @@ package testutil
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -104,6 +105,19 @@ func (w *testWriter) end() {
 	w.mu.Lock()
 	w.ended = true
 	w.mu.Unlock()
+}
+
+// SlowPackage, called first in a TestMain, reports whether the whole
+// package is to be skipped: under -short (`make unit`), for a package
+// whose every test is slow (why says what it starts). It says so on
+// stdout.
+func SlowPackage(why string) bool {
+	flag.Parse()
+	if !testing.Short() {
+		return false
+	}
+	fmt.Printf("skipped by -short: every test here %s; make test runs them\n", why)
+	return true
 }
 
 // Slow marks a test that starts real processes, etcd members or whole
