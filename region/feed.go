@@ -303,10 +303,12 @@ func (s *Server) followPeers(ctx context.Context) {
 	hc := &http.Client{Transport: regionapi.IdleTransport{Base: tr, Idle: s.cfg.PeerFeedIdle}}
 	running := map[string]context.CancelFunc{}
 	urls := map[string]string{}
+	var followers sync.WaitGroup
 	defer func() {
 		for _, cancel := range running {
 			cancel()
 		}
+		followers.Wait() // nothing outlives the server's Close
 	}()
 	wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.keys.peers())
 	for {
@@ -350,7 +352,7 @@ func (s *Server) followPeers(ctx context.Context) {
 				}
 				pctx, cancel := context.WithCancel(ctx)
 				running[id], urls[id] = cancel, peer.URL
-				go s.followPeer(pctx, regionapi.NewClient(peer.URL, hc), peer)
+				followers.Go(func() { s.followPeer(pctx, regionapi.NewClient(peer.URL, hc), peer) })
 			}
 		}
 		select {

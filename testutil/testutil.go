@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/meridian-run/meridian/driver"
 )
 
@@ -118,6 +120,20 @@ func SlowPackage(why string) bool {
 	}
 	fmt.Printf("skipped by -short: every test here %s; make test runs them\n", why)
 	return true
+}
+
+// NoLeaks checks, once the test and every cleanup registered after this
+// call have run (components' Close among them), that no goroutine started
+// since is left running: call it before starting a component. Goroutines
+// still ending are given goleak's grace (it retries for a while).
+func NoLeaks(t testing.TB) {
+	t.Helper()
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() {
+		if err := goleak.Find(ignore); err != nil {
+			t.Errorf("goroutines left running after the test and its cleanups: %v", err)
+		}
+	})
 }
 
 // Slow marks a test that starts real processes, etcd members or whole
