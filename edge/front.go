@@ -31,7 +31,12 @@ import (
 // to an h2c instance, anything it cannot parse), the connection is handed
 // to net/http's server with the bytes read since that request began
 // replayed in front of the rest: net/http serves it from then on, with
-// its own checks and error answers. A client that leaves while its
+// its own checks and error answers. A request the lane cannot parse goes
+// to a server of HTTP/1 alone: the plain listener's server, which also
+// takes HTTP/2 with prior knowledge, first waits for the 24 bytes of
+// HTTP/2's preface, so a short malformed request ("HELLO\r\n\r\n") would
+// get its 400 only at ReadHeaderTimeout; net/http's HTTP/1 server answers
+// it at once. A client that leaves while its
 // bodyless request waits on an instance is noticed when the answer is
 // written (bounded by ResponseHeaderTimeout), not before.
 
@@ -41,8 +46,11 @@ type front struct {
 	ln      net.Listener
 	tls     *tls.Config // set on the HTTPS listener
 	handoff *handoffListener
-	served  atomic.Int64 // requests the lane answered
-	handed  atomic.Int64 // connections handed to net/http
+	// malformed takes the connections whose request could not be parsed
+	// (the plain listener: a server of HTTP/1 alone); nil: handoff.
+	malformed *handoffListener
+	served    atomic.Int64 // requests the lane answered
+	handed    atomic.Int64 // connections handed to net/http
 
 	mu      sync.Mutex
 	conns   map[*frontConn]bool // true while idle (between requests)
@@ -66,8 +74,11 @@ var (
 )
 
 func newFront(s *Server, ln net.Listener, tc *tls.Config) *front {
-	return &front{s: s, ln: ln, tls: tc, conns: map[*frontConn]bool{},
-		handoff: &handoffListener{addr: ln.Addr(), ch: make(chan net.Conn), done: make(chan struct{})}}
+	return &front{s: s, ln: ln, tls: tc, conns: map[*frontConn]bool{}, handoff: newHandoffListener(ln.Addr())}
+}
+
+func newHandoffListener(addr net.Addr) *handoffListener {
+	return &handoffListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
 }
 
 // serve accepts connections until the listener is closed.
@@ -213,11 +224,15 @@ func (f *front) serveConn(fc *frontConn) {
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || isTimeout(err) {
 				return // the client left or was too slow: nothing to answer
 			}
-			handedOff = f.handOff(fc)
+			to := f.handoff
+			if f.malformed != nil {
+				to = f.malformed
+			}
+			handedOff = f.handOff(fc, to)
 			return
 		}
 		if !f.takes(r) {
-			handedOff = f.handOff(fc)
+			handedOff = f.handOff(fc, f.handoff)
 			return
 		}
 		r.RemoteAddr = fc.remote
@@ -287,15 +302,15 @@ func (f *front) takes(r *http.Request) bool {
 	return true
 }
 
-// handOff gives the connection to net/http's server, the bytes read
-// since the current request began replayed first; false when the server
-// is closed (the connection is then closed by the caller).
-func (f *front) handOff(fc *frontConn) bool {
+// handOff gives the connection to a net/http server's listener, the
+// bytes read since the current request began replayed first; false when
+// the server is closed (the connection is then closed by the caller).
+func (f *front) handOff(fc *frontConn, to *handoffListener) bool {
 	f.handed.Add(1)
 	replay := make([]byte, len(fc.rec.buf))
 	copy(replay, fc.rec.buf)
 	fc.c.SetReadDeadline(time.Time{})
-	return f.handoff.give(&replayConn{Conn: fc.c, replay: replay, tls: fc.tls})
+	return to.give(&replayConn{Conn: fc.c, replay: replay, tls: fc.tls})
 }
 
 // looksLikeHTTP reports whether a TLS record header is the start of a
@@ -497,9 +512,10 @@ func (w *h1Writer) WriteHeader(code int) {
 		bw.WriteString(strconv.Itoa(code))
 	}
 	bw.WriteString("\r\n")
-	for k, vv := range h {
+	var kb [32]string
+	for _, k := range sortedKeys(h, kb[:0]) {
 		if !strings.HasPrefix(k, http.TrailerPrefix) {
-			writeField(bw, k, vv)
+			writeField(bw, k, h[k])
 		}
 	}
 	if h["Date"] == nil {
@@ -574,13 +590,14 @@ func (w *h1Writer) finish() error {
 	}
 	if w.chunked {
 		w.bw.WriteString("0\r\n")
-		for k, vv := range w.h {
+		var kb [32]string
+		for _, k := range sortedKeys(w.h, kb[:0]) {
 			name, prefixed := strings.CutPrefix(k, http.TrailerPrefix)
 			if !prefixed && !containsFold(w.trailers, k) {
 				continue
 			}
 			if httpguts.ValidHeaderFieldName(name) {
-				writeField(w.bw, name, vv)
+				writeField(w.bw, name, w.h[k])
 			}
 		}
 		w.bw.WriteString("\r\n")

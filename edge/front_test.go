@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meridian-run/meridian/pki/pkitest"
 	"github.com/meridian-run/meridian/testutil"
 )
 
@@ -251,11 +250,7 @@ func TestFrontLaneTimeoutsAndShutdown(t *testing.T) {
 // knows it is HTTPS; clients that negotiate h2 are served by net/http.
 func TestFrontLaneHTTPS(t *testing.T) {
 	testutil.Slow(t)
-	in := pkitest.New(t, "fra")
-	s := startEdge(t, func(c *Config) {
-		c.TLSListen = "127.0.0.1:0"
-		c.TLSCertificates = edgeIdentity(t, in)
-	})
+	s, in := startHTTPSEdge(t)
 	seed(t, s, fra, service("web", nil, endpointOf("e", echoBackend(t))))
 	lane := s.fronts[1]
 	_, port, _ := net.SplitHostPort(strings.TrimPrefix(s.TLSURL(), "https://"))
@@ -324,4 +319,146 @@ func TestFrontLaneHTTPS(t *testing.T) {
 	} else {
 		resp.Body.Close()
 	}
+}
+
+// readToClose reads what the edge sends until it closes the connection,
+// within a deadline; closed is false when the deadline came first.
+func readToClose(c net.Conn, within time.Duration) (got string, closed bool) {
+	c.SetReadDeadline(time.Now().Add(within))
+	b, err := io.ReadAll(c)
+	return string(b), err == nil
+}
+
+// TestMalformedRequestAnsweredAtOnce: a request line the edge cannot
+// parse gets net/http's 400 and the connection closes at once — short
+// ones too (fewer bytes than HTTP/2's preface, which the plain listener's
+// server would otherwise wait for until ReadHeaderTimeout), on a fresh
+// connection, after a served request, and over HTTPS. The deadline is 5s,
+// half the default ReadHeaderTimeout this edge keeps.
+func TestMalformedRequestAnsweredAtOnce(t *testing.T) {
+	s, in := startHTTPSEdge(t)
+	seed(t, s, fra, service("web", nil, endpointOf("e", echoBackend(t))))
+	for _, bad := range []string{"HELLO\r\n\r\n", "X\r\n\r\n", "PRI * HTTP/2.0\r\nX\r\n\r\n", "GET /\r\n\r\n"} {
+		rc := dialEdge(t, s)
+		rc.send(bad)
+		if got, closed := readToClose(rc.c, 5*time.Second); !closed || !strings.HasPrefix(got, "HTTP/1.1 400 Bad Request") {
+			t.Fatalf("%q: closed %v, answer %q", bad, closed, got)
+		}
+		// The same after a request the front lane served.
+		rc = dialEdge(t, s)
+		rc.send("GET / HTTP/1.1\r\nHost: " + testHost + "\r\n\r\n")
+		if resp, _ := rc.read("GET"); resp.StatusCode != 200 {
+			t.Fatalf("GET before %q: %d", bad, resp.StatusCode)
+		}
+		rc.send(bad)
+		rest, err := io.ReadAll(io.MultiReader(rc.br, deadlineReader{rc.c, 5 * time.Second}))
+		if err != nil || !strings.HasPrefix(string(rest), "HTTP/1.1 400 Bad Request") {
+			t.Fatalf("%q after a served request: %v, answer %q", bad, err, rest)
+		}
+	}
+	tc, err := tls.Dial("tcp", strings.TrimPrefix(s.TLSURL(), "https://"), &tls.Config{RootCAs: in.Root.Pool(), ServerName: testHost})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	io.WriteString(tc, "HELLO\r\n\r\n")
+	if got, closed := readToClose(tc, 5*time.Second); !closed || !strings.HasPrefix(got, "HTTP/1.1 400 Bad Request") {
+		t.Fatalf("HTTPS: closed %v, answer %q", closed, got)
+	}
+	// HTTP/2 with prior knowledge still reaches net/http's h2c server.
+	h2c := dialEdge(t, s)
+	h2c.send("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+	h2c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var frame [9]byte
+	if _, err := io.ReadFull(h2c.br, frame[:]); err != nil || frame[3] != 0x4 {
+		t.Fatalf("h2c preface: want a SETTINGS frame, got % x (%v)", frame, err)
+	}
+}
+
+// deadlineReader reads a connection with a deadline set at its first read.
+type deadlineReader struct {
+	c      net.Conn
+	within time.Duration
+}
+
+func (d deadlineReader) Read(p []byte) (int, error) {
+	d.c.SetReadDeadline(time.Now().Add(d.within))
+	return d.c.Read(p)
+}
+
+// TestStableHeaderOrder: identical answers are byte-identical apart from
+// their Date, on the front lane, through net/http (a request with a
+// body) and over HTTPS: headers are written in a stable order, not in
+// the order of Go's maps.
+func TestStableHeaderOrder(t *testing.T) {
+	s, in := startHTTPSEdge(t)
+	b := newBackend(t, "headers", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		h := w.Header()
+		for i := range 12 {
+			h.Set(fmt.Sprintf("X-Field-%02d", i), fmt.Sprint(i))
+		}
+		h.Add("Set-Cookie", "a=1")
+		h.Add("Set-Cookie", "b=2")
+		h.Set("Content-Type", "text/plain")
+		h.Set("Content-Length", "5")
+		io.WriteString(w, "hello")
+	})
+	seed(t, s, fra, service("web", nil, endpointOf("e", b)))
+	// The edge's request id differs per request: it is cut out with Date.
+	strip := func(head string) string {
+		var keep []string
+		for _, l := range strings.Split(head, "\r\n") {
+			if !strings.HasPrefix(l, "Date: ") && !strings.HasPrefix(l, "X-Request-Id: ") {
+				keep = append(keep, l)
+			}
+		}
+		return strings.Join(keep, "\r\n")
+	}
+	rawHead := func(br *bufio.Reader) string {
+		var sb strings.Builder
+		for {
+			l, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatalf("reading an answer: %v (so far %q)", err, sb.String())
+			}
+			sb.WriteString(l)
+			if l == "\r\n" {
+				break
+			}
+		}
+		body := make([]byte, 5)
+		if _, err := io.ReadFull(br, body); err != nil || string(body) != "hello" {
+			t.Fatalf("body %q: %v", body, err)
+		}
+		return strip(sb.String())
+	}
+	check := func(name string, c net.Conn, req string) {
+		t.Helper()
+		br := bufio.NewReader(c)
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		var first string
+		for i := range 20 {
+			io.WriteString(c, req)
+			got := rawHead(br)
+			if i == 0 {
+				first = got
+				if !strings.Contains(got, "X-Field-11: 11") || !strings.Contains(got, "Set-Cookie: a=1\r\nSet-Cookie: b=2") {
+					t.Fatalf("%s: answer %q", name, got)
+				}
+			} else if got != first {
+				t.Fatalf("%s: answer %d differs:\n%q\nfirst:\n%q", name, i, got, first)
+			}
+		}
+	}
+	get := "GET / HTTP/1.1\r\nHost: " + testHost + "\r\n\r\n"
+	post := "POST / HTTP/1.1\r\nHost: " + testHost + "\r\nContent-Length: 2\r\n\r\nhi"
+	check("front lane", dialEdge(t, s).c, get)
+	check("net/http", dialEdge(t, s).c, post)
+	tc, err := tls.Dial("tcp", strings.TrimPrefix(s.TLSURL(), "https://"), &tls.Config{RootCAs: in.Root.Pool(), ServerName: testHost})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	check("HTTPS front lane", tc, get)
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -229,9 +230,10 @@ func writeRequest(bw *bufio.Writer, r *http.Request, reqID string) error {
 	bw.WriteString(r.Host)
 	bw.WriteString("\r\n")
 	tokens := connectionTokens(r.Header)
-	for k, vv := range r.Header {
+	var kb [32]string
+	for _, k := range sortedKeys(r.Header, kb[:0]) {
 		if !hopHeaders[k] && !setHeaders[k] && (tokens == nil || !containsFold(tokens, k)) {
-			writeField(bw, k, vv)
+			writeField(bw, k, r.Header[k])
 		}
 	}
 	for _, v := range r.Header["Te"] {
@@ -260,6 +262,18 @@ func writeRequest(bw *bufio.Writer, r *http.Request, reqID string) error {
 	bw.WriteString(reqID)
 	bw.WriteString("\r\n\r\n")
 	return bw.Flush()
+}
+
+// sortedKeys returns a header's names in order, appended to buf (a
+// caller's array, so that a usual header allocates nothing): headers are
+// written in a stable order, as net/http's server does, not in the random
+// order of Go's maps.
+func sortedKeys(h http.Header, buf []string) []string {
+	for k := range h {
+		buf = append(buf, k)
+	}
+	slices.Sort(buf)
+	return buf
 }
 
 // writeField writes a header field's lines.
@@ -419,11 +433,7 @@ func (s *Server) copyResponse(w http.ResponseWriter, st *reqState, ep *endpoint,
 	h.Set("X-Request-Id", st.id)
 	h.Set(RegionHeader, ep.region.info.ID)
 	if n := len(resp.Trailer); n > 0 {
-		keys := make([]string, 0, n)
-		for k := range resp.Trailer {
-			keys = append(keys, k)
-		}
-		h.Add("Trailer", strings.Join(keys, ", "))
+		h.Add("Trailer", strings.Join(sortedKeys(resp.Trailer, make([]string, 0, n)), ", "))
 	}
 	w.WriteHeader(resp.StatusCode)
 	flush := resp.ContentLength == -1 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")

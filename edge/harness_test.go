@@ -112,6 +112,18 @@ func startEdge(t testing.TB, tweak func(*Config)) *Server {
 	return s
 }
 
+// startHTTPSEdge starts an edge with an HTTPS listener too, serving the
+// edge certificate of a test installation (returned).
+func startHTTPSEdge(t testing.TB) (*Server, *pkitest.Installation) {
+	t.Helper()
+	in := pkitest.New(t, "fra")
+	s := startEdge(t, func(c *Config) {
+		c.TLSListen = "127.0.0.1:0"
+		c.TLSCertificates = edgeIdentity(t, in)
+	})
+	return s, in
+}
+
 // seed routes a region's services directly, as if its feed had sent
 // them (routing choice tests use this state; feed tests use feedServer).
 func seed(t testing.TB, s *Server, r Region, services ...regionapi.FeedService) {

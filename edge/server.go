@@ -39,6 +39,7 @@ type Server struct {
 	reqSeq                  atomic.Uint64
 
 	plain, secure, admin       *http.Server
+	plainH1                    *http.Server // the plain lane's malformed requests (front.malformed)
 	plainLn, secureLn, adminLn net.Listener
 	fronts                     []*front // the listeners' HTTP/1.1 lanes
 
@@ -150,6 +151,10 @@ func (s *Server) listen() error {
 		p.SetHTTP1(true)
 		p.SetUnencryptedHTTP2(true)
 		s.plain.Protocols = &p
+		s.plainH1 = newServer(s)
+		var h1 http.Protocols
+		h1.SetHTTP1(true)
+		s.plainH1.Protocols = &h1
 	}
 	if cfg.TLSListen != "" {
 		if s.secureLn, err = net.Listen("tcp", cfg.TLSListen); err != nil {
@@ -179,7 +184,11 @@ func (s *Server) listen() error {
 		}()
 	}
 	if s.plain != nil {
-		lane("HTTP", s.plain, newFront(s, s.plainLn, nil))
+		f := newFront(s, s.plainLn, nil)
+		f.malformed = newHandoffListener(s.plainLn.Addr())
+		s.plainH1.ConnContext = connContext
+		serve("HTTP", s.plainH1, f.malformed)
+		lane("HTTP", s.plain, f)
 	}
 	if s.secure != nil {
 		// The lane's own copy: net/http adjusts the server's for HTTP/2.
@@ -239,7 +248,7 @@ func (s *Server) Close() error {
 				}
 			}()
 		}
-		for _, srv := range []*http.Server{s.plain, s.secure} {
+		for _, srv := range []*http.Server{s.plain, s.plainH1, s.secure} {
 			if srv == nil {
 				continue
 			}
