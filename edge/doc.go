@@ -50,7 +50,9 @@
 // back (half the CPU of httputil.ReverseProxy over http.Transport).
 // Requests with bodies, WebSockets and HTTP/2 instances go through
 // httputil.ReverseProxy. Streaming answers are flushed as they come;
-// X-Forwarded-For/Proto/Host and X-Request-Id are set; header and body
+// X-Forwarded-For/Proto/Host and X-Request-Id (the edge's own id, logged
+// and returned to the client; a client's id is passed on as
+// X-Client-Request-Id) are set; header and body
 // sizes and read times are bounded; Close shuts down gracefully, finishing
 // requests in flight. Prometheus metrics (per org, app, service, region
 // and status code), the routing state (/v1/state) and the Go profiler are

@@ -194,6 +194,7 @@ var hopHeaders = map[string]bool{
 
 var setHeaders = map[string]bool{
 	"Forwarded": true, "X-Forwarded-For": true, "X-Forwarded-Host": true, "X-Forwarded-Proto": true, "X-Request-Id": true,
+	ClientRequestIDHeader: true,
 }
 
 // connectionTokens returns the header names a Connection header lists
@@ -217,8 +218,8 @@ func fastPath(r *http.Request, rt *route) bool {
 
 // writeRequest writes the request to an instance: the inbound request's
 // method, URI and headers without hop-by-hop ones, and the forwarding
-// headers.
-func writeRequest(bw *bufio.Writer, r *http.Request, reqID string) error {
+// headers with the request's ids.
+func writeRequest(bw *bufio.Writer, r *http.Request, st *reqState) error {
 	uri := r.RequestURI
 	if uri == "" || uri[0] != '/' {
 		uri = r.URL.RequestURI()
@@ -259,7 +260,11 @@ func writeRequest(bw *bufio.Writer, r *http.Request, reqID string) error {
 	} else {
 		bw.WriteString("\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ")
 	}
-	bw.WriteString(reqID)
+	bw.WriteString(st.id)
+	if st.clientID != "" {
+		bw.WriteString("\r\n" + ClientRequestIDHeader + ": ")
+		bw.WriteString(st.clientID)
+	}
 	bw.WriteString("\r\n\r\n")
 	return bw.Flush()
 }
@@ -319,7 +324,7 @@ func (s *Server) exchange(r *http.Request, ep *endpoint, st *reqState, retryable
 			ep.pool.add(uc, now)
 		}
 		uc.c.SetReadDeadline(now.Add(timeout))
-		err := writeRequest(uc.bw, r, st.id)
+		err := writeRequest(uc.bw, r, st)
 		var resp *http.Response
 		if err == nil {
 			resp, err = readResponse(uc.br, r)

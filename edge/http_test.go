@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"github.com/meridian-run/meridian/testutil"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/meridian-run/meridian/pki/pkitest"
+	"github.com/meridian-run/meridian/testutil"
 )
 
 // echoBackend answers with what it received, as JSON.
@@ -24,7 +26,8 @@ func echoBackend(t testing.TB) *backend {
 		json.NewEncoder(w).Encode(map[string]string{
 			"host": r.Host, "xff": r.Header.Get("X-Forwarded-For"), "proto": r.Header.Get("X-Forwarded-Proto"),
 			"xhost": r.Header.Get("X-Forwarded-Host"), "id": r.Header.Get("X-Request-Id"), "body": string(body),
-			"path": r.URL.RequestURI(), "connection": r.Header.Get("Connection"), "http": r.Proto,
+			"client_id": r.Header.Get(ClientRequestIDHeader),
+			"path":      r.URL.RequestURI(), "connection": r.Header.Get("Connection"), "http": r.Proto,
 		})
 	})
 }
@@ -40,40 +43,79 @@ func decodeEcho(t *testing.T, resp *http.Response) map[string]string {
 }
 
 // TestForwardedHeadersAndRequestIDs: the instance sees the public host,
-// X-Forwarded-For (appended), -Proto and -Host, and a request id (the
-// client's when it sent a sane one); the client gets the id back.
+// X-Forwarded-For (appended), -Proto and -Host, and the edge's own
+// request id, which the client gets back and the access log records; a
+// client's sane X-Request-Id reaches the instance as X-Client-Request-Id
+// only (and is logged as client_id), on the fast path and through
+// net/http alike; a client cannot set X-Client-Request-Id itself.
 func TestForwardedHeadersAndRequestIDs(t *testing.T) {
-	s := startEdge(t, nil)
+	var access testutil.Buffer
+	s := startEdge(t, func(c *Config) { c.AccessLog = slog.New(slog.NewJSONHandler(&access, nil)) })
 	seed(t, s, fra, service("web", nil, endpointOf("e", echoBackend(t))))
-	req, _ := http.NewRequest("GET", s.URL()+"/a/b?q=1", nil)
-	req.Host = testHost
-	req.Header.Set("X-Forwarded-For", "203.0.113.7")
-	req.Header.Set("X-Forwarded-Proto", "https") // a client cannot claim TLS
-	req.Header.Set("Connection", "keep-alive, X-Secret")
-	req.Header.Set("X-Secret", "hop-by-hop")
-	resp, err := client().Do(req)
-	if err != nil {
-		t.Fatal(err)
+	send := func(method, clientID, spoof string) (map[string]string, string) {
+		t.Helper()
+		var body io.Reader
+		if method == "POST" {
+			body = strings.NewReader("data") // through httputil.ReverseProxy
+		}
+		req, _ := http.NewRequest(method, s.URL()+"/a/b?q=1", body)
+		req.Host = testHost
+		req.Header.Set("X-Forwarded-For", "203.0.113.7")
+		req.Header.Set("X-Forwarded-Proto", "https") // a client cannot claim TLS
+		req.Header.Set("Connection", "keep-alive, X-Secret")
+		req.Header.Set("X-Secret", "hop-by-hop")
+		if clientID != "" {
+			req.Header.Set("X-Request-Id", clientID)
+		}
+		if spoof != "" {
+			req.Header.Set(ClientRequestIDHeader, spoof)
+		}
+		resp, err := client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := resp.Header.Get("X-Request-Id")
+		m := decodeEcho(t, resp)
+		if m["host"] != testHost || m["xff"] != "203.0.113.7, 127.0.0.1" || m["proto"] != "http" || m["xhost"] != testHost ||
+			m["path"] != "/a/b?q=1" || m["id"] != id || !strings.HasPrefix(id, "par-") {
+			t.Fatalf("%s: the instance saw %v; the client got id %q", method, m, id)
+		}
+		return m, id
 	}
-	id := resp.Header.Get("X-Request-Id")
-	m := decodeEcho(t, resp)
-	if m["host"] != testHost || m["xff"] != "203.0.113.7, 127.0.0.1" || m["proto"] != "http" || m["xhost"] != testHost ||
-		m["path"] != "/a/b?q=1" || m["id"] == "" || m["id"] != id || !strings.HasPrefix(id, "par-") {
-		t.Fatalf("the instance saw %v; the client got id %q", m, id)
+	ids := map[string]bool{}
+	for _, method := range []string{"GET", "POST"} {
+		m, id := send(method, "", "")
+		if m["client_id"] != "" {
+			t.Fatalf("%s without a client id: the instance got %s %q", method, ClientRequestIDHeader, m["client_id"])
+		}
+		ids[id] = true
+		m, id = send(method, "client-chosen-42", "")
+		if m["client_id"] != "client-chosen-42" {
+			t.Fatalf("%s: the client's id reached the instance as %q, want it in %s", method, m["client_id"], ClientRequestIDHeader)
+		}
+		ids[id] = true
+		m, id = send(method, "has space", "forged")
+		if m["client_id"] != "" {
+			t.Fatalf("%s: an id with a space, or a client's own %s, was passed on: %q", method, ClientRequestIDHeader, m["client_id"])
+		}
+		ids[id] = true
+		m, _ = send(method, "ok-id", "forged")
+		if m["client_id"] != "ok-id" {
+			t.Fatalf("%s: a client's %s replaced the id it sent: %q", method, ClientRequestIDHeader, m["client_id"])
+		}
 	}
-	req.Header.Set("X-Request-Id", "client-chosen-42")
-	resp, err = client().Do(req)
-	if err != nil {
-		t.Fatal(err)
+	if len(ids) != 6 {
+		t.Fatalf("request ids repeat: %v", ids)
 	}
-	if m := decodeEcho(t, resp); m["id"] != "client-chosen-42" || resp.Header.Get("X-Request-Id") != "client-chosen-42" {
-		t.Fatalf("client request id not kept: %v", m)
-	}
-	req.Header.Set("X-Request-Id", "has space")
-	resp, _ = client().Do(req)
-	if m := decodeEcho(t, resp); m["id"] == "has space" {
-		t.Fatalf("an id with a space was passed on")
-	}
+	testutil.Eventually(t, 5*time.Second, "the access log records both ids", func() (bool, string) {
+		got := access.String()
+		for id := range ids {
+			if !strings.Contains(got, `"id":"`+id+`"`) {
+				return false, got
+			}
+		}
+		return strings.Contains(got, `"client_id":"client-chosen-42"`), got
+	})
 }
 
 // TestBadInput: oversized headers (431), oversized bodies by length and by

@@ -34,6 +34,13 @@ const (
 // ErrorHeader names the reason of an answer the edge made itself.
 const ErrorHeader = "X-Meridian-Error"
 
+// ClientRequestIDHeader carries, to the instance, the X-Request-Id a
+// client sent (when it is 1 to 128 printable characters without spaces):
+// the edge sets X-Request-Id to its own id on every request, so that a
+// client cannot choose the id the logs of the edge and the instance are
+// searched by.
+const ClientRequestIDHeader = "X-Client-Request-Id"
+
 // RegionHeader names the region whose instance answered.
 const RegionHeader = "X-Meridian-Region"
 
@@ -64,7 +71,8 @@ func (e *dialError) Unwrap() error { return e.err }
 // reqState is what the edge knows of one request while serving it.
 type reqState struct {
 	start    time.Time
-	id       string
+	id       string // the edge's request id
+	clientID string // the client's X-Request-Id, if valid
 	app      *appRoutes
 	route    *route
 	target   *target // the one that answered (or was tried last)
@@ -156,8 +164,12 @@ func (s *Server) setupProxy() {
 				pr.Out.Header["X-Forwarded-For"] = prior
 			}
 			pr.SetXForwarded()
+			pr.Out.Header.Del(ClientRequestIDHeader)
 			if st := stateOf(pr.In.Context()); st != nil {
 				pr.Out.Header.Set("X-Request-Id", st.id)
+				if st.clientID != "" {
+					pr.Out.Header.Set(ClientRequestIDHeader, st.clientID)
+				}
 			}
 		},
 		Transport:    upstream{s},
@@ -194,9 +206,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.TLS == nil {
 		r.TLS = tlsStateOf(r.Context()) // an HTTPS connection the front lane handed over
 	}
-	st := &reqState{start: time.Now(), id: r.Header.Get("X-Request-Id")}
-	if !validRequestID(st.id) {
-		st.id = s.reqPrefix + strconv.FormatUint(s.reqSeq.Add(1), 36)
+	st := &reqState{start: time.Now(), id: s.reqPrefix + strconv.FormatUint(s.reqSeq.Add(1), 36)}
+	if v := r.Header["X-Request-Id"]; len(v) > 0 && validRequestID(v[0]) {
+		st.clientID = v[0]
 	}
 	s.metrics.inflight.Inc()
 	defer s.finish(r, st)
@@ -231,7 +243,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
 }
 
-// validRequestID accepts a client's X-Request-Id: 1 to 128 printable
+// validRequestID accepts a client's X-Request-Id (passed on as
+// X-Client-Request-Id): 1 to 128 printable
 // characters without spaces.
 func validRequestID(id string) bool {
 	if id == "" || len(id) > 128 {
@@ -379,7 +392,7 @@ func (s *Server) finish(r *http.Request, st *reqState) {
 	}
 	if s.cfg.AccessLog != nil {
 		s.cfg.AccessLog.LogAttrs(r.Context(), slog.LevelInfo, "request",
-			slog.String("id", st.id), slog.String("remote", r.RemoteAddr), slog.String("method", r.Method),
+			slog.String("id", st.id), slog.String("client_id", st.clientID), slog.String("remote", r.RemoteAddr), slog.String("method", r.Method),
 			slog.String("host", r.Host), slog.String("path", r.URL.Path), slog.String("proto", r.Proto),
 			slog.Int("status", status), slog.Duration("duration", d), slog.String("region", region),
 			slog.String("app", app), slog.String("service", svc), slog.Int("attempts", st.attempts),
