@@ -26,6 +26,23 @@ func regionFrom(s *Server, id string) RegionStatus {
 	return RegionStatus{}
 }
 
+// followFra starts an edge following fra's feed (from a test feed
+// server, returned), which routes the app to the backend fra-1.
+func followFra(t testing.TB, tweak func(*Config)) (*Server, *feedServer) {
+	t.Helper()
+	in := pkitest.New(t, "fra")
+	ff := newFeedServer(t, in, "fra")
+	ff.set(service("web", nil, endpointOf("f1", newBackend(t, "fra-1", nil))))
+	s := startEdge(t, func(c *Config) {
+		c.Identity = edgeIdentity(t, in)
+		c.Regions = []Region{ff.Region(fra)}
+		if tweak != nil {
+			tweak(c)
+		}
+	})
+	return s, ff
+}
+
 // TestFollowsRegionFeeds: the edge subscribes to every region's feed
 // with its edge certificate, routes from them, follows changes, and
 // writes its snapshot.
@@ -76,14 +93,7 @@ func TestFollowsRegionFeeds(t *testing.T) {
 // picks up the next good feed.
 func TestBadFeedsKeepTheLastGoodState(t *testing.T) {
 	testutil.Slow(t)
-	in := pkitest.New(t, "fra")
-	ff := newFeedServer(t, in, "fra")
-	f1 := newBackend(t, "fra-1", nil)
-	ff.set(service("web", nil, endpointOf("f1", f1)))
-	s := startEdge(t, func(c *Config) {
-		c.Identity = edgeIdentity(t, in)
-		c.Regions = []Region{ff.Region(fra)}
-	})
+	s, ff := followFra(t, nil)
 	c := client()
 	testutil.Eventually(t, 10*time.Second, "routing", func() (bool, string) {
 		got := answers(t, c, s.URL(), 1)
@@ -125,15 +135,8 @@ func TestBadFeedsKeepTheLastGoodState(t *testing.T) {
 // state meanwhile.
 func TestSilentFeedIsReopened(t *testing.T) {
 	testutil.Slow(t)
-	in := pkitest.New(t, "fra")
-	ff := newFeedServer(t, in, "fra") // sends on changes only: silent otherwise
-	f1 := newBackend(t, "fra-1", nil)
-	ff.set(service("web", nil, endpointOf("f1", f1)))
-	s := startEdge(t, func(c *Config) {
-		c.Identity = edgeIdentity(t, in)
-		c.Regions = []Region{ff.Region(fra)}
-		c.FeedIdleTimeout = 300 * time.Millisecond
-	})
+	// The test feed server sends on changes only: silent otherwise.
+	s, ff := followFra(t, func(c *Config) { c.FeedIdleTimeout = 300 * time.Millisecond })
 	c := client()
 	testutil.Eventually(t, 10*time.Second, "routing", func() (bool, string) {
 		got := answers(t, c, s.URL(), 1)
@@ -316,5 +319,63 @@ func TestMeasuredRTTBeatsCoordinates(t *testing.T) {
 	testutil.Eventually(t, 15*time.Second, "fra again", func() (bool, string) {
 		got := answers(t, c, s.URL(), 1)
 		return got["fra-1"] == 1, fmt.Sprint(got, regionFrom(s, "fra"))
+	})
+}
+
+// TestIdleFeedChangesNothing: a region that keeps sending the same
+// services (10 updates a second for 30s, as regions did while nothing
+// changed) makes the edge neither build a new routing table nor write
+// its snapshot; a real change afterwards does both.
+func TestIdleFeedChangesNothing(t *testing.T) {
+	t.Parallel()
+	s, ff := followFra(t, nil)
+	writes := func() float64 { return metric(t, s, `meridian_edge_snapshot_writes_total{result="ok"}`) }
+	updates := func() float64 { return metric(t, s, `meridian_edge_feed_updates_total{region="fra"}`) }
+	path := filepath.Join(s.cfg.StateDir, SnapshotFile)
+	// Settled: fra's feed in the snapshot on disk, and no write for a
+	// second since (the start and the first feed each ask for one).
+	last, since := -1.0, time.Now()
+	testutil.Eventually(t, 20*time.Second, "the snapshot written and the writer idle", func() (bool, string) {
+		snap, err := ReadSnapshot(s.cfg.StateDir)
+		if err != nil || len(snap.Regions) != 1 || len(snap.Regions[0].Services) != 1 {
+			return false, fmt.Sprint(snap, err)
+		}
+		if n := writes(); n != last {
+			last, since = n, time.Now()
+		}
+		return time.Since(since) > time.Second, fmt.Sprintf("%v writes, the last %s ago", last, time.Since(since))
+	})
+	table := s.table.Load()
+	before, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u0 := updates()
+	end := time.Now().Add(30 * time.Second)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for time.Now().Before(end) {
+		<-tick.C
+		ff.resend()
+	}
+	testutil.Eventually(t, 10*time.Second, "the resent feeds received", func() (bool, string) {
+		return updates()-u0 >= 200, fmt.Sprint(updates() - u0)
+	})
+	after, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := writes(); n != last || !os.SameFile(before, after) || !after.ModTime().Equal(before.ModTime()) {
+		t.Fatalf("idle for 30s (%v identical updates): snapshot writes %v -> %v, file %v -> %v", updates()-u0, last, n,
+			before.ModTime(), after.ModTime())
+	}
+	if s.table.Load() != table {
+		t.Fatal("identical feed updates built a new routing table")
+	}
+	// A real change: a new table and a write.
+	f2 := newBackend(t, "fra-2", nil)
+	ff.set(service("web", nil, endpointOf("f2", f2)))
+	testutil.Eventually(t, 10*time.Second, "the change written", func() (bool, string) {
+		return writes() > last && s.table.Load() != table, fmt.Sprint(writes())
 	})
 }

@@ -260,6 +260,15 @@ func (f *feedServer) set(services ...regionapi.FeedService) {
 	f.mu.Unlock()
 }
 
+// resend makes every stream send the current feed again, unchanged (as
+// regions did when nothing changed).
+func (f *feedServer) resend() {
+	f.mu.Lock()
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+}
+
 // sendGarbage makes every stream send a line that is not a feed.
 func (f *feedServer) sendGarbage() {
 	f.mu.Lock()

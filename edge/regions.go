@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/http/pprof"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -174,6 +175,9 @@ func (s *Server) follow(rs *regionState) {
 
 // feedLoop follows a region's local feed, reconnecting with backoff. A
 // stream that breaks or sends garbage leaves the last good feed in use.
+// An update whose services equal the ones in use (a region resending its
+// state, or the same state after a reconnect) changes nothing: no new
+// table, no snapshot write — an idle installation writes nothing.
 func (s *Server) feedLoop(ctx context.Context, rs *regionState, c *regionapi.Client) {
 	id := rs.info.ID
 	backoff := 250 * time.Millisecond
@@ -183,13 +187,19 @@ func (s *Server) feedLoop(ctx context.Context, rs *regionState, c *regionapi.Cli
 				return fmt.Errorf("region %s sent the feed of %q", id, f.Region)
 			}
 			rs.mu.Lock()
-			rs.services, rs.revision, rs.received = f.Services, f.Revision, s.cfg.Now().UTC()
+			same := rs.hasFeed && reflect.DeepEqual(rs.services, f.Services)
+			if !same {
+				rs.services = f.Services
+			}
+			rs.revision, rs.received = f.Revision, s.cfg.Now().UTC()
 			rs.hasFeed, rs.connected, rs.source, rs.lastErr = true, true, "feed", ""
 			rs.mu.Unlock()
 			s.metrics.feedUpdates.WithLabelValues(id).Inc()
 			s.metrics.feedConnected.WithLabelValues(id).Set(1)
-			s.rebuild()
-			s.markDirty()
+			if !same {
+				s.rebuild()
+				s.markDirty()
+			}
 			backoff = 250 * time.Millisecond
 			return nil
 		})
