@@ -29,7 +29,6 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -208,14 +207,6 @@ func instanceResolvConf(dnsIP net.IP, host string) string {
 	return b.String()
 }
 
-// localInstance is an instance of this machine as the node proxy delivers
-// to it.
-type localInstance struct {
-	Org, App, Service string
-	// Ports maps declared ports to host ports.
-	Ports map[int]int
-}
-
 // meshDeps is what the mesh needs from its agent; tests provide their own.
 type meshDeps struct {
 	Config     MeshConfig
@@ -240,7 +231,7 @@ type meshDeps struct {
 	// and a CSR.
 	Issue func(ctx context.Context, service string, csr []byte) ([]byte, error)
 	// Local finds an instance of this machine.
-	Local func(instance string) (localInstance, bool)
+	Local func(instance string) (NodeInstance, bool)
 	// PID is the host pid of a running instance's top process (0: not
 	// running); the processes under it are the instance's callers.
 	PID func(instance string) int
@@ -254,12 +245,12 @@ type meshDeps struct {
 
 // mesh is the agent's DNS server and node proxy.
 type mesh struct {
-	d      meshDeps
-	cfg    MeshConfig
-	log    *slog.Logger
-	net    [2]byte
-	self   locality
-	server *tls.Config
+	d    meshDeps
+	cfg  MeshConfig
+	log  *slog.Logger
+	net  [2]byte
+	self locality
+	node *nodeProxy // the inbound side
 
 	table  atomic.Pointer[meshTable]
 	health *endpointHealth
@@ -270,7 +261,6 @@ type mesh struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
-	node     net.Listener
 	conns    connSet
 	sessions sessionPool
 	warnMu   sync.Mutex
@@ -355,25 +345,14 @@ func newMesh(d meshDeps) (*mesh, error) {
 			}
 		}
 	}
-	td := d.TrustDomain
-	m.server = pki.ServerConfig(d.NodeCerts, d.Roots, func(p pki.Peer) error {
-		if p.ID.Kind != pki.KindWorkload {
-			return fmt.Errorf("a %s identity is not a workload", p.ID.Kind)
-		}
-		if p.ID.TrustDomain != td {
-			return fmt.Errorf("trust domain %q is not %q", p.ID.TrustDomain, td)
-		}
-		return nil
-	})
-	m.server.Time = d.Clock.Now
-	ln, err := net.Listen("tcp", net.JoinHostPort(d.Address, strconv.Itoa(d.Config.Port)))
+	node, err := startNode(nodeDeps{Address: d.Address, Port: d.Config.Port, TrustDomain: d.TrustDomain, Roots: d.Roots,
+		Certs: d.NodeCerts, Local: d.Local, Policy: d.Config.Policy, Dialer: d.Dialer, DialTimeout: d.Config.DialTimeout,
+		Clock: d.Clock, Log: m.log})
 	if err != nil {
 		return nil, fmt.Errorf("agent: mesh node proxy on %s port %d (Mesh.Port): %w", d.Address, d.Config.Port, err)
 	}
-	m.node = ln
+	m.node = node
 	m.ctx, m.cancel = context.WithCancel(context.Background())
-	m.wg.Add(1)
-	go func() { defer m.wg.Done(); m.serveNode(ln) }()
 	if d.Feed != nil {
 		m.wg.Add(1)
 		go func() {
@@ -384,12 +363,12 @@ func newMesh(d meshDeps) (*mesh, error) {
 	m.wg.Add(2)
 	go func() { defer m.wg.Done(); m.probeLoop(m.ctx) }()
 	go func() { defer m.wg.Done(); m.sweepLoop(m.ctx) }()
-	m.log.Info("mesh node proxy listening", "address", ln.Addr().String(), "net", d.Config.Net, "dns_port", d.Config.DNSPort)
+	m.log.Info("mesh node proxy listening", "address", node.ln.Addr().String(), "net", d.Config.Net, "dns_port", d.Config.DNSPort)
 	return m, nil
 }
 
 // port is the node proxy's port.
-func (m *mesh) port() int { return m.node.Addr().(*net.TCPAddr).Port }
+func (m *mesh) port() int { return m.node.port() }
 
 // close stops every listener and proxied connection.
 func (m *mesh) close() {
@@ -406,7 +385,7 @@ func (m *mesh) close() {
 	m.slots = map[string]*slot{}
 	m.mu.Unlock()
 	m.cancel()
-	m.node.Close()
+	m.node.close()
 	for _, s := range slots {
 		m.deactivate(s, false)
 	}

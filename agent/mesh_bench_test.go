@@ -1,19 +1,28 @@
 package agent
 
 import (
+	"bufio"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/yamux"
+
+	"github.com/meridian-run/meridian/meshwire"
+	"github.com/meridian-run/meridian/pki"
 	"github.com/meridian-run/meridian/pki/pkitest"
 	"github.com/meridian-run/meridian/regionapi"
+	"github.com/meridian-run/meridian/testutil"
 )
 
 // benchMesh is a caller machine and a destination machine, a real HTTP
@@ -117,25 +126,10 @@ func BenchmarkMeshLatency(b *testing.B) {
 // sink counts the bytes of each connection and answers their count when
 // the caller half-closes.
 func sink(b *testing.B) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				n, _ := io.Copy(io.Discard, c)
-				fmt.Fprintf(c, "%d\n", n)
-			}()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).Port
+	return testutil.ServeTCP(b, func(c net.Conn) {
+		n, _ := io.Copy(io.Discard, c)
+		fmt.Fprintf(c, "%d\n", n)
+	})
 }
 
 // BenchmarkMeshThroughput compares throughput through two node proxies
@@ -247,5 +241,111 @@ func BenchmarkMeshThroughput(b *testing.B) {
 		b.ReportMetric(mn/float64(b.N), "mesh-req/s")
 		b.ReportMetric(mn/dn, "mesh/direct")
 		b.ReportMetric(0, "ns/op")
+	})
+}
+
+// BenchmarkEdgeHop compares the two ways an edge could carry its
+// kept-alive connections to an instance's port through the destination
+// machine's node proxy (mutual TLS either way): one TLS connection per
+// pooled connection (meshwire.EdgeALPN, what the edge does), or streams
+// of one yamux session over a single TLS connection (what node proxies
+// do for workloads). 16 clients each send GETs, one at a time, over their
+// own kept-alive connection (or stream) to a real HTTP backend; ns/op is
+// per request, cpu-µs/op the CPU time of the whole process per request
+// (the callers, the node proxy and the backend: the same backend work on
+// both sides).
+//
+//	go test -run '^$' -bench BenchmarkEdgeHop -benchtime 20000x ./agent/
+func BenchmarkEdgeHop(b *testing.B) {
+	in := pkitest.New(b, "fra")
+	dst := newTestNode(b, in, "fra", "fra1", "fra1-a", nil)
+	port, _ := backend(b, "b")
+	dst.run("b-1", "acme", "shop", "b", port)
+	dst.mu.Lock()
+	li := dst.locals["b-1"]
+	li.Public = []int{8080}
+	dst.locals["b-1"] = li
+	dst.mu.Unlock()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(dst.m.port()))
+	machine := pki.AllowIDs(pki.MachineID(pkitest.TrustDomain, "fra", "fra1-a"))
+	leaf := func(ca *pki.CA, id pki.ID) pki.CertSource {
+		l, err := ca.Issue(pki.LeafRequest{ID: id, Usage: pki.UsageClient, TTL: time.Hour, Now: time.Now()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		rl, _ := pki.NewReloader(l)
+		return rl
+	}
+	edgeCerts := leaf(in.Root, pki.EdgeID(pkitest.TrustDomain, "par"))
+	workloadCerts := leaf(in.Regions["fra"], pki.WorkloadID(pkitest.TrustDomain, "acme", "shop", "a"))
+	dialTLS := func(src pki.CertSource, proto string) *tls.Conn {
+		cfg := pki.ClientConfig(src, in.Root.Pool(), machine)
+		cfg.NextProtos = []string{proto}
+		c, err := tls.Dial("tcp", addr, cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return c
+	}
+	call := func(c net.Conn) net.Conn {
+		if _, err := c.Write(meshwire.AppendPreamble(nil, "b-1", 8080)); err != nil {
+			b.Fatal(err)
+		}
+		if err := meshwire.ReadStatus(c); err != nil {
+			b.Fatal(err)
+		}
+		return c
+	}
+	const clients = 16
+	run := func(b *testing.B, open func() net.Conn) {
+		conns := make(chan net.Conn, clients)
+		for range clients {
+			conns <- open()
+		}
+		req := []byte("GET / HTTP/1.1\r\nHost: b\r\n\r\n")
+		var ru0, ru1 syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+		b.ResetTimer()
+		b.SetParallelism(clients / runtime.GOMAXPROCS(0))
+		b.RunParallel(func(pb *testing.PB) {
+			c := <-conns
+			defer c.Close()
+			br := bufio.NewReader(c)
+			for pb.Next() {
+				if _, err := c.Write(req); err != nil {
+					b.Error(err)
+					return
+				}
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+		b.StopTimer()
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+		cpu := time.Duration(syscall.TimevalToNsec(ru1.Utime) - syscall.TimevalToNsec(ru0.Utime) +
+			syscall.TimevalToNsec(ru1.Stime) - syscall.TimevalToNsec(ru0.Stime))
+		b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
+	}
+	b.Run("tls-per-connection", func(b *testing.B) {
+		run(b, func() net.Conn { return call(dialTLS(edgeCerts, meshwire.EdgeALPN)) })
+	})
+	b.Run("yamux-streams", func(b *testing.B) {
+		sess, err := yamux.Client(&frameConn{Conn: dialTLS(workloadCerts, meshwire.MeshALPN)}, muxConfig(dst.m.log))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer sess.Close()
+		run(b, func() net.Conn {
+			st, err := sess.OpenStream()
+			if err != nil {
+				b.Fatal(err)
+			}
+			return call(muxStream{st})
+		})
 	})
 }

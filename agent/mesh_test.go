@@ -30,6 +30,7 @@ import (
 
 	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/clock"
+	"github.com/meridian-run/meridian/meshwire"
 	"github.com/meridian-run/meridian/pki"
 	"github.com/meridian-run/meridian/pki/pkitest"
 	"github.com/meridian-run/meridian/regionapi"
@@ -71,14 +72,14 @@ type testNode struct {
 	certTTL atomic.Int64
 
 	mu     sync.Mutex
-	locals map[string]localInstance
+	locals map[string]NodeInstance
 	pids   map[string]int // callers' top processes (default: the test process)
 }
 
 func newTestNode(t testing.TB, in *pkitest.Installation, region, dc, machine string, tweak func(*meshDeps)) *testNode {
 	t.Helper()
 	n := &testNode{t: t, in: in, region: region, dc: dc, machine: machine, clock: &offsetClock{}, logs: &testutil.Buffer{},
-		locals: map[string]localInstance{}}
+		locals: map[string]NodeInstance{}}
 	n.certTTL.Store(int64(time.Hour))
 	leaf, err := in.Regions[region].Issue(pki.LeafRequest{ID: pki.MachineID(pkitest.TrustDomain, region, machine),
 		Usage: pki.UsageBoth, TTL: 12 * time.Hour, Now: time.Now()})
@@ -146,7 +147,7 @@ func (n *testNode) setPID(id string, pid int) {
 	n.pids[id] = pid
 }
 
-func (n *testNode) local(id string) (localInstance, bool) {
+func (n *testNode) local(id string) (NodeInstance, bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	li, ok := n.locals[id]
@@ -158,7 +159,7 @@ func (n *testNode) local(id string) (localInstance, bool) {
 func (n *testNode) run(id, org, app, svc string, backend int) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.locals[id] = localInstance{Org: org, App: app, Service: svc, Ports: map[int]int{8080: backend}}
+	n.locals[id] = NodeInstance{Org: org, App: app, Service: svc, Ports: map[int]int{8080: backend}}
 }
 
 func (n *testNode) stopInstance(id string) {
@@ -634,8 +635,8 @@ func TestMeshRefusesOtherOrganizations(t *testing.T) {
 	p.a.m.mu.Unlock()
 	ep := p.a.m.table.Load().services["acme.shop.b"].Endpoints[0]
 	_, err := p.a.m.dial(s, ep, 8080)
-	var st *errStatus
-	if !errors.As(err, &st) || st.code != statusRefused {
+	var st *meshwire.StatusError
+	if !errors.As(err, &st) || st.Code != meshwire.StatusRefused {
 		t.Fatalf("dial as evil: %v, want a refusal", err)
 	}
 	logs := p.b.logs.String()
@@ -767,12 +768,13 @@ func TestMeshRefusesPlaintextAndForeignCertificates(t *testing.T) {
 			src = rl
 		}
 		cfg := pki.ClientConfig(src, roots, pki.AllowKinds(pki.KindMachine))
+		cfg.NextProtos = []string{meshwire.MeshALPN}
 		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", addr, cfg)
 		if err != nil {
 			return err
 		}
 		defer conn.Close()
-		sess, err := yamux.Client(conn, p.b.m.muxConfig())
+		sess, err := yamux.Client(conn, muxConfig(p.b.m.log))
 		if err != nil {
 			t.Fatal(err)
 		}

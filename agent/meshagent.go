@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/meridian-run/meridian/regionapi"
@@ -62,15 +63,22 @@ func (a *Agent) MeshPort() int {
 	return a.mesh.port()
 }
 
-// localInstance finds an instance of this machine for the node proxy.
-func (a *Agent) localInstance(id string) (localInstance, bool) {
+// localInstance finds an instance of this machine for the node proxy,
+// with the declared ports its definition routes publicly.
+func (a *Agent) localInstance(id string) (NodeInstance, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	in, ok := a.insts[id]
 	if !ok || in.stopping {
-		return localInstance{}, false
+		return NodeInstance{}, false
 	}
-	return localInstance{Org: in.asg.Org, App: in.asg.App, Service: in.asg.ServiceName, Ports: in.ports}, true
+	var public []int
+	for _, r := range in.asg.Definition.Routes {
+		if !slices.Contains(public, r.Port) {
+			public = append(public, r.Port)
+		}
+	}
+	return NodeInstance{Org: in.asg.Org, App: in.asg.App, Service: in.asg.ServiceName, Ports: in.ports, Public: public}, true
 }
 
 // serviceUID is the user a service's instances run as, when the agent

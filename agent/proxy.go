@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,221 +16,16 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/meridian-run/meridian/meshwire"
 	"github.com/meridian-run/meridian/pki"
 )
 
-// The node proxies' protocol. A calling proxy keeps one TLS 1.3
-// connection, with the calling service's workload certificate, per
-// destination machine, multiplexed with yamux (a session): each
-// instance's connection is a stream, so only the first connection to a
-// machine pays for TCP and TLS handshakes. A stream starts with a
-// preamble naming the destination instance and its declared port,
-//
-//	"MRD1" | len(instance) (1 byte) | instance | port (2 bytes, big endian)
-//
-// and the destination proxy answers with one status byte, followed for a
-// refusal by a length byte and a reason. After statusOK the stream
-// carries the caller's bytes both ways.
-const meshMagic = "MRD1"
-
-// Status of a destination node proxy's answer.
-const (
-	statusOK          byte = 0
-	statusRefused     byte = 1 // the policy refuses the caller: no other endpoint will accept it
-	statusNoInstance  byte = 2 // the instance does not run here (any more)
-	statusUnreachable byte = 3 // the instance does not accept connections on that port
-	statusBadRequest  byte = 4
-	statusExpired     byte = 5 // the session's certificate expired: open a new session
-)
-
-// preambleTimeout bounds a destination proxy's wait for the TLS handshake
-// and the preamble.
-const preambleTimeout = 10 * time.Second
-
-func appendPreamble(b []byte, instance string, port int) []byte {
-	b = append(b, meshMagic...)
-	b = append(b, byte(len(instance)))
-	b = append(b, instance...)
-	return binary.BigEndian.AppendUint16(b, uint16(port))
-}
-
-func readPreamble(r io.Reader) (string, int, error) {
-	var hdr [5]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return "", 0, fmt.Errorf("reading the preamble: %w", err)
-	}
-	if string(hdr[:4]) != meshMagic {
-		return "", 0, fmt.Errorf("not a mesh preamble (%q)", hdr[:4])
-	}
-	rest := make([]byte, int(hdr[4])+2)
-	if _, err := io.ReadFull(r, rest); err != nil {
-		return "", 0, fmt.Errorf("reading the preamble: %w", err)
-	}
-	n := len(rest) - 2
-	return string(rest[:n]), int(binary.BigEndian.Uint16(rest[n:])), nil
-}
-
-func writeStatus(w io.Writer, code byte, reason string) error {
-	if len(reason) > 255 {
-		reason = reason[:255]
-	}
-	b := []byte{code}
-	if code != statusOK {
-		b = append(b, byte(len(reason)))
-		b = append(b, reason...)
-	}
-	_, err := w.Write(b)
-	return err
-}
-
-// errStatus is a destination proxy's refusal.
-type errStatus struct {
-	code   byte
-	reason string
-}
-
-func (e *errStatus) Error() string {
-	return fmt.Sprintf("destination refused (status %d): %s", e.code, e.reason)
-}
-
-func readStatus(r io.Reader) error {
-	var b [2]byte
-	if _, err := io.ReadFull(r, b[:1]); err != nil {
-		return fmt.Errorf("reading the destination's answer: %w", err)
-	}
-	if b[0] == statusOK {
-		return nil
-	}
-	if _, err := io.ReadFull(r, b[1:2]); err != nil {
-		return &errStatus{code: b[0]}
-	}
-	reason := make([]byte, b[1])
-	io.ReadFull(r, reason)
-	return &errStatus{code: b[0], reason: string(reason)}
-}
-
-// serveNode accepts calls from other node proxies until the listener
-// closes.
-func (m *mesh) serveNode(ln net.Listener) {
-	backoff := 5 * time.Millisecond
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if m.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			m.log.Warn("mesh node proxy: accept", "err", err)
-			time.Sleep(backoff)
-			backoff = min(2*backoff, time.Second)
-			continue
-		}
-		backoff = 5 * time.Millisecond
-		m.wg.Add(1)
-		go func() { defer m.wg.Done(); m.inbound(c) }()
-	}
-}
-
-// inbound serves a session of another node proxy: mutual TLS (a workload
-// of the installation), then its streams.
-func (m *mesh) inbound(raw net.Conn) {
-	if !m.conns.add(raw) {
-		raw.Close()
-		return
-	}
-	defer m.conns.remove(raw)
-	raw.SetDeadline(m.d.Clock.Now().Add(preambleTimeout))
-	tc := tls.Server(raw, m.server)
-	defer tc.Close()
-	if err := tc.HandshakeContext(m.ctx); err != nil {
-		var rhe tls.RecordHeaderError
-		switch {
-		case errors.Is(err, io.EOF):
-			// A round-trip probe, or a caller that gave up.
-			m.log.Debug("mesh node proxy: connection closed before the handshake", "remote", raw.RemoteAddr().String())
-		case errors.As(err, &rhe):
-			m.log.Warn("mesh node proxy: refused a connection that is not TLS", "remote", raw.RemoteAddr().String(), "err", err)
-		default:
-			m.log.Warn("mesh node proxy: refused a caller at the handshake", "remote", raw.RemoteAddr().String(), "err", err)
-		}
-		return
-	}
-	cs := tc.ConnectionState()
-	peer, err := pki.PeerFromConnectionState(&cs)
-	if err != nil {
-		m.log.Warn("mesh node proxy: caller", "err", err)
-		return
-	}
-	raw.SetDeadline(time.Time{})
-	sess, err := yamux.Server(&frameConn{Conn: tc}, m.muxConfig())
-	if err != nil {
-		m.log.Error("mesh node proxy: session", "err", err)
-		return
-	}
-	defer sess.Close()
-	for {
-		st, err := sess.AcceptStream()
-		if err != nil {
-			return
-		}
-		m.wg.Add(1)
-		go func() { defer m.wg.Done(); m.serveStream(muxStream{st}, peer, raw.RemoteAddr().String()) }()
-	}
-}
-
-// serveStream serves one call: the preamble, the policy, then the local
-// instance.
-func (m *mesh) serveStream(st net.Conn, peer pki.Peer, remote string) {
-	defer st.Close()
-	st.SetDeadline(m.d.Clock.Now().Add(preambleTimeout))
-	instance, port, err := readPreamble(st)
-	if err != nil {
-		m.log.Warn("mesh node proxy: bad preamble", "caller", peer.ID.String(), "remote", remote, "err", err)
-		writeStatus(st, statusBadRequest, err.Error())
-		return
-	}
-	if now := m.d.Clock.Now(); now.After(peer.Cert.NotAfter) {
-		m.log.Info("mesh node proxy: the caller's session outlived its certificate", "caller", peer.ID.String(), "remote", remote)
-		writeStatus(st, statusExpired, "certificate expired at "+peer.Cert.NotAfter.UTC().Format(time.RFC3339))
-		return
-	}
-	li, ok := m.d.Local(instance)
-	if !ok {
-		m.log.Debug("mesh node proxy: no such instance", "caller", peer.ID.String(), "instance", instance)
-		writeStatus(st, statusNoInstance, "instance "+instance+" does not run on this machine")
-		return
-	}
-	callee := pki.WorkloadID(m.d.TrustDomain, li.Org, li.App, li.Service)
-	if err := m.cfg.Policy(peer.ID, callee); err != nil {
-		m.log.Warn("mesh: call refused", "caller", peer.ID.String(), "callee", callee.String(), "instance", instance,
-			"remote", remote, "reason", err)
-		writeStatus(st, statusRefused, err.Error())
-		return
-	}
-	hp := li.Ports[port]
-	if hp == 0 {
-		writeStatus(st, statusUnreachable, fmt.Sprintf("instance %s declares no port %d", instance, port))
-		return
-	}
-	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.DialTimeout)
-	up, err := m.d.Dialer.DialContext(ctx, "tcp", net.JoinHostPort(m.d.Address, strconv.Itoa(hp)))
-	cancel()
-	if err != nil {
-		m.log.Debug("mesh node proxy: instance unreachable", "instance", instance, "port", port, "err", err)
-		writeStatus(st, statusUnreachable, fmt.Sprintf("instance %s port %d: %v", instance, port, err))
-		return
-	}
-	if !m.conns.add(up) {
-		up.Close()
-		return
-	}
-	defer m.conns.remove(up)
-	if err := writeStatus(st, statusOK, ""); err != nil {
-		up.Close()
-		return
-	}
-	st.SetDeadline(time.Time{})
-	splice(st, up)
-}
+// The node proxies' protocol is meshwire's: a calling proxy keeps one
+// TLS 1.3 connection (meshwire.MeshALPN), with the calling service's
+// workload certificate, per destination machine, multiplexed with yamux
+// (a session): each instance's connection is a stream, so only the first
+// connection to a machine pays for TCP and TLS handshakes. The
+// destination's side is node.go.
 
 // serveVIP accepts an instance's connections to a service address until
 // the listener closes.
@@ -297,8 +91,8 @@ func (m *mesh) outbound(c net.Conn, s *slot, v *vip, port int) {
 		up, err := m.dial(s, ep, port)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s on %s (%s): %w", ep.Instance, ep.Machine, ep.Region, err))
-			var st *errStatus
-			if errors.As(err, &st) && st.code == statusRefused {
+			var st *meshwire.StatusError
+			if errors.As(err, &st) && st.Code == meshwire.StatusRefused {
 				break // every endpoint applies the same policy
 			}
 			m.health.fail(ep, m.d.Clock.Now())
@@ -351,8 +145,8 @@ func (m *mesh) dial(s *slot, ep meshEndpoint, port int) (net.Conn, error) {
 		if err == nil {
 			return c, nil
 		}
-		var st *errStatus
-		if errors.As(err, &st) && st.code != statusExpired {
+		var st *meshwire.StatusError
+		if errors.As(err, &st) && st.Code != meshwire.StatusExpired {
 			return nil, err // the destination answered: another session would not help
 		}
 		m.sessions.drop(s, ep, sess)
@@ -372,11 +166,11 @@ func openStream(ctx context.Context, sess *yamux.Session, instance string, port 
 	if dl, ok := ctx.Deadline(); ok {
 		st.SetDeadline(dl)
 	}
-	if _, err := st.Write(appendPreamble(make([]byte, 0, 8+len(instance)), instance, port)); err != nil {
+	if _, err := st.Write(meshwire.AppendPreamble(make([]byte, 0, 8+len(instance)), instance, port)); err != nil {
 		st.Close()
 		return nil, err
 	}
-	if err := readStatus(st); err != nil {
+	if err := meshwire.ReadStatus(st); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -398,6 +192,7 @@ func (m *mesh) dialSession(ctx context.Context, s *slot, ep meshEndpoint) (*yamu
 	}
 	cfg := pki.ClientConfig(src, m.d.Roots, pki.AllowIDs(pki.MachineID(m.d.TrustDomain, ep.Region, ep.Machine)))
 	cfg.Time = m.d.Clock.Now
+	cfg.NextProtos = []string{meshwire.MeshALPN}
 	// No TLS session resumption: sessions are few and long-lived, and a
 	// resumed one would carry the certificate of its first handshake.
 	tc := tls.Client(raw, cfg)
@@ -409,7 +204,7 @@ func (m *mesh) dialSession(ctx context.Context, s *slot, ep meshEndpoint) (*yamu
 		return nil, nil, err
 	}
 	raw.SetDeadline(time.Time{})
-	sess, err := yamux.Client(&frameConn{Conn: tc}, m.muxConfig())
+	sess, err := yamux.Client(&frameConn{Conn: tc}, muxConfig(m.log))
 	if err != nil {
 		tc.Close()
 		return nil, nil, err
@@ -417,15 +212,15 @@ func (m *mesh) dialSession(ctx context.Context, s *slot, ep meshEndpoint) (*yamu
 	return sess, leaf, nil
 }
 
-// muxConfig is the sessions' yamux configuration.
-func (m *mesh) muxConfig() *yamux.Config {
+// muxConfig is the sessions' yamux configuration, logging to log.
+func muxConfig(log *slog.Logger) *yamux.Config {
 	c := yamux.DefaultConfig()
 	c.KeepAliveInterval = 15 * time.Second
 	c.MaxStreamWindowSize = 1 << 20
 	c.StreamOpenTimeout = 30 * time.Second
 	c.StreamCloseTimeout = time.Minute
 	c.LogOutput = nil
-	c.Logger = muxLogger{m.log}
+	c.Logger = muxLogger{log}
 	return c
 }
 

@@ -32,7 +32,8 @@ the edge token in --global-token-file, from ` + "`meridian edge-tokens create`" 
 it may read the region registry and nothing else; cached in --state-dir),
 then follows every region's
 endpoint feed directly with its edge certificate (--pki-dir, from
-` + "`meridian pki edge`" + `): it keeps routing while global is down, and serves
+` + "`meridian pki edge`" + `), with which it also reaches every instance, over
+mutual TLS to the node proxy of its machine: it keeps routing while global is down, and serves
 from its snapshot in --state-dir after a restart. HTTPS uses --tls-cert and
 --tls-key, or with --tls-from-pki the edge certificate (which names
 *.<domain>). Metrics, health and the routing state are on --admin-listen
@@ -96,6 +97,9 @@ from its snapshot in --state-dir after a restart. HTTPS uses --tls-cert and
 			}
 			if cfg.TLSListen != "" && cfg.TLSCertificates == nil {
 				return usagef("--tls-listen needs --tls-cert/--tls-key or --tls-from-pki")
+			}
+			if cfg.Identity == nil {
+				return usagef("--pki-dir (the edge certificate from `meridian pki edge`) is required: the edge reaches instances over mutual TLS with it")
 			}
 			if gcPercent < 1 {
 				return usagef("--gc-percent must be at least 1 (got %d)", gcPercent)

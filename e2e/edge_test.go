@@ -316,14 +316,15 @@ func TestEdges(t *testing.T) {
 
 	t.Run("region blackholed under load", func(t *testing.T) {
 		in := in.with(t)
-		// An edge in this process, its links to fra's API and instances
-		// through link proxies.
+		// An edge in this process, its links to fra's API and to the node
+		// proxies of its instances' machines (the edge reaches instances
+		// through them) through link proxies.
 		links := &linkProxies{t: t, m: map[string]*linkproxy.Proxy{}}
 		fraAPI := strings.TrimPrefix(in.component("region", "fra", "").Address, "https://")
 		var fraLinks []*linkproxy.Proxy
 		fraLinks = append(fraLinks, links.get(fraAPI))
-		for _, i := range instancesIn(in.instances(), "fra") {
-			fraLinks = append(fraLinks, links.get(net.JoinHostPort(i.Address, fmt.Sprint(i.Ports["8080"]))))
+		for _, addr := range nodeProxies(t, in, "fra", "demo.web.web") {
+			fraLinks = append(fraLinks, links.get(addr))
 		}
 		id, err := edge.LoadIdentity(filepath.Join(in.info.PKIDir, "edges", "par"))
 		if err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/hashicorp/yamux"
 
 	"github.com/meridian-run/meridian/api"
+	"github.com/meridian-run/meridian/meshwire"
 	"github.com/meridian-run/meridian/pki"
 	"github.com/meridian-run/meridian/regionapi"
 	"github.com/meridian-run/meridian/testutil"
@@ -272,8 +273,9 @@ func TestMesh(t *testing.T) {
 			t.Fatal(err)
 		}
 		rl, _ := pki.NewReloader(leaf)
-		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", someProxy,
-			pki.ClientConfig(rl, roots, pki.AllowKinds(pki.KindMachine)))
+		cfg := pki.ClientConfig(rl, roots, pki.AllowKinds(pki.KindMachine))
+		cfg.NextProtos = []string{meshwire.MeshALPN} // as node proxies name their protocol
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", someProxy, cfg)
 		if err != nil {
 			t.Fatalf("TLS to b's node proxy: %v", err)
 		}

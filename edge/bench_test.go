@@ -26,7 +26,8 @@ func syntheticFeeds(apps, perApp int) []regionFeed {
 			for i := ri; i < perApp; i += len(regions) {
 				n := a*perApp + i
 				fs.Endpoints = append(fs.Endpoints, regionapi.Endpoint{Instance: fmt.Sprintf("%s-%s-%d", rs.info.ID, name, i),
-					Address: fmt.Sprintf("10.%d.%d.%d", ri, n/250%250, n%250+1), Ports: map[string]int{"8080": 20000 + n%10000}, Healthy: true})
+					Machine: fmt.Sprintf("m%d", n), Address: fmt.Sprintf("10.%d.%d.%d", ri, n/250%250, n%250+1),
+					Ports: map[string]int{"8080": 20000 + n%10000}, MeshPort: 7443, Healthy: true})
 			}
 			feeds[ri].services = append(feeds[ri].services, fs)
 		}

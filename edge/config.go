@@ -69,15 +69,19 @@ type Config struct {
 	// global (default 30s).
 	RegionRefresh time.Duration
 	// Identity is the edge's certificate (kind edge, issued by the
-	// installation's root) for the regions' feeds. Required when there are
-	// regions to follow.
+	// installation's root): the edge presents it to the regions, for their
+	// feeds, and to the node proxies of the instances' machines, through
+	// which it reaches every instance over mutual TLS. Required: the edge
+	// sends nothing to an instance in clear.
 	Identity *Identity
 
-	// Dial connects to instances; DialRegion to region APIs (defaults:
-	// net.Dialer). ConnectTimeout bounds every connection to an instance
-	// (default 500ms).
+	// Dial connects to instances' machines; DialRegion to region APIs
+	// (defaults: net.Dialer). ConnectTimeout bounds every TCP connection
+	// to a machine's node proxy (default 500ms); HandshakeTimeout then
+	// bounds the TLS handshake with it and its answer (default 2s).
 	Dial, DialRegion DialFunc
 	ConnectTimeout   time.Duration
+	HandshakeTimeout time.Duration
 	// ResponseHeaderTimeout bounds the wait for an instance's response
 	// headers, after which the client gets 504 (default 30s).
 	ResponseHeaderTimeout time.Duration
@@ -137,6 +141,7 @@ func (c *Config) setDefaults() {
 	}
 	def(&c.RegionRefresh, 30*time.Second)
 	def(&c.ConnectTimeout, 500*time.Millisecond)
+	def(&c.HandshakeTimeout, 2*time.Second)
 	def(&c.ResponseHeaderTimeout, 30*time.Second)
 	def(&c.RetryWindow, 5*time.Second)
 	def(&c.ReadHeaderTimeout, 10*time.Second)
@@ -204,8 +209,8 @@ func (c *Config) validate() error {
 	if c.StateDir == "" {
 		bad("StateDir", "required (the routing snapshot lives there)")
 	}
-	if (c.GlobalURL != "" || len(c.Regions) > 0) && c.Identity == nil {
-		bad("Identity", "required to follow the regions' feeds (an edge certificate from the installation's root)")
+	if c.Identity == nil {
+		bad("Identity", "required: the regions' feeds and the instances (over mutual TLS) are reached with it (an edge certificate from the installation's root)")
 	}
 	if c.GlobalURL != "" && c.GlobalToken == "" {
 		bad("GlobalToken", "required with GlobalURL")
@@ -234,7 +239,7 @@ func (c *Config) validate() error {
 	if c.MaxBodyBytes < 0 {
 		bad("MaxBodyBytes", "must not be negative, got %d", c.MaxBodyBytes)
 	}
-	for name, d := range map[string]time.Duration{"RegionRefresh": c.RegionRefresh, "ConnectTimeout": c.ConnectTimeout,
+	for name, d := range map[string]time.Duration{"RegionRefresh": c.RegionRefresh, "ConnectTimeout": c.ConnectTimeout, "HandshakeTimeout": c.HandshakeTimeout,
 		"ResponseHeaderTimeout": c.ResponseHeaderTimeout, "RetryWindow": c.RetryWindow, "ReadHeaderTimeout": c.ReadHeaderTimeout,
 		"ReadTimeout": c.ReadTimeout, "IdleTimeout": c.IdleTimeout, "ShutdownTimeout": c.ShutdownTimeout,
 		"ProbeInterval": c.ProbeInterval, "ProbeTimeout": c.ProbeTimeout, "RTTTolerance": c.RTTTolerance,

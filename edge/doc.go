@@ -13,6 +13,14 @@
 // own restart with global down. A feed that drops, goes silent or sends
 // garbage leaves that region's last good state in use.
 //
+// The edge reaches instances only through the node proxies of their
+// machines (the agent's, at the mesh port the feed names), over TLS 1.3
+// with its edge certificate (ALPN meridian-edge/1, meshwire): the machine
+// must present its own certificate, issued by its region's CA, and the
+// proxy delivers the connection to the instance's declared port, one
+// instance connection per TLS connection, so the edge's keep-alive pools
+// are pools of TLS connections. Nothing goes to an instance in clear.
+//
 // Choice of instance: regions are ranked — those whose probe timed out
 // last; then by measured round-trip time to the region's API (the minimum
 // of the last 8 probes, in buckets of Config.RTTTolerance so that
@@ -36,7 +44,8 @@
 // a probe timeout are cut and retried elsewhere; those do not count
 // against MaxAttempts. Everything else gets a clear 502, 503 or 504 with
 // an X-Meridian-Error reason header, never a hang: connections take at
-// most ConnectTimeout, response headers at most ResponseHeaderTimeout.
+// most ConnectTimeout and HandshakeTimeout, response headers at most
+// ResponseHeaderTimeout.
 //
 // HTTP: HTTP/1.1 and HTTP/2 (h2c with prior knowledge on the plain
 // listener, ALPN on TLS). Connections start in the front lane (front.go):

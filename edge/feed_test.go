@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/meridian-run/meridian/linkproxy"
-	"github.com/meridian-run/meridian/pki/pkitest"
 	"github.com/meridian-run/meridian/testutil"
 )
 
@@ -30,7 +29,7 @@ func regionFrom(s *Server, id string) RegionStatus {
 // server, returned), which routes the app to the backend fra-1.
 func followFra(t testing.TB, tweak func(*Config)) (*Server, *feedServer) {
 	t.Helper()
-	in := pkitest.New(t, "fra")
+	in := world(t).in
 	ff := newFeedServer(t, in, "fra")
 	ff.set(service("web", nil, endpointOf("f1", newBackend(t, "fra-1", nil))))
 	s := startEdge(t, func(c *Config) {
@@ -47,7 +46,7 @@ func followFra(t testing.TB, tweak func(*Config)) (*Server, *feedServer) {
 // with its edge certificate, routes from them, follows changes, and
 // writes its snapshot.
 func TestFollowsRegionFeeds(t *testing.T) {
-	in := pkitest.New(t, "fra", "was")
+	in := world(t).in
 	ff, wf := newFeedServer(t, in, "fra"), newFeedServer(t, in, "was")
 	f1, w1 := newBackend(t, "fra-1", nil), newBackend(t, "was-1", nil)
 	ff.set(service("web", nil, endpointOf("f1", f1)))
@@ -155,7 +154,7 @@ func TestSilentFeedIsReopened(t *testing.T) {
 // regions' APIs are down serves from its snapshot; a damaged snapshot is
 // ignored with a warning, not fatal.
 func TestRestartServesFromSnapshot(t *testing.T) {
-	in := pkitest.New(t, "fra")
+	in := world(t).in
 	ff := newFeedServer(t, in, "fra")
 	f1 := newBackend(t, "fra-1", nil)
 	ff.set(service("web", nil, endpointOf("f1", f1)))
@@ -217,19 +216,20 @@ func (p *proxies) dial(ctx context.Context, network, addr string) (net.Conn, err
 	return d.DialContext(ctx, network, p.get(addr).Addr())
 }
 
-// TestBlackholedRegion: the links to Frankfurt's API and instances
-// swallow every byte: the probe times out, the region goes last, and the
+// TestBlackholedRegion: the links to Frankfurt's API and its instance's
+// machine swallow every byte: the probe times out, the region goes last, and the
 // GETs waiting on it are cut and retried in Washington: none fails.
 func TestBlackholedRegion(t *testing.T) {
 	testutil.Slow(t)
-	in := pkitest.New(t, "fra", "was")
+	in := world(t).in
 	ff, wf := newFeedServer(t, in, "fra"), newFeedServer(t, in, "was")
 	f1, w1 := newBackend(t, "fra-1", nil), newBackend(t, "was-1", nil)
 	ff.set(service("web", nil, endpointOf("f1", f1)))
 	wf.set(service("web", nil, endpointOf("w1", w1)))
 	links := newProxies(t)
 	fraAPI := links.get(ff.ln.Addr().String())
-	fraInst := links.get(f1.ln.Addr().String())
+	// The edge reaches f1 through its machine's node proxy.
+	fraInst := links.get(world(t).machine(t, "fra", "m-f1").addr())
 	s := startEdge(t, func(c *Config) {
 		c.Identity = edgeIdentity(t, in)
 		c.Regions = []Region{ff.Region(fra), wf.Region(was)}
@@ -293,7 +293,7 @@ func TestBlackholedRegion(t *testing.T) {
 // millisecond: Washington is chosen; when the link is fast again,
 // Frankfurt.
 func TestMeasuredRTTBeatsCoordinates(t *testing.T) {
-	in := pkitest.New(t, "fra", "was")
+	in := world(t).in
 	ff, wf := newFeedServer(t, in, "fra"), newFeedServer(t, in, "was")
 	f1, w1 := newBackend(t, "fra-1", nil), newBackend(t, "was-1", nil)
 	ff.set(service("web", nil, endpointOf("f1", f1)))

@@ -2,6 +2,7 @@ package edge
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -33,9 +34,11 @@ const (
 	idleProbeAfter  = time.Second
 )
 
-// upConn is a kept-alive HTTP/1.1 connection to an instance.
+// upConn is a kept-alive HTTP/1.1 connection to an instance (TLS to its
+// machine's node proxy).
 type upConn struct {
 	c     net.Conn
+	raw   net.Conn // the connection under TLS, checked by alive
 	br    *bufio.Reader
 	bw    *bufio.Writer
 	since time.Time   // idle since
@@ -160,14 +163,15 @@ func (p *connPool) closeIdle(now time.Time) {
 }
 
 // alive checks that the instance has not closed an idle connection: a
-// non-blocking peek finds nothing to read on a live one (EAGAIN), and end
-// of file or bytes on one to drop. Connections that are not sockets count
-// as alive.
+// non-blocking peek at the socket under TLS finds nothing to read on a
+// live one (EAGAIN), and end of file or bytes (the node proxy's
+// close_notify, say) on one to drop. Connections that are not sockets
+// count as alive.
 func alive(uc *upConn) bool {
 	if uc.br.Buffered() > 0 {
 		return false // unsolicited bytes: not a clean connection
 	}
-	sc, ok := uc.c.(syscall.Conn)
+	sc, ok := uc.raw.(syscall.Conn)
 	if !ok {
 		return true
 	}
@@ -316,11 +320,14 @@ func (s *Server) exchange(r *http.Request, ep *endpoint, st *reqState, retryable
 		}
 		reused := uc != nil
 		if uc == nil {
-			c, err := s.dialInstance(r.Context(), ep.addr)
+			c, err := s.dialInstance(r.Context(), ep)
 			if err != nil {
 				return nil, nil, err
 			}
-			uc = &upConn{c: c, br: bufio.NewReaderSize(c, 8<<10), bw: bufio.NewWriterSize(c, 4<<10)}
+			uc = &upConn{c: c, raw: c, br: bufio.NewReaderSize(c, 8<<10), bw: bufio.NewWriterSize(c, 4<<10)}
+			if tc, ok := c.(*tls.Conn); ok {
+				uc.raw = tc.NetConn()
+			}
 			ep.pool.add(uc, now)
 		}
 		uc.c.SetReadDeadline(now.Add(timeout))

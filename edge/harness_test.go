@@ -6,8 +6,11 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meridian-run/meridian/agent"
 	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/pki"
 	"github.com/meridian-run/meridian/pki/pkitest"
@@ -96,11 +100,135 @@ func service(name string, prefixes []string, eps ...regionapi.Endpoint) regionap
 	return fs
 }
 
-// startEdge starts an edge at Paris with short timeouts.
+// testWorld is a test's installation: its PKI (regions fra, was and sin)
+// and the machines the harness places the instances of the test's feeds
+// on, each with the agent's real node proxy (agent.NodeProxy), so that
+// the edge reaches every instance as it does in production: over mutual
+// TLS to the machine's mesh port.
+type testWorld struct {
+	in *pkitest.Installation
+
+	mu       sync.Mutex
+	machines map[string]*testMachine // region/machine
+}
+
+// testMachine is a machine's node proxy and the instances it delivers to.
+type testMachine struct {
+	proxy *agent.NodeProxy
+	logs  *testutil.Buffer
+
+	mu        sync.Mutex
+	instances map[string]agent.NodeInstance
+}
+
+var (
+	worlds     sync.Map // testing.TB -> *testWorld
+	edgeWorlds sync.Map // *Server -> *testWorld
+)
+
+// world returns the test's world, made at the first call.
+func world(t testing.TB) *testWorld {
+	if w, ok := worlds.Load(t); ok {
+		return w.(*testWorld)
+	}
+	w := &testWorld{in: pkitest.New(t, "fra", "was", "sin"), machines: map[string]*testMachine{}}
+	worlds.Store(t, w)
+	t.Cleanup(func() { worlds.Delete(t) })
+	return w
+}
+
+// machine returns a region's machine, started at the first call: a node
+// proxy with the machine's certificate from the region's CA.
+func (w *testWorld) machine(t testing.TB, region, name string) *testMachine {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	key := region + "/" + name
+	if m := w.machines[key]; m != nil {
+		return m
+	}
+	leaf, err := w.in.Regions[region].Issue(pki.LeafRequest{ID: pki.MachineID(pkitest.TrustDomain, region, name), Usage: pki.UsageBoth,
+		TTL: time.Hour, Now: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl, err := pki.NewReloader(leaf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &testMachine{logs: &testutil.Buffer{}, instances: map[string]agent.NodeInstance{}}
+	m.proxy, err = agent.StartNodeProxy(agent.NodeProxyConfig{Address: "127.0.0.1", TrustDomain: pkitest.TrustDomain,
+		Roots: w.in.Root.Pool(), Certs: rl, Instances: m.instance,
+		Logger: slog.New(slog.NewTextHandler(m.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		m.proxy.Close()
+		if t.Failed() && os.Getenv("MERIDIAN_TEST_DEBUG") != "" {
+			t.Logf("--- node proxy of %s:\n%s", key, m.logs.String())
+		}
+	})
+	w.machines[key] = m
+	return m
+}
+
+func (m *testMachine) instance(id string) (agent.NodeInstance, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	in, ok := m.instances[id]
+	return in, ok
+}
+
+// addr is the machine's mesh address.
+func (m *testMachine) addr() string { return "127.0.0.1:" + strconv.Itoa(m.proxy.Port()) }
+
+// place puts a region's instances on machines, as agents run them: each
+// endpoint's machine (m-<instance> when unnamed) delivers the instance's
+// declared ports to the host ports the endpoint names, its routed ones to
+// edges; the endpoints get the machine's mesh port, as a region's feed
+// carries it. Endpoints that name a mesh port already are left alone. It
+// returns copies: the caller's services are not changed.
+func (w *testWorld) place(t testing.TB, region string, services []regionapi.FeedService) []regionapi.FeedService {
+	out := make([]regionapi.FeedService, len(services))
+	for i, svc := range services {
+		svc.Endpoints = slices.Clone(svc.Endpoints)
+		var public []int
+		for _, r := range svc.Routes {
+			public = append(public, r.Port)
+		}
+		for j := range svc.Endpoints {
+			e := &svc.Endpoints[j]
+			if e.MeshPort != 0 {
+				continue
+			}
+			if e.Machine == "" {
+				e.Machine = "m-" + e.Instance
+			}
+			ports := map[int]int{}
+			for declared, host := range e.Ports {
+				if p, err := strconv.Atoi(declared); err == nil {
+					ports[p] = host
+				}
+			}
+			m := w.machine(t, region, e.Machine)
+			m.mu.Lock()
+			m.instances[e.Instance] = agent.NodeInstance{Org: svc.Org, App: svc.App, Service: svc.Service, Ports: ports, Public: public}
+			m.mu.Unlock()
+			e.MeshPort = m.proxy.Port()
+		}
+		out[i] = svc
+	}
+	return out
+}
+
+// startEdge starts an edge at Paris with short timeouts, with an edge
+// certificate of the test's world.
 func startEdge(t testing.TB, tweak func(*Config)) *Server {
 	t.Helper()
+	w := world(t)
 	cfg := Config{Location: "par", Latitude: parLat, Longitude: parLon, Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0",
-		StateDir: t.TempDir(), Logger: testutil.Logger(t), EjectBase: 2 * time.Second, ShutdownTimeout: 5 * time.Second}
+		StateDir: t.TempDir(), Logger: testutil.Logger(t), EjectBase: 2 * time.Second, ShutdownTimeout: 5 * time.Second,
+		Identity: edgeIdentity(t, w.in)}
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -108,15 +236,22 @@ func startEdge(t testing.TB, tweak func(*Config)) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.Close() })
+	edgeWorlds.Store(s, w)
+	t.Cleanup(func() { s.Close(); edgeWorlds.Delete(s) })
 	return s
 }
 
+// worldOf is the world of the test that started an edge.
+func worldOf(s *Server) *testWorld {
+	w, _ := edgeWorlds.Load(s)
+	return w.(*testWorld)
+}
+
 // startHTTPSEdge starts an edge with an HTTPS listener too, serving the
-// edge certificate of a test installation (returned).
+// edge certificate of the test's world (returned).
 func startHTTPSEdge(t testing.TB) (*Server, *pkitest.Installation) {
 	t.Helper()
-	in := pkitest.New(t, "fra")
+	in := world(t).in
 	s := startEdge(t, func(c *Config) {
 		c.TLSListen = "127.0.0.1:0"
 		c.TLSCertificates = edgeIdentity(t, in)
@@ -125,9 +260,11 @@ func startHTTPSEdge(t testing.TB) (*Server, *pkitest.Installation) {
 }
 
 // seed routes a region's services directly, as if its feed had sent
-// them (routing choice tests use this state; feed tests use feedServer).
+// them (routing choice tests use this state; feed tests use feedServer);
+// their instances are placed on machines of the region.
 func seed(t testing.TB, s *Server, r Region, services ...regionapi.FeedService) {
 	t.Helper()
+	services = worldOf(s).place(t, r.ID, services)
 	if r.URL == "" {
 		r.URL = "https://" + r.ID + ".invalid"
 	}
@@ -138,8 +275,10 @@ func seed(t testing.TB, s *Server, r Region, services ...regionapi.FeedService) 
 	s.setRegions(list, &Snapshot{Regions: []SnapshotRegion{{Region: r, Services: services}}})
 }
 
-// setServices replaces a seeded region's services.
-func setServices(s *Server, id string, services ...regionapi.FeedService) {
+// setServices replaces a seeded region's services (their instances placed
+// on machines of the region).
+func setServices(t testing.TB, s *Server, id string, services ...regionapi.FeedService) {
+	services = worldOf(s).place(t, id, services)
 	s.mu.Lock()
 	rs := s.regions[id]
 	s.mu.Unlock()
@@ -203,6 +342,7 @@ func metric(t testing.TB, s *Server, prefix string) float64 {
 // real region never does.
 type feedServer struct {
 	t      testing.TB
+	w      *testWorld
 	region string
 	ln     net.Listener
 	srv    *http.Server
@@ -232,7 +372,7 @@ func newFeedServer(t testing.TB, in *pkitest.Installation, region string) *feedS
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &feedServer{t: t, region: region, ln: ln, changed: make(chan struct{}), garbage: make(chan struct{}), drop: make(chan struct{}),
+	f := &feedServer{t: t, w: world(t), region: region, ln: ln, changed: make(chan struct{}), garbage: make(chan struct{}), drop: make(chan struct{}),
 		feed: regionapi.Feed{Region: region, Revision: 1, Services: []regionapi.FeedService{}}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
@@ -250,8 +390,10 @@ func (f *feedServer) Region(base Region) Region {
 	return base
 }
 
-// set publishes a new feed.
+// set publishes a new feed (its instances placed on machines of the
+// region).
 func (f *feedServer) set(services ...regionapi.FeedService) {
+	services = f.w.place(f.t, f.region, services)
 	f.mu.Lock()
 	f.feed.Revision++
 	f.feed.Services = services

@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meridian-run/meridian/pki/pkitest"
 	"github.com/meridian-run/meridian/testutil"
 )
 
@@ -293,7 +292,7 @@ func TestStreamingPassesThrough(t *testing.T) {
 // CA, which names *.<domain>.
 func TestHTTP2(t *testing.T) {
 	testutil.Slow(t)
-	in := pkitest.New(t, "fra")
+	in := world(t).in
 	id := edgeIdentity(t, in)
 	s := startEdge(t, func(c *Config) {
 		c.TLSListen = "127.0.0.1:0"
@@ -386,8 +385,10 @@ func TestGracefulShutdown(t *testing.T) {
 }
 
 // TestConfigErrorsNameTheField: bad configurations are refused naming the
-// field.
+// field; an edge without a certificate is one (it would have to reach
+// instances in clear).
 func TestConfigErrorsNameTheField(t *testing.T) {
+	id := edgeIdentity(t, world(t).in)
 	for _, tc := range []struct {
 		tweak func(*Config)
 		want  string
@@ -398,12 +399,13 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{func(c *Config) { c.Listen = "" }, "Config.Listen"},
 		{func(c *Config) { c.TLSListen = "127.0.0.1:0" }, "Config.TLSCertificates"},
 		{func(c *Config) { c.StateDir = "" }, "Config.StateDir"},
-		{func(c *Config) { c.GlobalURL = "http://127.0.0.1:1" }, "Config.Identity"},
+		{func(c *Config) { c.Identity = nil }, "Config.Identity"},
+		{func(c *Config) { c.HandshakeTimeout = -time.Second }, "Config.HandshakeTimeout"},
 		{func(c *Config) { c.Regions = []Region{{ID: "fra", URL: "http://x"}} }, "Config.Regions[0].URL"},
 		{func(c *Config) { c.MaxAttempts = -1 }, "Config.MaxAttempts"},
 		{func(c *Config) { c.Listen = "127.0.0.1:-1" }, "Config.Listen"},
 	} {
-		cfg := Config{Location: "par", Listen: "127.0.0.1:0", StateDir: t.TempDir()}
+		cfg := Config{Location: "par", Listen: "127.0.0.1:0", StateDir: t.TempDir(), Identity: id}
 		tc.tweak(&cfg)
 		s, err := Start(context.Background(), cfg)
 		if err == nil {

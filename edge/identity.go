@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meridian-run/meridian/meshwire"
 	"github.com/meridian-run/meridian/pki"
 )
 
@@ -131,6 +132,15 @@ func (i *Identity) GetClientCertificate(r *tls.CertificateRequestInfo) (*tls.Cer
 func (i *Identity) regionTLS(region string) *tls.Config {
 	cfg := pki.ClientConfig(i, i.roots, pki.AllowIDs(pki.ServerID(i.id.TrustDomain, region)))
 	cfg.NextProtos = []string{"h2", "http/1.1"}
+	return cfg
+}
+
+// instanceTLS is the client configuration for a machine's node proxy:
+// the edge's certificate, the edge protocol, and only that machine's
+// certificate is accepted (pki refuses one its region's CA did not issue).
+func (i *Identity) instanceTLS(region, machine string) *tls.Config {
+	cfg := pki.ClientConfig(i, i.roots, pki.AllowIDs(pki.MachineID(i.id.TrustDomain, region, machine)))
+	cfg.NextProtos = []string{meshwire.EdgeALPN}
 	return cfg
 }
 

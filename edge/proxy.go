@@ -2,7 +2,9 @@ package edge
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -14,6 +16,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meridian-run/meridian/meshwire"
 )
 
 // The X-Meridian-Error reasons of the edge's own answers.
@@ -132,8 +136,14 @@ func (b *bufferPool) Put(buf []byte) {
 // setupProxy builds the reverse proxy and its transports.
 func (s *Server) setupProxy() {
 	s.bufs = newBufferPool()
+	// The transports' pools are keyed by each endpoint's poolHost; the
+	// attempt's context says which endpoint to dial.
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		return s.dialInstance(ctx, addr)
+		ep, _ := ctx.Value(endpointKey{}).(*endpoint)
+		if ep == nil || ep.poolHost != addr {
+			return nil, &dialError{fmt.Errorf("no endpoint to dial for %s", addr)}
+		}
+		return s.dialInstance(ctx, ep)
 	}
 	newTransport := func(h2c bool) *http.Transport {
 		t := &http.Transport{
@@ -189,16 +199,55 @@ func (s *Server) setupProxy() {
 	}
 }
 
-// dialInstance connects to an instance within ConnectTimeout; a failure
-// is a *dialError (nothing of the request was sent).
-func (s *Server) dialInstance(ctx context.Context, addr string) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
-	defer cancel()
-	c, err := s.cfg.Dial(ctx, "tcp", addr)
+// endpointKey is the context key of the endpoint an attempt dials.
+type endpointKey struct{}
+
+// dialInstance connects to an endpoint's instance through its machine's
+// node proxy: TCP within ConnectTimeout, then TLS 1.3 with the edge's
+// certificate (the machine's, issued by its region's CA, verified), the
+// preamble naming the instance's declared port and the proxy's answer
+// within HandshakeTimeout. A dial waiting on a region found unreachable
+// is cut. A failure is a *dialError: nothing of the request was sent.
+func (s *Server) dialInstance(ctx context.Context, ep *endpoint) (net.Conn, error) {
+	ctx, cut := context.WithCancelCause(ctx)
+	defer cut(nil)
+	stopCut := context.AfterFunc(ep.region.attemptScope(), func() { cut(errRegionUnreachable) })
+	defer stopCut()
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
+	raw, err := s.cfg.Dial(cctx, "tcp", ep.meshAddr)
+	cancel()
 	if err != nil {
+		if cause := context.Cause(ctx); cause != nil {
+			err = cause
+		}
 		return nil, &dialError{err}
 	}
-	return c, nil
+	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	defer cancel()
+	stop := context.AfterFunc(hctx, func() { raw.SetDeadline(time.Unix(1, 0)) })
+	ep.tlsOnce.Do(func() { ep.tls = s.cfg.Identity.instanceTLS(ep.region.info.ID, ep.machine) })
+	tc := tls.Client(raw, ep.tls)
+	err = tc.HandshakeContext(hctx)
+	if err == nil && tc.ConnectionState().NegotiatedProtocol != meshwire.EdgeALPN {
+		err = errors.New("the node proxy does not speak " + meshwire.EdgeALPN)
+	}
+	if err == nil {
+		_, err = tc.Write(meshwire.AppendPreamble(make([]byte, 0, 8+len(ep.instance)), ep.instance, ep.port))
+	}
+	if err == nil {
+		err = meshwire.ReadStatus(tc)
+	}
+	if !stop() && err == nil {
+		err = hctx.Err() // the deadline fired after all: the connection is spoilt
+	}
+	if err != nil {
+		raw.Close()
+		if cause := context.Cause(ctx); cause != nil {
+			err = cause
+		}
+		return nil, &dialError{fmt.Errorf("instance %s via %s's node proxy %s: %w", ep.instance, ep.machine, ep.meshAddr, err)}
+	}
+	return tc, nil
 }
 
 // ServeHTTP routes one public request.
@@ -331,7 +380,7 @@ func (s *Server) failed(ep *endpoint, err error, now int64, idem, whole bool, at
 	var pe *proxyError
 	result := "error"
 	switch {
-	case connectFailed:
+	case connectFailed && !cut:
 		result = "connect_error"
 		s.eject(ep, "connect", now)
 		pe = &proxyError{status: http.StatusBadGateway, reason: ReasonConnectFailed, err: err}
@@ -509,9 +558,9 @@ func (u upstream) attempt(req *http.Request, ep *endpoint, body *countingBody, i
 			stopCut = func() bool { timer.Stop(); return stopRegion() }
 		}
 	}
-	out := req.WithContext(ctx)
+	out := req.WithContext(context.WithValue(ctx, endpointKey{}, ep))
 	u2 := *req.URL
-	u2.Host = ep.addr
+	u2.Host = ep.poolHost
 	out.URL = &u2
 	if body != nil {
 		out.Body = body

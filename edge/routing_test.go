@@ -54,9 +54,9 @@ func TestRoutesToClosestRegion(t *testing.T) {
 		}
 	}
 	// An app with only a prefix route: other paths are 404 no-route.
-	setServices(s, "fra", service("api", []string{"/api"}, endpointOf("fa", api)))
-	setServices(s, "was")
-	setServices(s, "sin")
+	setServices(t, s, "fra", service("api", []string{"/api"}, endpointOf("fa", api)))
+	setServices(t, s, "was")
+	setServices(t, s, "sin")
 	if code, _, resp := get(t, c, s.URL(), testHost, "/other"); code != 404 || resp.Header.Get(ErrorHeader) != ReasonNoRoute {
 		t.Fatalf("no route: %d %v", code, resp.Header)
 	}
@@ -193,32 +193,17 @@ func TestFailoverOnRefusedConnections(t *testing.T) {
 func TestRetryOnlyWhatIsSafe(t *testing.T) {
 	s := startEdge(t, nil)
 	// dropper reads a request and closes the connection.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	var mu sync.Mutex
 	methods := []string{}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				req, err := http.ReadRequest(bufio.NewReader(c))
-				if err == nil {
-					io.Copy(io.Discard, req.Body)
-					mu.Lock()
-					methods = append(methods, req.Method)
-					mu.Unlock()
-				}
-			}()
+	dropper := &backend{name: "dropper", port: testutil.ServeTCP(t, func(c net.Conn) {
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err == nil {
+			io.Copy(io.Discard, req.Body)
+			mu.Lock()
+			methods = append(methods, req.Method)
+			mu.Unlock()
 		}
-	}()
-	dropper := &backend{name: "dropper", port: ln.Addr().(*net.TCPAddr).Port}
+	})}
 	good := newBackend(t, "good", nil)
 	seed(t, s, fra, service("web", nil, endpointOf("f1", dropper)))
 	seed(t, s, was, service("web", nil, endpointOf("w1", good)))
@@ -262,7 +247,7 @@ func TestClearErrorsNeverAHang(t *testing.T) {
 	// is left (it might answer); this one is dead.
 	unhealthy := endpointOf("u1", dead)
 	unhealthy.Healthy = false
-	setServices(s, "fra", service("web", nil, unhealthy))
+	setServices(t, s, "fra", service("web", nil, unhealthy))
 	if code, _, resp := get(t, c, s.URL(), testHost, "/"); code != 502 || !deadReason(resp.Header.Get(ErrorHeader)) {
 		t.Fatalf("only an unhealthy dead instance: %d %v", code, resp.Header)
 	}
@@ -270,7 +255,7 @@ func TestClearErrorsNeverAHang(t *testing.T) {
 	standby := endpointOf("u2", alive)
 	standby.Healthy = false
 	healthy := newBackend(t, "healthy", nil)
-	setServices(s, "fra", service("web", nil, standby, endpointOf("h", healthy)))
+	setServices(t, s, "fra", service("web", nil, standby, endpointOf("h", healthy)))
 	if got := answers(t, c, s.URL(), 10); got["healthy"] != 10 {
 		t.Fatalf("a healthy instance beside an unhealthy one: %v", got)
 	}
@@ -278,7 +263,7 @@ func TestClearErrorsNeverAHang(t *testing.T) {
 	if got := answers(t, c, s.URL(), 10); got["unhealthy-but-answering"] != 10 {
 		t.Fatalf("the healthy one dead: %v", got)
 	}
-	setServices(s, "fra", service("web", nil, endpointOf("f1", dead), endpointOf("f2", dead)))
+	setServices(t, s, "fra", service("web", nil, endpointOf("f1", dead), endpointOf("f2", dead)))
 	if code, _, resp := get(t, c, s.URL(), testHost, "/"); code != 502 || !deadReason(resp.Header.Get(ErrorHeader)) {
 		t.Fatalf("all refuse: %d %v", code, resp.Header)
 	}
@@ -290,7 +275,7 @@ func TestClearErrorsNeverAHang(t *testing.T) {
 		case <-r.Context().Done():
 		}
 	})
-	setServices(s, "fra", service("web", nil, endpointOf("s1", slow)))
+	setServices(t, s, "fra", service("web", nil, endpointOf("s1", slow)))
 	resp, err := do(c, "POST", s.URL(), testHost, "/", strings.NewReader("x"))
 	if err != nil {
 		t.Fatal(err)
@@ -363,13 +348,16 @@ func TestRegionTargetsWithoutEndpoints(t *testing.T) {
 }
 
 // TestBuildTableSkipsInvalid: bad names, routes to undeclared or TCP
-// ports, relative paths and endpoints without a host port are left out;
-// the rest routes.
+// ports, relative paths, endpoints without a host port, and endpoints
+// without a machine or its mesh port (nothing reaches an instance but
+// through its machine's node proxy) are left out; the rest routes.
 func TestBuildTableSkipsInvalid(t *testing.T) {
 	rs := newRegionState(fra, parLat, parLon)
-	ok := regionapi.Endpoint{Instance: "i1", Address: "127.0.0.1", Ports: map[string]int{"8080": 20000}, Healthy: true}
-	noPort := regionapi.Endpoint{Instance: "i2", Address: "127.0.0.1", Ports: map[string]int{"9090": 20001}, Healthy: true}
-	good := service("web", []string{"/", "relative", "/bad path"}, ok, noPort)
+	ok := regionapi.Endpoint{Instance: "i1", Machine: "m1", Address: "127.0.0.1", Ports: map[string]int{"8080": 20000}, MeshPort: 7443, Healthy: true}
+	noPort := regionapi.Endpoint{Instance: "i2", Machine: "m1", Address: "127.0.0.1", Ports: map[string]int{"9090": 20001}, MeshPort: 7443, Healthy: true}
+	noMesh := regionapi.Endpoint{Instance: "i3", Machine: "m2", Address: "127.0.0.1", Ports: map[string]int{"8080": 20002}, Healthy: true}
+	noMachine := regionapi.Endpoint{Instance: "i4", Address: "127.0.0.1", Ports: map[string]int{"8080": 20003}, MeshPort: 7443, Healthy: true}
+	good := service("web", []string{"/", "relative", "/bad path"}, ok, noPort, noMesh, noMachine)
 	badName := service("web", nil, ok)
 	badName.App = "Bad_App"
 	tcp := service("tcp", []string{"/tcp"}, ok)
@@ -388,6 +376,15 @@ func TestBuildTableSkipsInvalid(t *testing.T) {
 	for _, e := range eps2 {
 		if e.inflight.Load() != 7 {
 			t.Fatalf("endpoint state lost across rebuilds")
+		}
+	}
+	// Its machine's node proxy moved: another endpoint, dialed there.
+	moved := service("web", nil, ok)
+	moved.Endpoints[0].MeshPort = 7444
+	_, eps3 := buildTable("meridian.localhost", []regionFeed{{rs: rs, services: []regionapi.FeedService{moved}}}, eps2)
+	for _, e := range eps3 {
+		if e.inflight.Load() != 0 || e.meshAddr != "127.0.0.1:7444" {
+			t.Fatalf("an endpoint whose mesh port moved kept the old one's state, or address %s", e.meshAddr)
 		}
 	}
 }

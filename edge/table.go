@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"crypto/tls"
 	"math"
 	"slices"
 	"strconv"
@@ -13,14 +14,22 @@ import (
 	"github.com/meridian-run/meridian/regionapi"
 )
 
-// endpoint is one instance's port as the edge reaches it. Endpoints keep
-// their balancing and ejection state across table rebuilds (same key).
+// endpoint is one instance's port as the edge reaches it: through the
+// node proxy of its machine (meshAddr), over mutual TLS, asking for the
+// instance's declared port. Endpoints keep their balancing and ejection
+// state across table rebuilds (same key).
 type endpoint struct {
 	key      string
 	instance string
 	region   *regionState
-	addr     string // host:port
-	h2c      bool   // the port speaks HTTP/2 without TLS
+	machine  string
+	meshAddr string // the machine's node proxy (host:port)
+	port     int    // the instance's declared port, asked of the node proxy
+	poolHost string // the endpoint's name in http.Transport's pools (never resolved)
+	h2c      bool   // the port speaks HTTP/2 (within the TLS of the hop, no TLS of its own)
+
+	tlsOnce sync.Once
+	tls     *tls.Config // verifies the machine's certificate
 
 	pool connPool // the fast path's kept-alive connections
 
@@ -120,7 +129,9 @@ type regionFeed struct {
 // prev with the same key are kept (with their state); the returned map
 // holds the endpoints of the new table. Invalid entries are skipped: a
 // service with a bad name, a route that is not a path or names an
-// undeclared or non-HTTP port, an endpoint without address or host port.
+// undeclared or non-HTTP port, an endpoint without address, host port,
+// machine or mesh port (a machine without a node proxy cannot be reached
+// over mutual TLS, and the edge sends nothing in clear).
 // Two services of one app claiming one prefix in one region: the first by
 // key wins.
 func buildTable(domain string, feeds []regionFeed, prev map[string]*endpoint) (*table, map[string]*endpoint) {
@@ -172,16 +183,22 @@ func buildTable(domain string, feeds []regionFeed, prev map[string]*endpoint) (*
 				declaredPort := strconv.Itoa(rt.Port)
 				for _, e := range svc.Endpoints {
 					hp := e.Ports[declaredPort]
-					if e.Address == "" || hp <= 0 || hp > math.MaxUint16 {
+					if e.Address == "" || hp <= 0 || hp > math.MaxUint16 || e.MeshPort <= 0 || e.MeshPort > math.MaxUint16 ||
+						e.Machine == "" || len(e.Instance) == 0 || len(e.Instance) > 255 {
 						continue
 					}
-					addr := joinHostPort(e.Address, hp)
-					key := f.rs.info.ID + "/" + e.Instance + "/" + addr
+					// The key names the instance's host port too: an instance
+					// started again on another port gets fresh connections.
+					var mp [8]byte
+					key := f.rs.info.ID + "/" + e.Instance + "/" + joinHostPort(e.Address, hp) + "/" + e.Machine + "@" +
+						string(strconv.AppendInt(mp[:0], int64(e.MeshPort), 10))
 					ep := eps[key]
 					if ep == nil {
 						ep = prev[key]
-						if ep == nil || ep.region != f.rs {
-							ep = &endpoint{key: key, instance: e.Instance, region: f.rs, addr: addr, h2c: proto == "http2"}
+						if ep == nil || ep.region != f.rs || ep.h2c != (proto == "http2") {
+							ep = &endpoint{key: key, instance: e.Instance, region: f.rs, machine: e.Machine,
+								meshAddr: joinHostPort(e.Address, e.MeshPort), port: rt.Port,
+								poolHost: "e" + strconv.FormatUint(endpointSeq.Add(1), 10) + ".instance.invalid:80", h2c: proto == "http2"}
 						}
 						eps[key] = ep
 					}
@@ -202,6 +219,9 @@ func buildTable(domain string, feeds []regionFeed, prev map[string]*endpoint) (*
 	}
 	return t, eps
 }
+
+// endpointSeq numbers endpoints for their pool names.
+var endpointSeq atomic.Uint64
 
 func joinHostPort(host string, port int) string {
 	if strings.IndexByte(host, ':') >= 0 && !strings.HasPrefix(host, "[") {

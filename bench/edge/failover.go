@@ -148,8 +148,9 @@ func (b *bench) failover(ctx context.Context) error {
 	return nil
 }
 
-// regionLinks returns the link proxies to a region's API and to its
-// instances of web (created now, so that the edge's next dials use them).
+// regionLinks returns the link proxies to a region's API and to the node
+// proxies of its instances of web (created now, so that the edge's next
+// dials use them).
 func regionLinks(ctx context.Context, c *api.Client, links *linkProxies, info dev.Info, region string) ([]*linkproxy.Proxy, error) {
 	var out []*linkproxy.Proxy
 	for _, comp := range info.Components {
@@ -165,9 +166,22 @@ func regionLinks(ctx context.Context, c *api.Client, links *linkProxies, info de
 	if err != nil {
 		return nil, err
 	}
+	meshPorts := map[string]string{} // machine -> its node proxy's port (the agent's --mesh-port)
+	for _, comp := range info.Components {
+		if comp.Role == "agent" {
+			if i := slices.Index(comp.Args, "--mesh-port"); i >= 0 && i+1 < len(comp.Args) {
+				meshPorts[comp.Machine] = comp.Args[i+1]
+			}
+		}
+	}
 	for _, i := range list.Items {
 		if i.Region == region {
-			p, err := links.proxy(net.JoinHostPort(i.Address, strconv.Itoa(i.Ports["8080"])))
+			// The edge reaches the instance through its machine's node proxy.
+			port, ok := meshPorts[i.Machine]
+			if !ok {
+				return nil, fmt.Errorf("no mesh port for machine %s in dev.json", i.Machine)
+			}
+			p, err := links.proxy(net.JoinHostPort(i.Address, port))
 			if err != nil {
 				return nil, err
 			}

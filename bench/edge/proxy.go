@@ -30,6 +30,7 @@ type wrkResult struct {
 	rps      float64
 	p50, p99 time.Duration
 	cpu      time.Duration
+	hopCPU   time.Duration // the node proxy's
 	errors   string
 }
 
@@ -37,6 +38,7 @@ type wrkResult struct {
 type target struct {
 	name, url string
 	pid       int // the proxy's process (0: none)
+	hop       int // the node proxy's process, on the edge's way (0: none)
 }
 
 // nginxConf proxies to the backend with the same work as the edge, in one
@@ -101,22 +103,40 @@ func (b *bench) proxy(ctx context.Context) error {
 		return err
 	}
 
+	// The backend's machine's node proxy, beside it on CPU 1.
+	edgePKI, nodePKI, err := b.makePKI()
+	if err != nil {
+		return err
+	}
+	nodeAddr := freeAddr()
+	node, err := b.start("node-proxy", 1, self, "-node-proxy", nodeAddr, "-node-pki", nodePKI, "-backend", backendAddr)
+	if err != nil {
+		return err
+	}
+	defer b.stop(node)
+	if err := waitTCP(ctx, nodeAddr, 10*time.Second); err != nil {
+		return err
+	}
+
 	// The edge serves a snapshot routing the app to the backend.
 	host, portS, _ := strings.Cut(backendAddr, ":")
 	port, _ := strconv.Atoi(portS)
+	_, meshS, _ := strings.Cut(nodeAddr, ":")
+	meshPort, _ := strconv.Atoi(meshS)
 	stateDir := filepath.Join(b.root, "edge-proxy")
 	snap := edge.Snapshot{Location: "bench", SavedAt: time.Now(), Regions: []edge.SnapshotRegion{{
-		Region: edge.Region{ID: "fra", URL: "https://127.0.0.1:1", Latitude: 50.11, Longitude: 8.68},
+		Region: edge.Region{ID: benchRegion, URL: "https://127.0.0.1:1", Latitude: 50.11, Longitude: 8.68},
 		Services: []regionapi.FeedService{{Key: "bench.bench.web", Org: "bench", App: "bench", Service: "web",
 			Ports: []api.Port{{Port: 8080}}, Routes: []api.Route{{Port: 8080, Path: "/"}},
-			Endpoints: []regionapi.Endpoint{{Instance: "bench-0", Address: host, Ports: map[string]int{"8080": port}, Healthy: true}}}},
+			Endpoints: []regionapi.Endpoint{{Instance: benchInstance, Machine: benchMachine, Address: host, Ports: map[string]int{"8080": port},
+				MeshPort: meshPort, Healthy: true}}}},
 	}}}
 	if err := edge.WriteSnapshot(stateDir, snap); err != nil {
 		return err
 	}
 	edgeAddr, edgeAdmin := freeAddr(), freeAddr()
 	ep, err := b.start("edge-proxy", 0, filepath.Join(b.binDir, "meridian"), "edge", "--location", "bench", "--listen", edgeAddr,
-		"--admin-listen", edgeAdmin, "--state-dir", stateDir, "--access-log=false", "--log-level", "warn")
+		"--admin-listen", edgeAdmin, "--state-dir", stateDir, "--pki-dir", edgePKI, "--access-log=false", "--log-level", "warn")
 	if err != nil {
 		return err
 	}
@@ -126,7 +146,7 @@ func (b *bench) proxy(ctx context.Context) error {
 	}
 
 	targets := []target{{name: "backend alone", url: "http://" + backendAddr + "/"},
-		{name: "meridian edge", url: "http://" + edgeAddr + "/", pid: ep.cmd.Process.Pid}}
+		{name: "meridian edge", url: "http://" + edgeAddr + "/", pid: ep.cmd.Process.Pid, hop: node.cmd.Process.Pid}}
 	nginx, err := exec.LookPath("nginx")
 	if err != nil {
 		nginx = ""
@@ -196,9 +216,10 @@ func (b *bench) proxy(ctx context.Context) error {
 			return v[len(v)/2]
 		}
 		out := wrkResult{rps: pick(func(r wrkResult) float64 { return r.rps }),
-			p50: time.Duration(pick(func(r wrkResult) float64 { return float64(r.p50) })),
-			p99: time.Duration(pick(func(r wrkResult) float64 { return float64(r.p99) })),
-			cpu: time.Duration(pick(func(r wrkResult) float64 { return float64(r.cpu) }))}
+			p50:    time.Duration(pick(func(r wrkResult) float64 { return float64(r.p50) })),
+			p99:    time.Duration(pick(func(r wrkResult) float64 { return float64(r.p99) })),
+			cpu:    time.Duration(pick(func(r wrkResult) float64 { return float64(r.cpu) })),
+			hopCPU: time.Duration(pick(func(r wrkResult) float64 { return float64(r.hopCPU) }))}
 		for _, r := range rs {
 			out.errors += r.errors
 		}
@@ -216,6 +237,9 @@ func (b *bench) proxy(ctx context.Context) error {
 			cpu = fmt.Sprintf("%.1fµs", float64(r[0].cpu)/1e3)
 		}
 		fmt.Printf("  %-20s %13.0f %10s %10s %10s %12s %10s%s\n", tg.name, r[0].rps, dur(r[0].p50), dur(r[0].p99), cpu, dur(r[1].p50), dur(r[1].p99), r[0].errors+r[1].errors)
+		if tg.hop != 0 {
+			fmt.Printf("  %-20s %13s %10s %10s %10s\n", "  + its node proxy", "", "", "", fmt.Sprintf("%.1fµs", float64(r[0].hopCPU)/1e3))
+		}
 	}
 	if nginxName != "" {
 		e, n, base := res["meridian edge"], res[nginxName], res["backend alone"]
@@ -284,9 +308,9 @@ var (
 func runWrk(ctx context.Context, wrk string, tg target, conns int, d time.Duration) (wrkResult, error) {
 	cmd := exec.CommandContext(ctx, "taskset", "-c", "1", wrk, "-t1", "-c"+strconv.Itoa(conns), "-d"+d.String(), "--latency",
 		"-H", "Host: "+benchHost, tg.url)
-	cpu0 := cpuTime(tg.pid)
+	cpu0, hop0 := cpuTime(tg.pid), cpuTime(tg.hop)
 	out, err := cmd.CombinedOutput()
-	cpu1 := cpuTime(tg.pid)
+	cpu1, hop1 := cpuTime(tg.pid), cpuTime(tg.hop)
 	if err != nil {
 		return wrkResult{}, fmt.Errorf("wrk %s: %w\n%s", tg.url, err, out)
 	}
@@ -299,6 +323,7 @@ func runWrk(ctx context.Context, wrk string, tg target, conns int, d time.Durati
 	r.rps, _ = strconv.ParseFloat(string(m[1]), 64)
 	if total, _ := strconv.ParseFloat(string(n[1]), 64); total > 0 && tg.pid != 0 {
 		r.cpu = time.Duration(float64(cpu1-cpu0) / total)
+		r.hopCPU = time.Duration(float64(hop1-hop0) / total)
 	}
 	for _, m := range pctRe.FindAllSubmatch(out, -1) {
 		v, _ := strconv.ParseFloat(string(m[2]), 64)

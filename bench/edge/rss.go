@@ -49,6 +49,10 @@ func syntheticSnapshot(apps, perApp int) edge.Snapshot {
 // rss measures a meridian edge process's resident memory with an empty
 // routing table and with 1,000 routes and 10,000 endpoints.
 func (b *bench) rss(ctx context.Context) error {
+	edgePKI, _, err := b.makePKI()
+	if err != nil {
+		return err
+	}
 	type result struct {
 		routes, endpoints int
 		rss, heap         float64
@@ -61,7 +65,7 @@ func (b *bench) rss(ctx context.Context) error {
 		}
 		admin := freeAddr()
 		p, err := b.start(fmt.Sprintf("edge-rss-%d", size[0]), -1, filepath.Join(b.binDir, "meridian"), "edge", "--location", "bench",
-			"--listen", freeAddr(), "--admin-listen", admin, "--state-dir", dir, "--log-level", "warn")
+			"--listen", freeAddr(), "--admin-listen", admin, "--state-dir", dir, "--pki-dir", edgePKI, "--log-level", "warn")
 		if err != nil {
 			return err
 		}
