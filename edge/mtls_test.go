@@ -110,7 +110,8 @@ func TestInstancesOnlyOverMutualTLS(t *testing.T) {
 		t.Fatalf("the plain listener got %q; want a TLS handshake record and nothing in clear", b)
 	}
 
-	// A node proxy that refuses the call: another instance is tried.
+	// A node proxy that refuses the call (in fra, the closest region, so
+	// tried first): the instance in was is tried next.
 	private := newBackend(t, "private", nil)
 	m := w.machine(t, "fra", "m-private")
 	refusing := endpointOf("private", private)
@@ -119,7 +120,8 @@ func TestInstancesOnlyOverMutualTLS(t *testing.T) {
 	m.mu.Lock()
 	m.instances["private"] = agent.NodeInstance{Org: "demo", App: "hello", Service: "web", Ports: map[int]int{8080: private.port}}
 	m.mu.Unlock()
-	setServices(t, s, "fra", service("web", nil, refusing, endpointOf("good", good)))
+	setServices(t, s, "fra", service("web", nil, refusing))
+	seed(t, s, was, service("web", nil, endpointOf("good-was", good)))
 	for range 6 {
 		if code, body, _ := get(t, c, s.URL(), testHost, "/"); code != 200 || !strings.Contains(body, testHost) {
 			t.Fatalf("with a refusing node proxy: %d %q", code, body)
