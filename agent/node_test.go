@@ -68,6 +68,7 @@ func edgeCall(addr string, machine pki.ID, leaf *pki.Leaf, roots *x509.CertPool,
 // certificate naming no protocol. An edge's connection is closed when its
 // certificate expires.
 func TestNodeProxyAdmitsEdgesOnlyOnTheirProtocol(t *testing.T) {
+	testutil.Slow(t) // waits for a certificate to expire
 	in := pkitest.New(t, "fra", "was")
 	n := newTestNode(t, in, "fra", "fra1", "fra1-a", nil)
 	pub, _ := backend(t, "public")

@@ -327,6 +327,7 @@ func TestMeasuredRTTBeatsCoordinates(t *testing.T) {
 // changed) makes the edge neither build a new routing table nor write
 // its snapshot; a real change afterwards does both.
 func TestIdleFeedChangesNothing(t *testing.T) {
+	testutil.Slow(t)
 	t.Parallel()
 	s, ff := followFra(t, nil)
 	writes := func() float64 { return metric(t, s, `meridian_edge_snapshot_writes_total{result="ok"}`) }
