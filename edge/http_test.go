@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
-	"github.com/meridian-run/meridian/testutil"
 	"io"
 	"log/slog"
 	"net"
