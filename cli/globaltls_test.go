@@ -1,8 +1,12 @@
 package cli
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/url"
@@ -13,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meridian-run/meridian/edge"
 	"github.com/meridian-run/meridian/pki"
 	"github.com/meridian-run/meridian/testutil"
 )
@@ -184,5 +189,79 @@ func TestGlobalTLSFlags(t *testing.T) {
 	apiURL, _ := runGlobal(t, "--state-dir", state, "--listen", "0.0.0.0:0", "--log-level", "error", "--insecure-plaintext")
 	if !strings.HasPrefix(apiURL, "http://") {
 		t.Fatalf("API at %s", apiURL)
+	}
+}
+
+// TestEdgeTrustsGlobalFromItsPKI: an edge given only its PKI directory
+// (as the README's real installation runs it) lists the regions from a
+// global serving a certificate of the installation's root, without
+// SSL_CERT_FILE; a global whose certificate comes from another root is
+// refused.
+func TestEdgeTrustsGlobalFromItsPKI(t *testing.T) {
+	testutil.Slow(t)
+	dir := t.TempDir()
+	pkiDir, _ := newPKI(t, dir, "localhost", "127.0.0.1")
+	apiURL, _ := runGlobal(t, "--state-dir", filepath.Join(dir, "global"), "--listen", "127.0.0.1:0", "--log-level", "error",
+		"--admin-token", adminToken, "--pki", pkiDir, "--tls-from-pki")
+	caFile := filepath.Join(pkiDir, "root", "root.pem")
+	for _, args := range [][]string{
+		{"regions", "add", "fra", "--url", "https://127.0.0.1:1", "--lat", "50.1", "--lon", "8.7"},
+		{"regions", "open", "fra"},
+		{"pki", "edge", "--dir", pkiDir, "--location", "par"},
+	} {
+		if code, _, errOut := run(t, append(args, "--api", apiURL, "--token", adminToken, "--ca-file", caFile)...); code != 0 {
+			t.Fatalf("%v: %d %s", args, code, errOut)
+		}
+	}
+	code, out, errOut := run(t, "edge-tokens", "create", "edge-par", "--api", apiURL, "--token", adminToken, "--ca-file", caFile, "-o", "json")
+	if code != 0 {
+		t.Fatalf("edge-tokens create: %d %s", code, errOut)
+	}
+	var tok struct {
+		Token string `json:"token"`
+	}
+	if err := json.Unmarshal([]byte(out), &tok); err != nil || tok.Token == "" {
+		t.Fatalf("edge token answer %q: %v", out, err)
+	}
+	id, err := edge.LoadIdentity(filepath.Join(pkiDir, "edges", "par"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func(id *edge.Identity, log *slog.Logger) *edge.Server {
+		s, err := edge.Start(context.Background(), edge.Config{Location: "par", Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0",
+			StateDir: t.TempDir(), GlobalURL: apiURL, GlobalToken: tok.Token, Identity: id, RegionRefresh: 100 * time.Millisecond,
+			Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	s := start(id, testutil.Logger(t))
+	testutil.Eventually(t, 20*time.Second, "the edge lists fra from global", func() (bool, string) {
+		st := s.Status()
+		return len(st.Regions) == 1 && st.Regions[0].ID == "fra", fmt.Sprint(st.Regions)
+	})
+
+	// Another installation's edge does not trust this global.
+	other, err := pki.NewRoot("other.org", time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := other.Issue(pki.LeafRequest{ID: pki.EdgeID("other.org", "par"), Usage: pki.UsageClient, TTL: time.Hour, Now: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := edge.NewIdentity(leaf, other.Pool())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs testutil.Buffer
+	s2 := start(foreign, slog.New(slog.NewTextHandler(&logs, nil)))
+	testutil.Eventually(t, 20*time.Second, "the foreign edge refuses global's certificate", func() (bool, string) {
+		return strings.Contains(logs.String(), "trusted neither by the system"), logs.String()
+	})
+	if st := s2.Status(); len(st.Regions) != 0 {
+		t.Fatalf("an edge of another installation listed %v from this global", st.Regions)
 	}
 }

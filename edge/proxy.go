@@ -165,6 +165,8 @@ func (s *Server) setupProxy() {
 		return t
 	}
 	s.transport, s.h2cTransport = newTransport(false), newTransport(true)
+	s.globalTransport = &http.Transport{TLSClientConfig: globalTLS(s.cfg.Identity.Roots()), ForceAttemptHTTP2: true,
+		TLSHandshakeTimeout: 10 * time.Second, IdleConnTimeout: time.Minute}
 	s.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "http"

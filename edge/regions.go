@@ -2,6 +2,8 @@ package edge
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -106,11 +108,45 @@ func (s *Server) refreshLoop() {
 	}
 }
 
+// globalTLS verifies global's HTTPS certificate for its host name against
+// the system's roots (a certificate from a public CA) or, failing that,
+// the installation's root (one from `meridian pki global --hosts`), so an
+// edge needs no extra trust configuration either way.
+func globalTLS(installation *x509.CertPool) *tls.Config {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: true} // verified below, by name, against either pool
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("edge: global presented no certificate")
+		}
+		inter := x509.NewCertPool()
+		for _, c := range cs.PeerCertificates[1:] {
+			inter.AddCert(c)
+		}
+		opts := x509.VerifyOptions{DNSName: cs.ServerName, Intermediates: inter}
+		system, err := x509.SystemCertPool()
+		if err == nil {
+			opts.Roots = system
+			if _, err = cs.PeerCertificates[0].Verify(opts); err == nil {
+				return nil
+			}
+		}
+		if installation == nil {
+			return fmt.Errorf("edge: global's certificate: %w", err)
+		}
+		opts.Roots = installation
+		if _, ierr := cs.PeerCertificates[0].Verify(opts); ierr != nil {
+			return fmt.Errorf("edge: global's certificate is trusted neither by the system (%v) nor by the installation's root (%w)", err, ierr)
+		}
+		return nil
+	}
+	return cfg
+}
+
 // refreshRegions reads the open and draining regions from global and
 // follows them; the list is cached in the state directory.
 func (s *Server) refreshRegions(ctx context.Context) error {
 	c := api.NewClient(s.cfg.GlobalURL, s.cfg.GlobalToken)
-	c.HTTP = &http.Client{Timeout: 10 * time.Second}
+	c.HTTP = &http.Client{Timeout: 10 * time.Second, Transport: s.globalTransport}
 	var list []Region
 	page := ""
 	for {

@@ -33,6 +33,7 @@ type Server struct {
 	endpoints map[string]*endpoint
 
 	transport, h2cTransport *http.Transport
+	globalTransport         *http.Transport // to global's API (the region list)
 	proxy                   *httputil.ReverseProxy
 	bufs                    *bufferPool
 	reqPrefix               string
@@ -276,6 +277,7 @@ func (s *Server) Close() error {
 		s.wg.Wait()
 		s.transport.CloseIdleConnections()
 		s.h2cTransport.CloseIdleConnections()
+		s.globalTransport.CloseIdleConnections()
 		s.buildMu.Lock()
 		for _, ep := range s.endpoints {
 			ep.pool.close()
