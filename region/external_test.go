@@ -25,6 +25,7 @@ import (
 // Nothing is embedded, the region works on the external store, and
 // another region's server is refused.
 func TestExternalEtcd(t *testing.T) {
+	testutil.NoLeaks(t) // before the external etcd: its Close is checked too
 	in := pkitest.New(t, "fra", "was")
 	dir := t.TempDir()
 	leaf, err := in.Regions["fra"].Issue(pki.LeafRequest{ID: pki.ServerID(pkitest.TrustDomain, "fra"),

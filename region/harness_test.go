@@ -67,6 +67,7 @@ func startRegion(t testing.TB, in *pkitest.Installation, region string, ms []mem
 func startRegionErr(t testing.TB, in *pkitest.Installation, region string, ms []member, i int, tweak func(*Config)) (*Server, error) {
 	t.Helper()
 	m := ms[i]
+	testutil.NoLeaks(t)
 	cfg := Config{
 		Region:  region,
 		DataDir: filepath.Join(t.TempDir(), m.name),
@@ -185,13 +186,19 @@ func (m *fakeMachine) heartbeat(t testing.TB) {
 
 // keepAlive heartbeats every 300ms until stop is closed.
 func (m *fakeMachine) keepAlive(t testing.TB, stop <-chan struct{}) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ended := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-ended })
 	go func() {
+		defer close(ended)
 		tick := time.NewTicker(300 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			m.client.Heartbeat(context.Background(), regionapi.Heartbeat{})
+			m.client.Heartbeat(ctx, regionapi.Heartbeat{})
 			select {
 			case <-stop:
+				return
+			case <-ctx.Done():
 				return
 			case <-tick.C:
 			}

@@ -340,6 +340,7 @@ func (s *Server) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		s.http.Shutdown(ctx)
 		cancel()
+		s.http.Close() // what Shutdown left: HTTP/2 connections clients keep open
 		s.wg.Wait()
 		s.cli.Close()
 		s.closeEtcd()

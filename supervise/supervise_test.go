@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/meridian-run/meridian/testutil"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -31,7 +32,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(workloadEnv) != "" {
 		os.Exit(runWorkload(os.Args[1:]))
 	}
-	os.Exit(m.Run())
+	os.Exit(testutil.Main(m, nil))
 }
 
 func runWorkload(args []string) int {

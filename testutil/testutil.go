@@ -31,7 +31,9 @@ import (
 // "examples/hello") into a temporary directory, and returns the exit code.
 // It first serves the process driver's shim when this binary was started
 // as one (agents in tests re-execute the test binary). paths receives each
-// built program's path by its base name.
+// built program's path by its base name. Once every test and cleanup has
+// run, it fails the package if goroutines started meanwhile are still
+// running (a component whose Close left something behind).
 func Main(m *testing.M, paths map[string]*string) int {
 	driver.MaybeRunShim()
 	dir, err := os.MkdirTemp("", "meridian-test-bin-")
@@ -58,7 +60,32 @@ func Main(m *testing.M, paths map[string]*string) int {
 		}
 		*dst = out
 	}
-	return m.Run()
+	before := goleak.IgnoreCurrent()
+	code := m.Run()
+	if code == 0 {
+		// Every test and cleanup has run: whatever the package's
+		// components started must have ended with their Close.
+		if err := goleak.Find(append([]goleak.Option{before}, lingers...)...); err != nil {
+			fmt.Fprintf(os.Stderr, "goroutines left running after every test and cleanup: %v\n", err)
+			return 1
+		}
+	}
+	return code
+}
+
+// lingers are goroutines a leak check ignores: a test's own HTTP clients'
+// idle keep-alive connections, and EtcdLingers.
+var lingers = append([]goleak.Option{
+	goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
+	goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
+}, EtcdLingers...)
+
+// EtcdLingers are goroutines of an embedded etcd member's peer listener
+// (cmux over net/http) that outlive its Close while a peer's connection is
+// still open: etcd's, not Meridian's.
+var EtcdLingers = []goleak.Option{
+	goleak.IgnoreAnyFunction("github.com/soheilhy/cmux.(*MuxConn).Read"),
+	goleak.IgnoreAnyFunction("net/http.(*connReader).abortPendingRead"),
 }
 
 // moduleRoot is the directory of this module's go.mod.
@@ -122,15 +149,24 @@ func SlowPackage(why string) bool {
 	return true
 }
 
+// leakChecked holds the tests NoLeaks checks already.
+var leakChecked sync.Map
+
 // NoLeaks checks, once the test and every cleanup registered after this
 // call have run (components' Close among them), that no goroutine started
-// since is left running: call it before starting a component. Goroutines
+// since is left running: call it before starting a component; ignore
+// names third-party goroutines known to outlive their owner's Close. Goroutines
 // still ending are given goleak's grace (it retries for a while).
-func NoLeaks(t testing.TB) {
+func NoLeaks(t testing.TB, ignore ...goleak.Option) {
 	t.Helper()
-	ignore := goleak.IgnoreCurrent()
+	if _, checked := leakChecked.LoadOrStore(t, true); checked {
+		return // the first call's check covers everything started since
+	}
+	opts := append([]goleak.Option{goleak.IgnoreCurrent()}, lingers...)
+	opts = append(opts, ignore...)
 	t.Cleanup(func() {
-		if err := goleak.Find(ignore); err != nil {
+		leakChecked.Delete(t)
+		if err := goleak.Find(opts...); err != nil {
 			t.Errorf("goroutines left running after the test and its cleanups: %v", err)
 		}
 	})

@@ -1,0 +1,11 @@
+package edge
+
+import (
+	"os"
+	"testing"
+
+	"github.com/meridian-run/meridian/testutil"
+)
+
+// TestMain fails the package if an edge's Close left goroutines running.
+func TestMain(m *testing.M) { os.Exit(testutil.Main(m, nil)) }
