@@ -138,6 +138,15 @@ type RegionalDefinition struct {
 	Datacenters  []string      `json:"datacenters"`
 	HealthChecks []HealthCheck `json:"health_checks"`
 	Strategy     Strategy      `json:"strategy"`
+
+	// ImageDigest is the digest ("sha256:...") global resolved Image to at
+	// deploy: machines run Image's repository at this digest (Image as
+	// written when empty).
+	ImageDigest string `json:"image_digest,omitempty"`
+	// RegistrySecret names the organization secret holding the credentials
+	// of Image's registry; its value travels in the apply's secrets, and
+	// the region uses it for its own pulls only.
+	RegistrySecret string `json:"registry_secret,omitempty"`
 }
 
 // ResolvedEnv is one env entry of a regional definition: a literal Value or

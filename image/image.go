@@ -33,6 +33,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -94,7 +95,8 @@ type Config struct {
 	// Mirror, when set, is the registry (host[:port]) every image is pulled
 	// from instead of its own: the same repository path and tag or digest,
 	// the upstream registry named by the "ns" query parameter of each
-	// request (containerd's mirror convention).
+	// request (containerd's mirror convention). It is reached over HTTPS
+	// unless named in Insecure.
 	Mirror string
 	// Insecure names registries (host[:port]) that may be reached over
 	// plain HTTP. Loopback registries always may; others need TLS.
@@ -124,6 +126,58 @@ type Store struct {
 	flight singleflight.Group
 	mu     sync.Mutex // serializes unpacks of one chain id against each other
 	unpack map[string]*sync.Mutex
+	pulls  map[string]*pullState // guarded by mu: pulls under way, by reference
+}
+
+// Progress is how far a pull under way has come.
+type Progress struct {
+	// Fetched and Total count the compressed bytes of the image's layers;
+	// layers the machine already had count as fetched.
+	Fetched, Total int64
+	// Unpacking is true once every layer is fetched.
+	Unpacking bool
+}
+
+// pullState is the progress of one pull.
+type pullState struct {
+	total     int64
+	fetched   atomic.Int64
+	unpacking atomic.Bool
+}
+
+// Progress returns the progress of the pull of ref under way (false when
+// none is, or it has not read the image's manifest yet).
+func (s *Store) Progress(ref string) (Progress, bool) {
+	s.mu.Lock()
+	ps := s.pulls[ref]
+	s.mu.Unlock()
+	if ps == nil {
+		return Progress{}, false
+	}
+	return Progress{Fetched: ps.fetched.Load(), Total: ps.total, Unpacking: ps.unpacking.Load()}, true
+}
+
+func (s *Store) trackPull(ref string, ps *pullState) func() {
+	s.mu.Lock()
+	s.pulls[ref] = ps
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		delete(s.pulls, ref)
+		s.mu.Unlock()
+	}
+}
+
+// countingReader adds what it reads to n.
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c countingReader) Read(p []byte) (int, error) {
+	k, err := c.r.Read(p)
+	c.n.Add(int64(k))
+	return k, err
 }
 
 // Open opens (creating if needed) the store in cfg.Dir, removing what an
@@ -152,7 +206,7 @@ func Open(cfg Config) (*Store, error) {
 	}
 	s := &Store{cfg: cfg, log: cfg.Logger.With("component", "images"),
 		blobs: blobStore{dir: filepath.Join(dir, "blobs")}, rootfs: filepath.Join(dir, "rootfs"),
-		unpack: map[string]*sync.Mutex{}}
+		unpack: map[string]*sync.Mutex{}, pulls: map[string]*pullState{}}
 	// Only the agent's user may read the store: instances see their
 	// image's root through their overlay mount, never through this path.
 	for _, d := range []string{dir, s.blobs.dir, s.rootfs} {
@@ -284,6 +338,13 @@ func (s *Store) pull(ctx context.Context, ref string) (*Image, error) {
 	if s.hasRootfs(chain) {
 		return img, nil
 	}
+	ps := &pullState{total: layersSize(m)}
+	defer s.trackPull(ref, ps)()
+	for _, l := range m.Layers {
+		if s.blobs.has(l.Digest) {
+			ps.fetched.Add(l.Size)
+		}
+	}
 	// Fetch the missing layers, verified, a few at a time.
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.cfg.Parallel)
@@ -303,7 +364,7 @@ func (s *Store) pull(ctx context.Context, ref string) (*Image, error) {
 				return classify(err)
 			}
 			defer rc.Close()
-			if err := s.blobs.put(l.Digest, l.Size, s.cfg.Limits.MaxImageBytes, rc); err != nil {
+			if err := s.blobs.put(l.Digest, l.Size, s.cfg.Limits.MaxImageBytes, countingReader{rc, &ps.fetched}); err != nil {
 				return fmt.Errorf("layer %s: %w", l.Digest, classify(err))
 			}
 			fmu.Lock()
@@ -319,6 +380,7 @@ func (s *Store) pull(ctx context.Context, ref string) (*Image, error) {
 		return fail("fetch", err)
 	}
 	fetchedAt := time.Now()
+	ps.unpacking.Store(true)
 	if err := s.unpackImage(ctx, m, cf, chain); err != nil {
 		return fail("unpack", err)
 	}

@@ -49,6 +49,11 @@ func (e *Error) Error() string { return fmt.Sprintf("image %s: %s: %v", e.Ref, e
 // Unwrap returns the cause.
 func (e *Error) Unwrap() error { return e.Err }
 
+// Classify wraps an error of go-containerregistry's remote package with the
+// sentinel of its cause (ErrNotFound, ErrUnreachable, ErrDigest) when it is
+// known, and returns other errors as they are.
+func Classify(err error) error { return classify(err) }
+
 // classify wraps a registry error with the sentinel of its cause.
 func classify(err error) error {
 	if err == nil {
@@ -91,6 +96,13 @@ type guardTransport struct {
 }
 
 func (g *guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if g.mirror != "" && req.URL.Host == g.mirror && req.URL.Scheme == "http" && !slices.Contains(g.insecure, g.mirror) {
+		// The mirror speaks TLS unless named insecure (go-containerregistry
+		// would pick HTTP for a loopback or private address).
+		r := req.Clone(req.Context())
+		r.URL.Scheme = "https"
+		req = r
+	}
 	if req.URL.Scheme == "http" && !g.httpAllowed(req.URL.Host) {
 		return nil, fmt.Errorf("registry %s: plain HTTP refused: only loopback registries and those named insecure may be reached without TLS", req.URL.Host)
 	}
@@ -119,9 +131,18 @@ func (g *guardTransport) httpAllowed(hostport string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// parseRef parses an image reference; with a mirror it also returns the
-// reference at the mirror (same repository and tag or digest).
-func (s *Store) parseRef(ref string) (name.Reference, error) {
+// NewRegistryTransport returns a RoundTripper over next that refuses
+// plain HTTP to any registry but loopback ones and those named in insecure
+// (host[:port]), as the store does for its own pulls: go-containerregistry
+// alone would also fall back to HTTP for private addresses.
+func NewRegistryTransport(next http.RoundTripper, insecure []string) http.RoundTripper {
+	return &guardTransport{next: next, insecure: insecure}
+}
+
+// ParseRef parses an image reference; registries named in insecure
+// (host[:port]) are reached over plain HTTP, others (but loopback ones)
+// over TLS. Errors match ErrInvalid.
+func ParseRef(ref string, insecure []string) (name.Reference, error) {
 	if strings.TrimSpace(ref) == "" {
 		return nil, fmt.Errorf("%w: empty reference", ErrInvalid)
 	}
@@ -130,7 +151,7 @@ func (s *Store) parseRef(ref string) (name.Reference, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	if slices.Contains(s.cfg.Insecure, r.Context().RegistryStr()) {
+	if slices.Contains(insecure, r.Context().RegistryStr()) {
 		opts = append(opts, name.Insecure)
 		if r, err = name.ParseReference(ref, opts...); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
@@ -138,6 +159,9 @@ func (s *Store) parseRef(ref string) (name.Reference, error) {
 	}
 	return r, nil
 }
+
+// parseRef parses an image reference (see ParseRef).
+func (s *Store) parseRef(ref string) (name.Reference, error) { return ParseRef(ref, s.cfg.Insecure) }
 
 // atMirror returns where ref is pulled from: the mirror when one is set
 // (the same repository path, the upstream registry named by "ns"), else ref

@@ -382,7 +382,15 @@ func (s *Server) assignment(ctx context.Context, a assignRecord) (regionapi.Assi
 	if err != nil {
 		return regionapi.Assignment{}, err
 	}
-	secrets, err := s.sealer.open(a.DeploymentID, sp.Secrets)
+	// Only the secrets the instance's env names go to the machine: the
+	// registry secret stays with the region, which pulls for it.
+	env := map[string][]byte{}
+	for _, e := range sp.Definition.Env {
+		if v, ok := sp.Secrets[e.Secret]; ok && e.Secret != "" {
+			env[e.Secret] = v
+		}
+	}
+	secrets, err := s.sealer.open(a.DeploymentID, env)
 	if err != nil {
 		return regionapi.Assignment{}, err
 	}

@@ -107,6 +107,11 @@ func (s *Server) routes() http.Handler {
 	handle("POST /v1/agent/report", machine, s.report)
 	handle("POST /v1/agent/workload-cert", machine, s.workloadCert)
 
+	if s.images != nil {
+		// The image cache, for this region's machines (see imageCache).
+		handle("/v2/", machine, s.images.serve)
+	}
+
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, apiErr(http.StatusNotFound, api.CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))

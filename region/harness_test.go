@@ -132,6 +132,7 @@ func startCluster(t testing.TB, in *pkitest.Installation, region string, n int) 
 type fakeMachine struct {
 	id     string
 	client *regionapi.Client
+	leaf   *pki.Leaf
 }
 
 // joinMachine joins a machine with a fresh one-time token.
@@ -174,7 +175,7 @@ func joinWithKey(t testing.TB, in *pkitest.Installation, s *Server, req regionap
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fakeMachine{id: id, client: regionapi.NewClient(s.URL(), in.Client(t, leaf))}, nil
+	return &fakeMachine{id: id, client: regionapi.NewClient(s.URL(), in.Client(t, leaf)), leaf: leaf}, nil
 }
 
 func (m *fakeMachine) heartbeat(t testing.TB) {

@@ -193,7 +193,7 @@ func instanceState(a assignRecord, st statusRecord, reported bool) (sched.State,
 	switch st.State {
 	case regionapi.StatePending:
 		return sched.StatePending, false, false
-	case regionapi.StateStarting:
+	case regionapi.StatePulling, regionapi.StateStarting:
 		return sched.StateStarting, false, false
 	case regionapi.StateRunning:
 		return sched.StateRunning, st.Healthy, false

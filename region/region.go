@@ -72,6 +72,9 @@ type Config struct {
 	// it sends a keepalive line (default 10s): edges and peer regions
 	// take a feed silent for much longer as a dead link.
 	FeedKeepalive time.Duration
+	// Images configures the image cache this server serves its region's
+	// machines (on by default).
+	Images ImageCacheConfig
 	// Logger receives the component's logs.
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
@@ -103,6 +106,7 @@ type Server struct {
 	sealer  *sealer
 	callers callers
 	anon    *connlimit.Listener // the API listener: caps connections without a client certificate per address
+	images  *imageCache         // nil when disabled
 }
 
 // Start validates cfg, starts the embedded etcd member (unless external),
@@ -180,6 +184,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if s.sealer, err = newSealer(cfg.CA.Key); err != nil {
 		return nil, err
+	}
+
+	if !cfg.Images.Disabled {
+		if s.images, err = s.openImageCache(); err != nil {
+			return nil, err
+		}
 	}
 
 	var lc net.ListenConfig

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/meridian-run/meridian/api"
@@ -57,6 +58,19 @@ func (s *Server) checkApply(key string, a regionapi.Apply) error {
 			if _, ok := a.Secrets[e.Secret]; !ok {
 				add("secrets", "the value of secret %q (env %s) is missing", e.Secret, e.Key)
 			}
+		}
+	}
+	if d.RegistrySecret != "" {
+		if d.Image == "" {
+			add("definition.registry_secret", "set without an image")
+		}
+		if _, ok := a.Secrets[d.RegistrySecret]; !ok {
+			add("secrets", "the value of registry secret %q is missing", d.RegistrySecret)
+		}
+	}
+	if d.ImageDigest != "" {
+		if _, err := v1.NewHash(d.ImageDigest); err != nil || !strings.HasPrefix(d.ImageDigest, "sha256:") {
+			add("definition.image_digest", "%q is not a sha256 digest", d.ImageDigest)
 		}
 	}
 	if len(fields) == 0 {

@@ -48,6 +48,7 @@ type Delete struct {
 // Instance states as agents report them.
 const (
 	StatePending    = "pending"    // assigned, not started yet
+	StatePulling    = "pulling"    // its image is being pulled (Message: progress)
 	StateStarting   = "starting"   // started, in its grace period
 	StateRunning    = "running"    // running; see Healthy
 	StateRestarting = "restarting" // exited or failed health, waiting to restart

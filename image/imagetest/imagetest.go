@@ -11,22 +11,26 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // RegistryBinary is Debian's docker-registry (package docker-registry).
@@ -39,6 +43,15 @@ type Registry struct {
 	// Dir holds its storage and config.
 	Dir string
 	cmd *exec.Cmd
+	// auth is what Push authenticates with (a registry with users).
+	auth authn.Authenticator
+}
+
+// RegistryConfig configures a registry of StartRegistryWith.
+type RegistryConfig struct {
+	// Users, when set, turns on the registry's htpasswd authentication
+	// with these users and passwords (Push uses one of them).
+	Users map[string]string
 }
 
 // StartRegistry starts docker-registry on a free loopback port with its
@@ -47,11 +60,17 @@ type Registry struct {
 // install.
 func StartRegistry(t testing.TB) *Registry {
 	t.Helper()
+	return StartRegistryWith(t, RegistryConfig{})
+}
+
+// StartRegistryWith is StartRegistry with cfg.
+func StartRegistryWith(t testing.TB, cfg RegistryConfig) *Registry {
+	t.Helper()
 	if _, err := os.Stat(RegistryBinary); err != nil {
 		t.Fatalf("%s is missing (%v): install Debian's docker-registry package (apt-get install -y docker-registry)", RegistryBinary, err)
 	}
 	for attempt := 0; ; attempt++ {
-		r, err := startRegistry(t)
+		r, err := startRegistry(t, cfg)
 		if err == nil {
 			return r
 		}
@@ -61,8 +80,26 @@ func StartRegistry(t testing.TB) *Registry {
 	}
 }
 
-func startRegistry(t testing.TB) (*Registry, error) {
+func startRegistry(t testing.TB, rc RegistryConfig) (*Registry, error) {
 	dir := t.TempDir()
+	var authCfg string
+	var pushAuth authn.Authenticator
+	if len(rc.Users) > 0 {
+		var lines []string
+		for _, u := range slices.Sorted(maps.Keys(rc.Users)) {
+			h, err := bcrypt.GenerateFromPassword([]byte(rc.Users[u]), bcrypt.MinCost)
+			if err != nil {
+				return nil, err
+			}
+			lines = append(lines, u+":"+string(h))
+			pushAuth = &authn.Basic{Username: u, Password: rc.Users[u]}
+		}
+		hp := filepath.Join(dir, "htpasswd")
+		if err := os.WriteFile(hp, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+			return nil, err
+		}
+		authCfg = fmt.Sprintf("auth:\n  htpasswd:\n    realm: meridian-test\n    path: %s\n", hp)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -81,7 +118,7 @@ storage:
     enabled: true
 http:
   addr: %s
-`, filepath.Join(dir, "storage"), host)
+%s`, filepath.Join(dir, "storage"), host, authCfg)
 	cfgPath := filepath.Join(dir, "config.yml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, err
@@ -98,7 +135,7 @@ http:
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
-	r := &Registry{Host: host, Dir: dir, cmd: cmd}
+	r := &Registry{Host: host, Dir: dir, cmd: cmd, auth: pushAuth}
 	stop := func() {
 		_ = cmd.Process.Kill()
 		<-exited
@@ -108,7 +145,7 @@ http:
 		resp, err := http.Get("http://" + host + "/v2/")
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			if resp.StatusCode == http.StatusOK || (pushAuth != nil && resp.StatusCode == http.StatusUnauthorized) {
 				break
 			}
 		}
@@ -231,7 +268,11 @@ func (r *Registry) Push(t testing.TB, repoTag string, img v1.Image) string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := remote.Write(ref, img, remote.WithContext(ctx)); err != nil {
+	opts := []remote.Option{remote.WithContext(ctx)}
+	if r.auth != nil {
+		opts = append(opts, remote.WithAuth(r.auth))
+	}
+	if err := remote.Write(ref, img, opts...); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
 	d, err := img.Digest()
