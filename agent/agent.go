@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"github.com/meridian-run/meridian/driver"
+	"github.com/meridian-run/meridian/image"
 	"github.com/meridian-run/meridian/pki"
 	"github.com/meridian-run/meridian/regionapi"
 	"github.com/meridian-run/meridian/supervise"
@@ -175,6 +176,10 @@ type Agent struct {
 	ports *portAllocator
 	mesh  *mesh    // nil without Config.Mesh
 	lock  *os.File // flock on DataDir/agent.lock
+	// images is the image store of the default driver's image runtime
+	// (nil without one): instances' images are pulled before they start.
+	images *image.Store
+	mirror *regionMirror // the region's image cache; nil when images come from elsewhere
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -262,6 +267,11 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 	a.id = id
 	a.leaseTTL.Store(int64(id.meta.leaseTTL()))
 	a.rc = newRegionClients(cfg, id.certs, cfg.Clock)
+	if a.mirror != nil {
+		if err := a.mirror.setup(cfg, id.certs, a.rc); err != nil {
+			return nil, err
+		}
+	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	if err := a.startMesh(); err != nil {
 		a.cancel()
@@ -448,6 +458,9 @@ func (a *Agent) Close() error {
 			a.mesh.close()
 		}
 		a.rc.close()
+		if a.mirror != nil {
+			a.mirror.close()
+		}
 		a.lock.Close()
 		a.log.Info("agent closed; instances left running")
 	})

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"time"
 
@@ -17,11 +18,19 @@ type ImagesConfig struct {
 	// Disabled turns the image runtime off: instances of images fail.
 	Disabled bool
 	// Mirror, when set, is the registry (host:port) every image is pulled
-	// through, such as the region's pull-through cache; see
-	// image.Config.Mirror. Empty: each image's own registry.
+	// through instead of the region's image cache; see
+	// image.Config.Mirror. Empty (the default): the region's cache,
+	// reached like the region's API (its servers in turn, mutual TLS with
+	// the machine certificate), so the machine calls no one but its
+	// region.
 	Mirror string
-	// Transport carries registry requests (for the region's cache, one
-	// with the machine's certificate). Default: plain HTTPS.
+	// Direct pulls each image from its own registry, anonymously (the
+	// region keeps registry credentials to itself): for machines that
+	// reach public registries and a region without a cache.
+	Direct bool
+	// Transport carries registry requests. Default: to the region's
+	// servers with the machine's certificate for the region's cache,
+	// plain HTTPS otherwise.
 	Transport http.RoundTripper
 	// Insecure names registries that may be reached over plain HTTP
 	// besides loopback ones.
@@ -44,6 +53,22 @@ func (a *Agent) imageRuntime() (driver.Driver, error) {
 	if ic.Disabled {
 		return nil, errors.New("the image runtime is disabled")
 	}
+	if ic.Mirror != "" && ic.Direct {
+		return nil, errors.New("agent: images: Mirror and Direct exclude each other")
+	}
+	if ic.Mirror == "" && !ic.Direct {
+		// The region's image cache: the first server's host names it; the
+		// transport sends each request to the server in use.
+		u, err := url.Parse(a.cfg.RegionURLs[0])
+		if err != nil {
+			return nil, fmt.Errorf("agent: region URL: %w", err)
+		}
+		ic.Mirror = u.Host
+		if ic.Transport == nil {
+			a.mirror = &regionMirror{}
+			ic.Transport = a.mirror
+		}
+	}
 	store, err := image.Open(image.Config{Dir: filepath.Join(a.cfg.DataDir, "images"), Transport: ic.Transport,
 		Mirror: ic.Mirror, Insecure: ic.Insecure, Limits: ic.Limits, PullTimeout: ic.PullTimeout, Logger: a.log})
 	if err != nil {
@@ -54,5 +79,7 @@ func (a *Agent) imageRuntime() (driver.Driver, error) {
 	if err != nil {
 		return nil, err
 	}
+	a.images = store
+	a.log.Info("images pulled through", "mirror", ic.Mirror, "region_cache", a.mirror != nil)
 	return d, nil
 }

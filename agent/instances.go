@@ -60,9 +60,14 @@ type instance struct {
 	id      string
 	asg     regionapi.Assignment // secrets cleared
 	ports   map[int]int          // declared -> host
+	image   string               // the image the instance runs, if any
 	adopted bool
 	sup     *supervise.Supervisor // nil when the instance could not be set up
 	done    chan struct{}         // closed when supervision ended
+
+	// Guarded by Agent.mu: cancels the pull of the instance's image (set
+	// while it is pulled before the instance starts).
+	cancelPull context.CancelFunc
 
 	// Guarded by Agent.mu.
 	state    string
@@ -293,6 +298,7 @@ func (a *Agent) startInstance(as regionapi.Assignment) {
 		if err != nil {
 			return err
 		}
+		in.image = spec.Image
 		if err := writeJSONAtomic(a.recordPath(in.id), record{Assignment: stripped, Ports: in.portsByName(), CreatedAt: a.clock.Now().UTC()}); err != nil {
 			return fmt.Errorf("saving the instance record: %w", err)
 		}
@@ -313,6 +319,10 @@ func (a *Agent) startInstance(as regionapi.Assignment) {
 	}
 	a.log.Info("starting instance", "instance", in.id, "service", as.Service, "deployment", as.DeploymentID, "ports", in.portsByName())
 	a.wg.Add(1)
+	if in.image != "" && a.images != nil {
+		go a.pullThenRun(in, in.image)
+		return
+	}
 	go a.run(in)
 }
 
@@ -340,6 +350,11 @@ func (a *Agent) run(in *instance) {
 // ports. If the agent closes meanwhile, the next agent finishes the job.
 func (a *Agent) stop(ctx context.Context, in *instance) {
 	defer a.wg.Done()
+	a.mu.Lock()
+	if in.cancelPull != nil {
+		in.cancelPull()
+	}
+	a.mu.Unlock()
 	if in.sup != nil {
 		if err := in.sup.Stop(ctx); err != nil {
 			return
@@ -494,7 +509,7 @@ func buildSpec(cfg *Config, as regionapi.Assignment, ports map[int]int, images b
 			return spec, fmt.Errorf("definition.command: empty; the process runtime runs commands, not images (image %q)", def.Image)
 		}
 	} else {
-		spec.Image = def.Image
+		spec.Image = regionapi.ImageRef(def)
 	}
 	var keys []string
 	vals := map[string]string{}

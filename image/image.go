@@ -242,17 +242,26 @@ func (s *Store) Dir() string { return s.cfg.Dir }
 // resolved at the registry on every call. Errors are *Error values naming
 // the image; their causes match ErrNotFound, ErrUnreachable, ErrDigest,
 // ErrUnsafeLayer, ErrTooLarge or ErrInvalid when known.
+//
+// Concurrent pulls of ref share one pull, bounded by the store's
+// PullTimeout; a caller whose ctx ends stops waiting for it (the pull goes
+// on for the others).
 func (s *Store) Pull(ctx context.Context, ref string) (*Image, error) {
-	v, err, _ := s.flight.Do(ref, func() (any, error) {
+	ch := s.flight.DoChan(ref, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.PullTimeout)
 		defer cancel()
 		return s.pull(ctx, ref)
 	})
-	if err != nil {
-		return nil, err
+	select {
+	case <-ctx.Done():
+		return nil, &Error{Ref: ref, Op: "pull", Err: ctx.Err()}
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		img := *r.Val.(*Image)
+		return &img, nil
 	}
-	img := *v.(*Image)
-	return &img, nil
 }
 
 func (s *Store) pull(ctx context.Context, ref string) (*Image, error) {
