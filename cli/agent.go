@@ -19,6 +19,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 		meshPort, meshDNSPort                         int
 		meshUpstreams                                 []string
 		meshUnverified                                bool
+		images                                        agent.ImagesConfig
 	)
 	cmd := &cobra.Command{
 		Use:   "agent --region ID --region-url URL --join-token TOKEN --ca-file ROOT.pem --datacenter DC --name NAME",
@@ -58,6 +59,10 @@ func newAgentCmd(g *globals) *cobra.Command {
 			if cfg.ShimPath == "" {
 				cfg.ShimPath = defaultShim()
 			}
+			if images.Mirror != "" && images.Direct {
+				return usagef("--image-mirror and --image-direct exclude each other")
+			}
+			cfg.Images = &images
 			a, err := agent.Start(cmd.Context(), cfg)
 			if err != nil {
 				return err
@@ -94,6 +99,9 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.IntVar(&meshDNSPort, "mesh-dns-port", agent.DefaultMeshDNSPort, "port of the mesh's DNS servers (instances' resolv.conf needs 53)")
 	f.Uint32Var(&cfg.InstanceUIDBase, "instance-uid-base", 0, "run each service's instances as its own unprivileged user, uid and gid BASE+1, BASE+2, ... (0: as the agent's user); their programs must be readable and executable by those users")
 	f.BoolVar(&meshUnverified, "mesh-unverified-callers", false, "carry connections to a service address from any local process, not only from that service's instances (machines that run nothing else)")
+	f.StringVar(&images.Mirror, "image-mirror", "", "registry host:port to pull every image through (default: the region's image cache, over the region's mutual TLS)")
+	f.BoolVar(&images.Direct, "image-direct", false, "pull each image from its own registry, anonymously (for a region without an image cache)")
+	f.StringArrayVar(&images.Insecure, "insecure-registry", nil, "registry host[:port] that may be reached over plain HTTP (repeatable; loopback registries always may)")
 	f.StringArrayVar(&meshUpstreams, "mesh-upstream", nil, "resolver (ip:port) for names outside .internal (repeatable; default: the host's /etc/resolv.conf)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")

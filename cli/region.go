@@ -19,6 +19,8 @@ func newRegionCmd(g *globals) *cobra.Command {
 		id, name, dataDir, listen, caDir, clientURL, peerURL, initialCluster, clusterState, logLevel, logFormat string
 		endpoints                                                                                               []string
 		leaseTTL                                                                                                time.Duration
+		images                                                                                                  region.ImageCacheConfig
+		imageCacheMB                                                                                            int64
 	)
 	cmd := &cobra.Command{
 		Use:   "region --id ID --ca-dir DIR",
@@ -46,8 +48,12 @@ cluster instead.`,
 			if dataDir == "" {
 				dataDir = filepath.Join(".meridian", "region-"+id)
 			}
+			if imageCacheMB <= 0 {
+				return usagef("--image-cache-max-mb %d: want a positive size in MiB", imageCacheMB)
+			}
+			images.MaxBytes = imageCacheMB << 20
 			s, err := region.Start(cmd.Context(), region.Config{
-				Region: id, DataDir: dataDir, Listen: listen, CA: ca, LeaseTTL: leaseTTL, Logger: log,
+				Region: id, DataDir: dataDir, Listen: listen, CA: ca, LeaseTTL: leaseTTL, Logger: log, Images: images,
 				Etcd: region.EtcdConfig{Endpoints: endpoints, Name: name, ClientURL: clientURL, PeerURL: peerURL,
 					InitialCluster: initialCluster, ClusterState: clusterState},
 			})
@@ -77,6 +83,10 @@ cluster instead.`,
 	f.StringVar(&clusterState, "initial-cluster-state", "new", "new or existing")
 	f.StringSliceVar(&endpoints, "etcd-endpoints", nil, "external etcd endpoints (nothing is embedded); the region authenticates with its server certificate; the cluster must trust only the region's intermediate (--trusted-ca-file) and admit only its servers (--client-cert-allowed-cn 'server <region>'), or use etcd RBAC")
 	f.DurationVar(&leaseTTL, "lease-ttl", 5*time.Second, "machines' heartbeat lease")
+	f.BoolVar(&images.Disabled, "no-image-cache", false, "serve no image cache: the region's agents must then pull from registries themselves (agent --image-direct)")
+	f.StringVar(&images.Dir, "image-cache-dir", "", "where the image cache keeps blobs (default DATA-DIR/images)")
+	f.Int64Var(&imageCacheMB, "image-cache-max-mb", region.DefaultImageCacheMaxBytes>>20, "cap of the image cache in MiB: least recently used blobs go first, those of no current service before the others; a larger image is refused")
+	f.StringArrayVar(&images.Insecure, "insecure-registry", nil, "registry host[:port] the image cache may reach over plain HTTP (repeatable; loopback registries always may)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	cmd.AddCommand(newJoinTokenCmd(g))
