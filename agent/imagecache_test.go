@@ -265,7 +265,7 @@ func TestPrePullKeepsOldVersionServing(t *testing.T) {
 
 	// While the new instance pulls and starts, the old one runs, healthy.
 	var oldStillUp int
-	ss = r.waitService(t, key, 3*time.Minute, "v2 healthy", func(ss regionapi.ServiceStatus) bool {
+	r.waitService(t, key, 3*time.Minute, "v2 healthy", func(ss regionapi.ServiceStatus) bool {
 		newHealthy := false
 		for _, is := range ss.Instances {
 			if is.DeploymentID == "dep-2" && is.State == regionapi.StateRunning && is.Healthy {

@@ -77,7 +77,7 @@ type blobCache struct {
 	tags  map[string]string      // scope + ":" + tag -> digest, the last resolution
 	used  int64                  // stored bytes plus the reservations of fills under way
 	fills map[string]*fill
-	bad   map[string]badBlob
+	bad   map[string]badBlob // by digest and size: a hostile manifest's wrong size blocks no one else
 }
 
 // cachedBlob is one stored blob.
@@ -387,13 +387,17 @@ func (c *blobCache) reserve(ctx context.Context, n int64) error {
 	return nil
 }
 
-// badReason returns why a blob's upstream bytes were refused lately.
-func (c *blobCache) badReason(d v1.Hash) string {
+func badKey(d v1.Hash, size int64) string { return fmt.Sprintf("%s/%d", d, size) }
+
+// badReason returns why a blob's upstream bytes (of size bytes) were
+// refused lately.
+func (c *blobCache) badReason(d v1.Hash, size int64) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	b, ok := c.bad[d.String()]
+	k := badKey(d, size)
+	b, ok := c.bad[k]
 	if !ok || time.Now().After(b.until) {
-		delete(c.bad, d.String())
+		delete(c.bad, k)
 		return ""
 	}
 	return b.reason
@@ -452,6 +456,9 @@ func (f *fill) open(c *blobCache) (*os.File, error) {
 	return os.Open(f.tmp)
 }
 
+// errFillSize: a fill of the blob with another size is under way.
+var errFillSize = errors.New("a fetch of this blob with another size is under way")
+
 // startFill returns the fill of blob d for scope under way, or starts one
 // that reads the blob from fetch (size bytes). Only one fill of a blob
 // runs at a time; a fill under way for another scope is joined once the
@@ -461,6 +468,9 @@ func (c *blobCache) startFill(ctx context.Context, d v1.Hash, size int64, scope 
 	c.mu.Lock()
 	if f := c.fills[d.String()]; f != nil {
 		c.mu.Unlock()
+		if f.size != size {
+			return nil, errFillSize
+		}
 		return f, nil
 	}
 	c.mu.Unlock()
@@ -479,6 +489,9 @@ func (c *blobCache) startFill(ctx context.Context, d v1.Hash, size int64, scope 
 		tmp.Close()
 		os.Remove(tmp.Name())
 		c.unreserve(size)
+		if other.size != size {
+			return nil, errFillSize
+		}
 		return other, nil
 	}
 	c.fills[d.String()] = f
@@ -549,7 +562,7 @@ func (c *blobCache) runFill(f *fill, tmp *os.File, timeout time.Duration, fetch 
 		var de *digestError
 		if errors.As(err, &de) {
 			c.mu.Lock()
-			c.bad[f.d.String()] = badBlob{reason: de.Error(), until: time.Now().Add(badBlobMemory)}
+			c.bad[badKey(f.d, f.size)] = badBlob{reason: de.Error(), until: time.Now().Add(badBlobMemory)}
 			c.mu.Unlock()
 		}
 		c.log.Warn("image cache: blob fetch failed", "blob", f.d, "scope", f.scope, "err", err)

@@ -481,10 +481,14 @@ func (ic *imageCache) blob(w http.ResponseWriter, r *http.Request, uses []imageU
 	if size < 0 {
 		return regErr(http.StatusForbidden, "DENIED", "blob %s is not part of the images assigned to this machine (%s)", d, imageNames(uses))
 	}
-	if why := ic.store.badReason(d); why != "" {
+	if why := ic.store.badReason(d, size); why != "" {
 		return regErr(http.StatusBadGateway, "DIGEST_INVALID", "image %s: %s", u.image, why)
 	}
-	_, _, stored, allowed := ic.store.lookup(d, u.scope)
+	storedSize, _, stored, allowed := ic.store.lookup(d, u.scope)
+	if stored && storedSize != size {
+		// The stored copy matched its digest: the manifest is wrong.
+		return regErr(http.StatusBadGateway, "MANIFEST_INVALID", "image %s: its manifest gives blob %s %d bytes; it has %d", u.image, d, size, storedSize)
+	}
 	if stored && !allowed {
 		if err := ic.checkUpstream(ctx, u, d); err != nil {
 			return err
@@ -632,6 +636,8 @@ func (ic *imageCache) upstreamError(u imageUse, what string, err error) error {
 	var te *transport.Error
 	var de *digestError
 	switch {
+	case errors.Is(err, errFillSize):
+		return regErr(http.StatusServiceUnavailable, "UNAVAILABLE", "image %s: %s: %v; try again", u.image, what, err)
 	case errors.Is(err, errOverCap):
 		return regErr(http.StatusForbidden, "DENIED", "image %s: %s: %v", u.image, what, err)
 	case u.authErr != nil && errors.Is(err, u.authErr):

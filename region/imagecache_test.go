@@ -178,11 +178,12 @@ func TestImageCacheOneUpstreamFetchPerRegion(t *testing.T) {
 		ms, stores = append(ms, m), append(stores, st)
 	}
 	e.waitReady(t, 3)
-	e.deploy(t, "acme", "web", 1, "dep-1", ref, digest, 3, "regcred", map[string]string{"regcred": "user:not-needed-here"})
+	e.deploy(t, "acme", "web", 1, "dep-1", ref, digest, 3, "regcred", map[string]string{"regcred": "user:not-needed-here", "db": "db-pass"},
+		func(a *regionapi.Apply) { a.Definition.Env = []api.ResolvedEnv{{Key: "DB_PASSWORD", Secret: "db"}} })
 	for _, m := range ms {
 		as := waitAssigned(t, m, "dep-1")
-		if len(as.Secrets) != 0 {
-			t.Errorf("machine %s received secrets %v: the registry secret must stay in the region", m.id, as.Secrets)
+		if len(as.Secrets) != 1 || as.Secrets["db"] != "db-pass" {
+			t.Errorf("machine %s received secrets %v: want its env's only (the registry secret stays in the region)", m.id, as.Secrets)
 		}
 	}
 	pinned := e.up.Host + "/shop/web@" + digest
@@ -507,4 +508,33 @@ func mustHash(s string) v1.Hash {
 		panic(err)
 	}
 	return h
+}
+
+// TestApplyChecksImageFields: a registry secret without its value, or
+// without an image, and an image digest that is not a sha256 digest are
+// refused with the field; nothing is written.
+func TestApplyChecksImageFields(t *testing.T) {
+	in := pkitest.New(t, "fra")
+	s := single(t, in, "fra", nil)
+	c := regionapi.NewClient(s.URL(), in.GlobalClient(t))
+	a := testApply("fra", 1, "dep-1", 1)
+	a.Definition.Image, a.Definition.RegistrySecret, a.Definition.ImageDigest = "registry.example/web:1", "regcred", "md5:abc"
+	_, err := c.Apply(testutil.Context(t, time.Minute), a)
+	ae := apiStatus(t, err, 400)
+	paths := map[string]bool{}
+	for _, f := range ae.Fields {
+		paths[f.Path] = true
+	}
+	if !paths["secrets"] || !paths["definition.image_digest"] {
+		t.Errorf("fields %v, want secrets (the registry secret's value) and definition.image_digest", ae.Fields)
+	}
+	a.Definition.Image, a.Definition.ImageDigest = "", ""
+	a.Secrets = map[string]string{"regcred": "u:p"}
+	_, err = c.Apply(testutil.Context(t, time.Minute), a)
+	if ae := apiStatus(t, err, 400); len(ae.Fields) != 1 || ae.Fields[0].Path != "definition.registry_secret" {
+		t.Errorf("a registry secret without an image: %v", ae.Fields)
+	}
+	if _, err := c.Status(testutil.Context(t, time.Minute), "acme.web.api"); err == nil {
+		t.Errorf("a refused apply wrote the service")
+	}
 }
