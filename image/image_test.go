@@ -298,9 +298,9 @@ func TestConcurrentPullsShareOneUnpack(t *testing.T) {
 	}
 }
 
-// TestMirror pulls through a mirror (a proxy in front of the registry,
-// as the region's cache will be): requests go to the mirror, naming the
-// upstream registry in "ns".
+// TestMirror pulls through a mirror (a TLS proxy in front of the
+// registry, as the region's cache): requests go to the mirror over HTTPS
+// (though it is on loopback), naming the upstream registry in "ns".
 func TestMirror(t *testing.T) {
 	reg := imagetest.StartRegistry(t)
 	ref := reg.Push(t, "demo/mirrored:1", whiteoutImage(t))
@@ -308,16 +308,16 @@ func TestMirror(t *testing.T) {
 	var mu sync.Mutex
 	var seen []string
 	rp := httputil.NewSingleHostReverseProxy(target)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		seen = append(seen, r.URL.Path+"?"+r.URL.RawQuery)
 		mu.Unlock()
 		rp.ServeHTTP(w, r)
 	}))
 	defer srv.Close()
-	mirror := strings.TrimPrefix(srv.URL, "http://")
+	mirror := strings.TrimPrefix(srv.URL, "https://")
 	upstream := "registry.example"
-	s := open(t, image.Config{Mirror: mirror})
+	s := open(t, image.Config{Mirror: mirror, Transport: srv.Client().Transport})
 	// The image's own registry is one nobody can reach: only the mirror
 	// serves it (the repository path is the same).
 	theirRef := upstream + "/demo/mirrored@" + strings.Split(ref, "@")[1]
