@@ -188,7 +188,7 @@ func waitMachinesReady(t *testing.T, r *testRegion, n int) {
 // one is healthy.
 func TestPrePullKeepsOldVersionServing(t *testing.T) {
 	reg := imagetest.StartRegistry(t)
-	slow, err := linkproxy.New(linkproxy.Config{Listen: "127.0.0.1:0", Target: reg.Host, Logger: testutil.Logger()})
+	slow, err := linkproxy.New(linkproxy.Config{Listen: "127.0.0.1:0", Target: reg.Host, Logger: testutil.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

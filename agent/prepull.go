@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
+	"github.com/meridian-run/meridian/clock"
 	"github.com/meridian-run/meridian/image"
 	"github.com/meridian-run/meridian/regionapi"
 )
@@ -80,17 +81,16 @@ func (a *Agent) pull(ctx context.Context, in *instance, ref string) error {
 	done := make(chan struct{})
 	defer close(done)
 	go a.reportPull(ctx, done, in, ref)
-	backoff := time.Second
+	backoff := clock.Backoff{Min: time.Second, Max: 4 * time.Second, Jitter: 0.2}
 	for attempt := 1; ; attempt++ {
 		_, err := a.images.Pull(ctx, ref)
 		if err == nil || ctx.Err() != nil || attempt == pullAttempts || !passing(err) {
 			return err
 		}
 		a.log.Warn("image pull failed; trying again", "instance", in.id, "image", ref, "attempt", attempt, "err", err)
-		if !a.sleep(ctx, backoff) {
-			return ctx.Err()
+		if err := backoff.Wait(ctx, a.clock); err != nil {
+			return err
 		}
-		backoff *= 2
 	}
 }
 

@@ -81,7 +81,7 @@ func (e *cacheEnv) waitReady(t *testing.T, n int) {
 func (e *cacheEnv) store(t *testing.T, m *fakeMachine) *image.Store {
 	t.Helper()
 	st, err := image.Open(image.Config{Dir: t.TempDir(), Mirror: e.srv.Addr(), Transport: e.in.Client(t, m.leaf).Transport,
-		PullTimeout: time.Minute, Logger: testutil.Logger().With("test_store", m.id)})
+		PullTimeout: time.Minute, Logger: testutil.Logger(t).With("test_store", m.id)})
 	if err != nil {
 		t.Fatal(err)
 	}
