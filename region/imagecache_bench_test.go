@@ -76,6 +76,7 @@ func BenchmarkImageCachePull(b *testing.B) {
 		ms = append(ms, m)
 	}
 	testutil.Eventually(b, 20*time.Second, "region leads", func() (bool, string) { return s.IsLeader(), "not leading" })
+	e.waitReady(b, maxMachines) // one instance per machine
 	a := testApply("fra", 1, "dep-1", maxMachines)
 	a.Definition.Command, a.Definition.Image, a.Definition.ImageDigest = nil, up.Host+"/bench/app:1", digest
 	a.Definition.InstanceType.MilliCPU, a.Definition.InstanceType.MemoryMB = 100, 64

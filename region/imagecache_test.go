@@ -60,7 +60,7 @@ func (e *cacheEnv) machine(t *testing.T, id string) (*fakeMachine, *image.Store)
 }
 
 // waitReady waits until n machines are ready (their first heartbeat in).
-func (e *cacheEnv) waitReady(t *testing.T, n int) {
+func (e *cacheEnv) waitReady(t testing.TB, n int) {
 	t.Helper()
 	testutil.Eventually(t, 20*time.Second, fmt.Sprintf("%d machines ready", n), func() (bool, string) {
 		ms, err := e.global.Machines(testutil.Context(t, 10*time.Second))
