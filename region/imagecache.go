@@ -71,6 +71,9 @@ type blobCache struct {
 	max   int64
 	log   *slog.Logger
 	inUse func(context.Context) (map[string]bool, error) // digests of the images of current services
+	ctx   context.Context                                 // ends when the server closes: fills under way stop
+	stop  context.CancelFunc
+	wg    sync.WaitGroup // fills under way
 
 	mu    sync.Mutex
 	blobs map[string]*cachedBlob // by digest "sha256:<hex>"
@@ -105,6 +108,7 @@ type cacheIndex struct {
 func openBlobCache(dir string, max int64, log *slog.Logger, inUse func(context.Context) (map[string]bool, error)) (*blobCache, error) {
 	c := &blobCache{dir: dir, max: max, log: log, inUse: inUse, blobs: map[string]*cachedBlob{}, tags: map[string]string{},
 		fills: map[string]*fill{}, bad: map[string]badBlob{}}
+	c.ctx, c.stop = context.WithCancel(context.Background())
 	if err := os.MkdirAll(c.blobDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("image cache: %w", err)
 	}
@@ -144,6 +148,12 @@ func openBlobCache(dir string, max int64, log *slog.Logger, inUse func(context.C
 		}
 	}
 	return c, nil
+}
+
+// close stops the fills under way and waits for them.
+func (c *blobCache) close() {
+	c.stop()
+	c.wg.Wait()
 }
 
 func (c *blobCache) blobDir() string   { return filepath.Join(c.dir, "blobs", "sha256") }
@@ -495,8 +505,12 @@ func (c *blobCache) startFill(ctx context.Context, d v1.Hash, size int64, scope 
 		return other, nil
 	}
 	c.fills[d.String()] = f
+	c.wg.Add(1)
 	c.mu.Unlock()
-	go c.runFill(f, tmp, timeout, fetch)
+	go func() {
+		defer c.wg.Done()
+		c.runFill(f, tmp, timeout, fetch)
+	}()
 	return f, nil
 }
 
@@ -505,7 +519,7 @@ func (c *blobCache) startFill(ctx context.Context, d v1.Hash, size int64, scope 
 // started is closed once the upstream answered with the blob, or after
 // the fill failed.
 func (c *blobCache) runFill(f *fill, tmp *os.File, timeout time.Duration, fetch func(context.Context) (io.ReadCloser, error)) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := context.WithTimeout(c.ctx, timeout)
 	defer cancel()
 	begin := time.Now()
 	var startOnce sync.Once

@@ -351,6 +351,9 @@ func (s *Server) Close() error {
 		s.http.Shutdown(ctx)
 		cancel()
 		s.http.Close() // what Shutdown left: HTTP/2 connections clients keep open
+		if s.images != nil {
+			s.images.store.close()
+		}
 		s.wg.Wait()
 		s.cli.Close()
 		s.closeEtcd()
