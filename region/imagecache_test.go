@@ -40,6 +40,7 @@ type cacheEnv struct {
 
 func newCacheEnv(t *testing.T, rc imagetest.RegistryConfig, tweak func(*Config)) *cacheEnv {
 	t.Helper()
+	testutil.NoLeaks(t) // before the registry and its proxy: their Close is checked too
 	e := &cacheEnv{in: pkitest.New(t, "fra"), reg: imagetest.StartRegistryWith(t, rc)}
 	e.up = imagetest.StartProxy(t, e.reg.Host)
 	e.srv = single(t, e.in, "fra", tweak)
