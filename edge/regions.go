@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/meridian-run/meridian/api"
+	"github.com/meridian-run/meridian/clock"
 	"github.com/meridian-run/meridian/regionapi"
 )
 
@@ -96,7 +97,7 @@ func (s *Server) setRegions(list []Region, snap *Snapshot) {
 // refreshLoop reads the region list from global every RegionRefresh.
 func (s *Server) refreshLoop() {
 	for {
-		sleepCtx(s.ctx, s.cfg.RegionRefresh)
+		clock.Sleep(s.ctx, clock.Real(), s.cfg.RegionRefresh)
 		if s.ctx.Err() != nil {
 			return
 		}
@@ -216,7 +217,7 @@ func (s *Server) follow(rs *regionState) {
 // table, no snapshot write — an idle installation writes nothing.
 func (s *Server) feedLoop(ctx context.Context, rs *regionState, c *regionapi.Client) {
 	id := rs.info.ID
-	backoff := 250 * time.Millisecond
+	backoff := clock.Backoff{Min: 250 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.2}
 	for ctx.Err() == nil {
 		err := c.Feed(ctx, true, func(f regionapi.Feed) error {
 			if f.Region != id {
@@ -236,7 +237,7 @@ func (s *Server) feedLoop(ctx context.Context, rs *regionState, c *regionapi.Cli
 				s.rebuild()
 				s.markDirty()
 			}
-			backoff = 250 * time.Millisecond
+			backoff.Reset()
 			return nil
 		})
 		if ctx.Err() != nil {
@@ -248,13 +249,13 @@ func (s *Server) feedLoop(ctx context.Context, rs *regionState, c *regionapi.Cli
 		rs.mu.Unlock()
 		s.metrics.feedErrors.WithLabelValues(id).Inc()
 		s.metrics.feedConnected.WithLabelValues(id).Set(0)
+		wait := backoff.Next()
 		if was {
 			s.log.Warn("region feed lost; keeping its last good state", "region", id, "err", err)
 		} else {
-			s.log.Debug("region feed unavailable", "region", id, "err", err, "retry_in", backoff)
+			s.log.Debug("region feed unavailable", "region", id, "err", err, "retry_in", wait)
 		}
-		sleepCtx(ctx, backoff)
-		backoff = min(2*backoff, 5*time.Second)
+		clock.Sleep(ctx, clock.Real(), wait)
 	}
 }
 
@@ -263,7 +264,7 @@ func (s *Server) feedLoop(ctx context.Context, rs *regionState, c *regionapi.Cli
 func (s *Server) probeLoop(ctx context.Context, rs *regionState, hc *http.Client) {
 	for ctx.Err() == nil {
 		s.probe(ctx, rs, hc)
-		sleepCtx(ctx, s.cfg.ProbeInterval)
+		clock.Sleep(ctx, clock.Real(), s.cfg.ProbeInterval)
 	}
 }
 

@@ -438,12 +438,3 @@ func (s *Server) reloadLoop() {
 		}
 	}
 }
-
-func sleepCtx(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
-}
