@@ -219,202 +219,219 @@ func instancesIn(all []api.Instance, region string) []api.Instance {
 	return out
 }
 
-// TestEdges runs the edges of a dev installation through failures, in
-// order: each edge routes to its closest region; every instance of the
-// service in that region killed → the next closest answers; a whole
-// region killed under steady load → no request fails; a region's links
-// blackholed under load (an in-process edge whose links go through link
-// proxies) → failures bounded and counted; global killed → the edges keep
-// routing and pick up an instance a region added; an edge restarted with
-// global (and its region's API) down → it serves from its snapshot.
-func TestEdges(t *testing.T) {
+// edgeInstall starts a dev installation for one edge test, deploys the
+// web service (two instances per region) and waits until each edge
+// answers from its closest region with both of its instances: par from
+// fra, nyc from was. Every edge test starts from here, so none depends on
+// what another did.
+func edgeInstall(t *testing.T) (in *installation, par, nyc dev.Component, c *http.Client) {
+	t.Helper()
 	topo := smallTopology(t, 1)
 	topo.LeaseTTL = "3s" // dev's default: fewer lapses on a busy machine
-	in := start(t, topo)
+	in = start(t, topo)
 	def := in.writeDefinition("web", webDef)
 	if code, out, errOut := in.cli("deploy", "-f", def, "--wait"); code != 0 {
 		t.Fatalf("deploy: %d\n%s\n%s", code, out, errOut)
 	}
-	par, nyc := in.edgeComp("par"), in.edgeComp("nyc")
-	c := edgeClient()
-
-	t.Run("closest region", func(t *testing.T) {
-		for _, tc := range []struct {
-			edge dev.Component
-			want string
-		}{{par, "fra"}, {nyc, "was"}} {
-			seen := map[string]bool{}
-			testutil.Eventually(t, 30*time.Second, tc.edge.Location+" answers from "+tc.want+", both instances", func() (bool, string) {
-				w, err := through(c, tc.edge.Address)
-				if err != nil {
-					return false, err.Error()
-				}
-				if w.Region != tc.want {
-					return false, "answered from " + w.Region
-				}
-				seen[w.Instance] = true
-				return len(seen) == 2, fmt.Sprint(seen)
-			})
-			for i := 0; i < 20; i++ {
-				if w, err := through(c, tc.edge.Address); err != nil || w.Region != tc.want {
-					t.Fatalf("%s: %+v %v, want %s", tc.edge.Location, w, err, tc.want)
-				}
-			}
-		}
-	})
-
-	t.Run("service instances killed", func(t *testing.T) {
-		fra := instancesIn(in.with(t).instances(), "fra")
-		var ids []string
-		for _, i := range fra {
-			ids = append(ids, i.ID)
-		}
-		pids := in.shims(ids...)
-		if len(fra) != 2 || len(pids) != 2 {
-			t.Fatalf("fra instances %v, shims %v", ids, pids)
-		}
-		l := startLoad(par.Address, loadRate)
-		l.run(t, loadBefore)
-		t0 := time.Now()
-		for _, pid := range pids {
-			syscallKill(t, pid)
-		}
-		l.run(t, loadAfter)
-		r := summarize(l.finish(), t0)
-		t.Logf("par, fra's instances killed: %s", r)
-		if r.failed != 0 || r.after["was"] == 0 {
-			t.Fatalf("want no failure and answers from was (the next closest to Paris): %s\n%s", r, edgeErrors(par))
-		}
-	})
-
-	t.Run("region killed under load", func(t *testing.T) {
-		in := in.with(t)
-		was := instancesIn(in.instances(), "was")
-		var ids []string
-		for _, i := range was {
-			ids = append(ids, i.ID)
-		}
-		pids := in.shims(ids...)
-		l := startLoad(nyc.Address, loadRate)
-		l.run(t, loadBefore)
-		t0 := time.Now()
-		for _, pid := range pids {
-			syscallKill(t, pid)
-		}
-		for _, comp := range in.info.Components {
-			if comp.Region == "was" && (comp.Role == "agent" || comp.Role == "region") {
-				in.kill(comp)
-			}
-		}
-		l.run(t, loadAfter)
-		r := summarize(l.finish(), t0)
-		t.Logf("nyc, region was killed (server, agents, instances; refused links): %s", r)
-		if r.failed != 0 || r.after["fra"] == 0 {
-			t.Fatalf("want no failure and answers from fra (the next closest to New York): %s\n%s", r, edgeErrors(nyc))
-		}
-	})
-
-	t.Run("region blackholed under load", func(t *testing.T) {
-		in := in.with(t)
-		// An edge in this process, its links to fra's API and to the node
-		// proxies of its instances' machines (the edge reaches instances
-		// through them) through link proxies.
-		links := &linkProxies{t: t, m: map[string]*linkproxy.Proxy{}}
-		fraAPI := strings.TrimPrefix(in.component("region", "fra", "").Address, "https://")
-		var fraLinks []*linkproxy.Proxy
-		fraLinks = append(fraLinks, links.get(fraAPI))
-		for _, addr := range nodeProxies(t, in, "fra", "demo.web.web") {
-			fraLinks = append(fraLinks, links.get(addr))
-		}
-		id, err := edge.LoadIdentity(filepath.Join(in.info.PKIDir, "edges", "par"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		// The read-only edge token dev made for its edges, as a real edge.
-		edgeToken, err := os.ReadFile(filepath.Join(in.info.StateDir, "edge.token"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		e, err := edge.Start(t.Context(), edge.Config{Location: "par", Latitude: 48.86, Longitude: 2.35, Domain: in.info.Domain,
-			Listen: "127.0.0.1:0", StateDir: t.TempDir(), GlobalURL: in.info.API, GlobalToken: strings.TrimSpace(string(edgeToken)), Identity: id,
-			Dial: links.dial, DialRegion: links.dial, Logger: testutil.Logger(t)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer e.Close()
-		testutil.Eventually(t, 30*time.Second, "the in-process edge routes to fra", func() (bool, string) {
-			w, err := through(c, e.URL())
-			return err == nil && w.Region == "fra", fmt.Sprint(w, err)
-		})
-		l := startLoad(e.URL(), loadRate)
-		l.run(t, loadBefore)
-		t0 := time.Now()
-		for _, p := range fraLinks {
-			p.Blackhole()
-		}
-		l.run(t, loadAfter)
-		r := summarize(l.finish(), t0)
-		t.Logf("in-process par edge, fra's links blackholed (probe timeout %s): %s", time.Second, r)
-		if r.failed > r.total/50 || r.after["sin"] == 0 {
-			t.Fatalf("want at most 2%% failed and answers from sin (was is dead): %s", r)
-		}
-		for _, p := range fraLinks {
-			p.Unblackhole()
-		}
-	})
-
-	t.Run("global killed", func(t *testing.T) {
-		in := in.with(t)
-		before := instancesIn(in.instances(), "fra")
-		in.kill(in.component("global", "", ""))
-		// fra loses a machine: its instance is replaced on the other one,
-		// which the region decides alone.
-		victim := before[0]
-		in.kill(in.component("agent", "fra", victim.Machine))
-		if pid := in.shims(victim.ID)[victim.ID]; pid > 0 {
-			syscallKill(t, pid)
-		}
-		known := map[string]bool{}
-		for _, i := range before {
-			known[i.ID] = true
-		}
-		testutil.Eventually(t, 60*time.Second, "par answers from the instance fra added", func() (bool, string) {
-			w, err := through(c, par.Address)
+	par, nyc = in.edgeComp("par"), in.edgeComp("nyc")
+	c = edgeClient()
+	for _, tc := range []struct {
+		edge dev.Component
+		want string
+	}{{par, "fra"}, {nyc, "was"}} {
+		seen := map[string]bool{}
+		testutil.Eventually(t, 30*time.Second, tc.edge.Location+" answers from "+tc.want+", both instances", func() (bool, string) {
+			w, err := through(c, tc.edge.Address)
 			if err != nil {
 				return false, err.Error()
 			}
-			return w.Region == "fra" && !known[w.Instance], fmt.Sprint(w)
+			if w.Region != tc.want {
+				return false, "answered from " + w.Region
+			}
+			seen[w.Instance] = true
+			return len(seen) == 2, fmt.Sprint(seen)
 		})
-	})
+	}
+	return in, par, nyc, c
+}
 
-	t.Run("edge restarted with global down", func(t *testing.T) {
-		in := in.with(t)
-		// fra's API goes too: the restarted edge can learn fra's routes
-		// only from its snapshot (fra's instances keep running).
-		in.kill(in.component("region", "fra", ""))
-		in.kill(par)
-		in.restart(par)
-		var answered where
-		testutil.Eventually(t, 30*time.Second, "the restarted edge answers from fra", func() (bool, string) {
-			w, err := through(c, par.Address)
-			answered = w
-			return err == nil && w.Region == "fra", fmt.Sprint(w, err)
-		})
-		resp, err := http.Get(par.Admin + "/v1/state")
-		if err != nil {
-			t.Fatal(err)
-		}
-		var st edge.Status
-		json.NewDecoder(resp.Body).Decode(&st)
-		resp.Body.Close()
-		for _, r := range st.Regions {
-			if r.ID == "fra" && (r.Source != "snapshot" || r.Connected) {
-				t.Fatalf("fra at the restarted edge: %+v", r)
+// TestEdgeRoutesToTheClosestRegion: each edge answers from its closest
+// region, every time.
+func TestEdgeRoutesToTheClosestRegion(t *testing.T) {
+	_, par, nyc, c := edgeInstall(t)
+	for _, tc := range []struct {
+		edge dev.Component
+		want string
+	}{{par, "fra"}, {nyc, "was"}} {
+		for range 20 {
+			if w, err := through(c, tc.edge.Address); err != nil || w.Region != tc.want {
+				t.Fatalf("%s: %+v %v, want %s", tc.edge.Location, w, err, tc.want)
 			}
 		}
-		b, _ := os.ReadFile(filepath.Join(par.DataDir, edge.RegionsFile))
-		t.Logf("restarted edge answered from %+v with the cached regions %s", answered, b)
+	}
+}
+
+// TestEdgeSurvivesKilledInstances: every instance of the service in par's
+// region killed under load: no request fails, the next closest region
+// answers.
+func TestEdgeSurvivesKilledInstances(t *testing.T) {
+	in, par, _, _ := edgeInstall(t)
+	fra := instancesIn(in.instances(), "fra")
+	var ids []string
+	for _, i := range fra {
+		ids = append(ids, i.ID)
+	}
+	pids := in.shims(ids...)
+	if len(fra) != 2 || len(pids) != 2 {
+		t.Fatalf("fra instances %v, shims %v", ids, pids)
+	}
+	l := startLoad(par.Address, loadRate)
+	l.run(t, loadBefore)
+	t0 := time.Now()
+	for _, pid := range pids {
+		syscallKill(t, pid)
+	}
+	l.run(t, loadAfter)
+	r := summarize(l.finish(), t0)
+	t.Logf("par, fra's instances killed: %s", r)
+	if r.failed != 0 || r.after["was"] == 0 {
+		t.Fatalf("want no failure and answers from was (the next closest to Paris): %s\n%s", r, edgeErrors(par))
+	}
+}
+
+// TestEdgeSurvivesKilledRegion: a whole region (server, agents,
+// instances; refused links) killed under steady load: no request fails.
+func TestEdgeSurvivesKilledRegion(t *testing.T) {
+	in, _, nyc, _ := edgeInstall(t)
+	was := instancesIn(in.instances(), "was")
+	var ids []string
+	for _, i := range was {
+		ids = append(ids, i.ID)
+	}
+	pids := in.shims(ids...)
+	l := startLoad(nyc.Address, loadRate)
+	l.run(t, loadBefore)
+	t0 := time.Now()
+	for _, pid := range pids {
+		syscallKill(t, pid)
+	}
+	for _, comp := range in.info.Components {
+		if comp.Region == "was" && (comp.Role == "agent" || comp.Role == "region") {
+			in.kill(comp)
+		}
+	}
+	l.run(t, loadAfter)
+	r := summarize(l.finish(), t0)
+	t.Logf("nyc, region was killed (server, agents, instances; refused links): %s", r)
+	if r.failed != 0 || r.after["fra"] == 0 {
+		t.Fatalf("want no failure and answers from fra (the next closest to New York): %s\n%s", r, edgeErrors(nyc))
+	}
+}
+
+// TestEdgeSurvivesBlackholedRegion: an edge in this process whose links
+// to fra's API and to the node proxies of fra's machines go through link
+// proxies; those links blackholed under load: failures bounded (2%) and
+// the next closest region (was) answers.
+func TestEdgeSurvivesBlackholedRegion(t *testing.T) {
+	in, _, _, c := edgeInstall(t)
+	links := &linkProxies{t: t, m: map[string]*linkproxy.Proxy{}}
+	fraAPI := strings.TrimPrefix(in.component("region", "fra", "").Address, "https://")
+	var fraLinks []*linkproxy.Proxy
+	fraLinks = append(fraLinks, links.get(fraAPI))
+	for _, addr := range nodeProxies(t, in, "fra", "demo.web.web") {
+		fraLinks = append(fraLinks, links.get(addr))
+	}
+	id, err := edge.LoadIdentity(filepath.Join(in.info.PKIDir, "edges", "par"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The read-only edge token dev made for its edges, as a real edge.
+	edgeToken, err := os.ReadFile(filepath.Join(in.info.StateDir, "edge.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := edge.Start(t.Context(), edge.Config{Location: "par", Latitude: 48.86, Longitude: 2.35, Domain: in.info.Domain,
+		Listen: "127.0.0.1:0", StateDir: t.TempDir(), GlobalURL: in.info.API, GlobalToken: strings.TrimSpace(string(edgeToken)), Identity: id,
+		Dial: links.dial, DialRegion: links.dial, Logger: testutil.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	testutil.Eventually(t, 30*time.Second, "the in-process edge routes to fra", func() (bool, string) {
+		w, err := through(c, e.URL())
+		return err == nil && w.Region == "fra", fmt.Sprint(w, err)
 	})
+	l := startLoad(e.URL(), loadRate)
+	l.run(t, loadBefore)
+	t0 := time.Now()
+	for _, p := range fraLinks {
+		p.Blackhole()
+	}
+	l.run(t, loadAfter)
+	r := summarize(l.finish(), t0)
+	t.Logf("in-process par edge, fra's links blackholed (probe timeout %s): %s", time.Second, r)
+	if r.failed > r.total/50 || r.after["was"] == 0 {
+		t.Fatalf("want at most 2%% failed and answers from was (the next closest to Paris): %s", r)
+	}
+	for _, p := range fraLinks {
+		p.Unblackhole()
+	}
+}
+
+// TestEdgeKeepsRoutingWithGlobalDown: global killed, then a machine of fra
+// lost: fra replaces its instance on its own and par routes to the new
+// one.
+func TestEdgeKeepsRoutingWithGlobalDown(t *testing.T) {
+	in, par, _, c := edgeInstall(t)
+	before := instancesIn(in.instances(), "fra")
+	in.kill(in.component("global", "", ""))
+	victim := before[0]
+	in.kill(in.component("agent", "fra", victim.Machine))
+	if pid := in.shims(victim.ID)[victim.ID]; pid > 0 {
+		syscallKill(t, pid)
+	}
+	known := map[string]bool{}
+	for _, i := range before {
+		known[i.ID] = true
+	}
+	testutil.Eventually(t, 60*time.Second, "par answers from the instance fra added", func() (bool, string) {
+		w, err := through(c, par.Address)
+		if err != nil {
+			return false, err.Error()
+		}
+		return w.Region == "fra" && !known[w.Instance], fmt.Sprint(w)
+	})
+}
+
+// TestEdgeRestartsWithGlobalDown: an edge restarted with global and its
+// region's API down serves from its snapshot (fra's instances keep
+// running; only the snapshot knows their routes).
+func TestEdgeRestartsWithGlobalDown(t *testing.T) {
+	in, par, _, c := edgeInstall(t)
+	in.kill(in.component("global", "", ""))
+	in.kill(in.component("region", "fra", ""))
+	in.kill(par)
+	in.restart(par)
+	var answered where
+	testutil.Eventually(t, 30*time.Second, "the restarted edge answers from fra", func() (bool, string) {
+		w, err := through(c, par.Address)
+		answered = w
+		return err == nil && w.Region == "fra", fmt.Sprint(w, err)
+	})
+	resp, err := http.Get(par.Admin + "/v1/state")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st edge.Status
+	json.NewDecoder(resp.Body).Decode(&st)
+	resp.Body.Close()
+	for _, r := range st.Regions {
+		if r.ID == "fra" && (r.Source != "snapshot" || r.Connected) {
+			t.Fatalf("fra at the restarted edge: %+v", r)
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(par.DataDir, edge.RegionsFile))
+	t.Logf("restarted edge answered from %+v with the cached regions %s", answered, b)
 }
 
 // linkProxies puts link proxies on the way to chosen addresses.
