@@ -255,6 +255,19 @@ func edgeInstall(t *testing.T) (in *installation, par, nyc dev.Component, c *htt
 	return in, par, nyc, c
 }
 
+// underLoad runs the steady load through an edge for loadBefore, fails
+// something, runs it loadAfter longer and summarizes what happened from
+// the failure on.
+func underLoad(t *testing.T, edgeURL string, fail func()) report {
+	t.Helper()
+	l := startLoad(edgeURL, loadRate)
+	l.run(t, loadBefore)
+	t0 := time.Now()
+	fail()
+	l.run(t, loadAfter)
+	return summarize(l.finish(), t0)
+}
+
 // TestEdgeRoutesToTheClosestRegion: each edge answers from its closest
 // region, every time.
 func TestEdgeRoutesToTheClosestRegion(t *testing.T) {
@@ -285,14 +298,11 @@ func TestEdgeSurvivesKilledInstances(t *testing.T) {
 	if len(fra) != 2 || len(pids) != 2 {
 		t.Fatalf("fra instances %v, shims %v", ids, pids)
 	}
-	l := startLoad(par.Address, loadRate)
-	l.run(t, loadBefore)
-	t0 := time.Now()
-	for _, pid := range pids {
-		syscallKill(t, pid)
-	}
-	l.run(t, loadAfter)
-	r := summarize(l.finish(), t0)
+	r := underLoad(t, par.Address, func() {
+		for _, pid := range pids {
+			syscallKill(t, pid)
+		}
+	})
 	t.Logf("par, fra's instances killed: %s", r)
 	if r.failed != 0 || r.after["was"] == 0 {
 		t.Fatalf("want no failure and answers from was (the next closest to Paris): %s\n%s", r, edgeErrors(par))
@@ -309,19 +319,16 @@ func TestEdgeSurvivesKilledRegion(t *testing.T) {
 		ids = append(ids, i.ID)
 	}
 	pids := in.shims(ids...)
-	l := startLoad(nyc.Address, loadRate)
-	l.run(t, loadBefore)
-	t0 := time.Now()
-	for _, pid := range pids {
-		syscallKill(t, pid)
-	}
-	for _, comp := range in.info.Components {
-		if comp.Region == "was" && (comp.Role == "agent" || comp.Role == "region") {
-			in.kill(comp)
+	r := underLoad(t, nyc.Address, func() {
+		for _, pid := range pids {
+			syscallKill(t, pid)
 		}
-	}
-	l.run(t, loadAfter)
-	r := summarize(l.finish(), t0)
+		for _, comp := range in.info.Components {
+			if comp.Region == "was" && (comp.Role == "agent" || comp.Role == "region") {
+				in.kill(comp)
+			}
+		}
+	})
 	t.Logf("nyc, region was killed (server, agents, instances; refused links): %s", r)
 	if r.failed != 0 || r.after["fra"] == 0 {
 		t.Fatalf("want no failure and answers from fra (the next closest to New York): %s\n%s", r, edgeErrors(nyc))
@@ -361,14 +368,11 @@ func TestEdgeSurvivesBlackholedRegion(t *testing.T) {
 		w, err := through(c, e.URL())
 		return err == nil && w.Region == "fra", fmt.Sprint(w, err)
 	})
-	l := startLoad(e.URL(), loadRate)
-	l.run(t, loadBefore)
-	t0 := time.Now()
-	for _, p := range fraLinks {
-		p.Blackhole()
-	}
-	l.run(t, loadAfter)
-	r := summarize(l.finish(), t0)
+	r := underLoad(t, e.URL(), func() {
+		for _, p := range fraLinks {
+			p.Blackhole()
+		}
+	})
 	t.Logf("in-process par edge, fra's links blackholed (probe timeout %s): %s", time.Second, r)
 	if r.failed > r.total/50 || r.after["was"] == 0 {
 		t.Fatalf("want at most 2%% failed and answers from was (the next closest to Paris): %s", r)
