@@ -1,6 +1,7 @@
-// Package cli is the meridian command line: the server subcommands
-// (global, and later region, agent, edge, dev) and the client commands that
-// talk to the global API. Exit codes: 0 success, 1 a user error (invalid
+// Package cli is the meridian command line: the component subcommands
+// (global, region, agent, edge, dev), the operator tools (pki, join
+// tokens, edge tokens) and the client commands that talk to the global
+// API. Exit codes: 0 success, 1 a user error (invalid
 // input, not found, refused), 2 a usage error.
 package cli
 

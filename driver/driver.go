@@ -7,8 +7,10 @@
 // The Process driver runs a command in its own PID, mount, UTS and IPC
 // namespaces under a small re-exec shim (see MaybeRunShim) that stays the
 // instance's PID 1, owns its log file and records its exit status, so the
-// workload survives the agent's death. Other runtimes (OCI with runc, a
-// microVM) implement the same interfaces.
+// workload survives the agent's death. The OCI driver runs container
+// images with runc on an overlay of the image's shared, read-only root,
+// under a shim of its own with the same guarantees; Runtimes picks one of
+// them per spec. A microVM runtime would implement the same interfaces.
 package driver
 
 import (

@@ -1,5 +1,7 @@
-// Command meridian is Meridian's single binary: the global control plane,
-// and the command line that talks to it. Run `meridian --help`.
+// Command meridian is Meridian's single binary: every component (global,
+// region, agent, edge, and dev, the whole installation on one machine),
+// the instances' shims, and the command line that talks to the global
+// API. Run `meridian --help`.
 package main
 
 import (
