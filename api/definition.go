@@ -24,6 +24,14 @@ type Definition struct {
 	Datacenters   []DatacenterRule  `json:"datacenters,omitempty" yaml:"datacenters,omitempty"`
 	HealthChecks  []HealthCheck     `json:"health_checks,omitempty" yaml:"health_checks,omitempty"`
 	Strategy      *Strategy         `json:"strategy,omitempty" yaml:"strategy,omitempty"`
+
+	// RegistrySecret names the organization secret holding the
+	// credentials of Image's registry: Docker config JSON
+	// ({"auths": {"host": {"auth": "base64(user:pass)"}}}, or username
+	// and password fields) or "user:password". Only with Image, which is
+	// an OCI image reference by tag (registry.example/web:1.4) or by
+	// digest (registry.example/web@sha256:...).
+	RegistrySecret string `json:"registry_secret,omitempty" yaml:"registry_secret,omitempty"`
 }
 
 // Service types.
@@ -141,7 +149,8 @@ type RegionalDefinition struct {
 
 	// ImageDigest is the digest ("sha256:...") global resolved Image to at
 	// deploy: machines run Image's repository at this digest (Image as
-	// written when empty).
+	// written when empty). For a multi-platform image it is the index's
+	// digest: each machine picks its platform's manifest in it.
 	ImageDigest string `json:"image_digest,omitempty"`
 	// RegistrySecret names the organization secret holding the credentials
 	// of Image's registry; its value travels in the apply's secrets, and

@@ -53,8 +53,14 @@ type Service struct {
 	LatestVersion    int         `json:"latest_version"`
 	Status           string      `json:"status"`
 	Definition       *Definition `json:"definition,omitempty"`
-	CreatedAt        time.Time   `json:"created_at"`
-	UpdatedAt        time.Time   `json:"updated_at"`
+	// Image and ImageDigest are the latest deployment's image as written
+	// and the digest it was resolved to at deploy (see
+	// RegionalDefinition.ImageDigest); only GET
+	// /v1/apps/{app}/services/{service} fills them in.
+	Image       string    `json:"image,omitempty"`
+	ImageDigest string    `json:"image_digest,omitempty"`
+	CreatedAt   time.Time `json:"created_at"`
+	UpdatedAt   time.Time `json:"updated_at"`
 }
 
 // Deployment is one immutable version of a service's definition, rolled out
@@ -71,6 +77,12 @@ type Deployment struct {
 	Message    string               `json:"message,omitempty"`
 	Definition Definition           `json:"definition"`
 	Regional   []RegionalDeployment `json:"regional_deployments"`
+	// Image is the image as the definition wrote it (a tag or a digest)
+	// and ImageDigest the digest the global control plane resolved it to
+	// at deploy, which every region runs; both empty for a command-only
+	// definition.
+	Image       string `json:"image,omitempty"`
+	ImageDigest string `json:"image_digest,omitempty"`
 	// Events is the rollout's timeline, oldest first; only GET
 	// /v1/deployments/{id} fills it in.
 	Events    []DeploymentEvent `json:"events,omitempty"`
