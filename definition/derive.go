@@ -50,7 +50,10 @@ func Derive(def api.Definition, opts Options) ([]api.RegionalDefinition, error) 
 //     fail_local, health_deadline to 5m; durations are normalized
 //     (time.Duration.String, so "5m" becomes "5m0s");
 //   - lists are never nil (JSON shows []) except command and args, which
-//     are omitted when empty.
+//     are omitted when empty;
+//   - image and registry_secret are copied; image_digest is left empty:
+//     the global control plane resolves it at deploy (it needs the
+//     registry, and derivation does no I/O).
 func DeriveRegion(def api.Definition, region string, opts Options) (api.RegionalDefinition, error) {
 	if err := Validate(def, opts); err != nil {
 		return api.RegionalDefinition{}, err
@@ -83,6 +86,8 @@ func derive(def *api.Definition, region string, cat Catalogue, keys keyOrder) (a
 		Datacenters:  datacenters(def.Datacenters, region),
 		HealthChecks: healthChecks(def),
 		Strategy:     strategy(def.Strategy),
+
+		RegistrySecret: def.RegistrySecret,
 	}, nil
 }
 

@@ -108,6 +108,22 @@ func TestDeriveNoPortsNoChecks(t *testing.T) {
 	}
 }
 
+// TestDeriveImage: the image and its registry secret are copied into every
+// region; the digest is left for the global control plane to resolve.
+func TestDeriveImage(t *testing.T) {
+	def := mustParse(t, "name: web\nregions: [fra, was]\nimage: registry.example/web:1.4\nregistry_secret: pull-creds\n")
+	got, err := Derive(def, Options{SecretExists: func(n string) bool { return n == "pull-creds" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rd := range got {
+		if rd.Image != "registry.example/web:1.4" || rd.RegistrySecret != "pull-creds" || rd.ImageDigest != "" {
+			t.Errorf("%s: image %q, registry_secret %q, image_digest %q; want the image and secret copied, no digest",
+				rd.Region, rd.Image, rd.RegistrySecret, rd.ImageDigest)
+		}
+	}
+}
+
 func TestDeriveEnv(t *testing.T) {
 	def := validDef()
 	def.Env = []api.EnvVar{

@@ -6,6 +6,8 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/google/go-containerregistry/pkg/name"
+
 	"github.com/meridian-run/meridian/api"
 )
 
@@ -139,13 +141,21 @@ func (v *validator) regions() {
 	}
 }
 
-// program checks image, command and args.
+// program checks image, registry_secret, command and args.
 func (v *validator) program() {
 	d := v.def
 	if d.Image == "" && len(d.Command) == 0 {
 		v.errs.add("image", "one of image or command is required")
 	}
-	v.text("image", d.Image, MaxStringLen)
+	if v.text("image", d.Image, MaxStringLen) && d.Image != "" {
+		v.imageRef(d.Image)
+	}
+	if d.RegistrySecret != "" {
+		if d.Image == "" {
+			v.errs.add("registry_secret", "only allowed with image: it names the credentials of the image's registry")
+		}
+		v.secretRef("registry_secret", d.RegistrySecret)
+	}
 	v.stringList("command", d.Command)
 	if len(d.Command) > 0 && d.Command[0] == "" {
 		v.errs.add("command[0]", "the program must not be empty")
@@ -246,8 +256,26 @@ func (v *validator) envKey(i int, key string) {
 	}
 }
 
+// imageRef checks that ref parses as an image reference (the syntax
+// Docker and go-containerregistry accept: [registry/]repository[:tag] or
+// [registry/]repository@sha256:<hex>). Whether it exists is for the
+// global control plane to find out at deploy.
+func (v *validator) imageRef(ref string) {
+	if strings.Contains(ref, "://") {
+		v.errs.add("image", "%s must not name a scheme: write [registry/]repository[:tag] (plain HTTP is for loopback registries and those the operator names insecure)", q(ref))
+		return
+	}
+	if _, err := name.ParseReference(ref); err != nil {
+		v.errs.add("image", "%s is not an image reference: want [registry/]repository[:tag] or [registry/]repository@sha256:<64 hex digits>, the repository in lowercase", q(ref))
+	}
+}
+
 func (v *validator) secret(i int, name string) {
-	path := field(at("env", i), "secret")
+	v.secretRef(field(at("env", i), "secret"), name)
+}
+
+// secretRef checks a reference at path to an organization secret.
+func (v *validator) secretRef(path, name string) {
 	switch {
 	case !ValidSecretName(name):
 		v.errs.add(path, "%s is not a valid secret name: want 1 to %d letters, digits, '_', '.' or '-', starting with a letter, digit or '_'", q(name), maxSecretNameLen)
@@ -452,14 +480,17 @@ func (v *validator) urlPath(path, s string) bool {
 	return false
 }
 
-// text checks a free-form single-line string.
-func (v *validator) text(path, s string, max int) {
+// text checks a free-form single-line string and reports whether it passed.
+func (v *validator) text(path, s string, max int) (ok bool) {
 	switch {
 	case len(s) > max:
 		v.errs.add(path, "at most %d bytes are allowed, got %d", max, len(s))
 	case strings.IndexFunc(s, isSpaceOrControl) >= 0:
 		v.errs.add(path, "must not contain spaces or control characters, got %s", q(s))
+	default:
+		return true
 	}
+	return false
 }
 
 // tooLong reports (and records) a list longer than max.

@@ -69,6 +69,26 @@ func TestValidate(t *testing.T) {
 			want: []string{`image: must not contain spaces or control characters, got "web 1"`}},
 		{name: "image too long", edit: func(d *api.Definition) { d.Image = strings.Repeat("x", MaxStringLen+1) },
 			want: []string{"image: at most 4096 bytes are allowed, got 4097"}},
+		{name: "image by digest", edit: func(d *api.Definition) {
+			d.Image = "registry.example:5000/team/web@sha256:" + strings.Repeat("ab", 32)
+		}},
+		{name: "image short name", edit: func(d *api.Definition) { d.Image = "nginx" }},
+		{name: "image uppercase repository", edit: func(d *api.Definition) { d.Image = "registry.example/Web:1" },
+			want: []string{`image: "registry.example/Web:1" is not an image reference: want [registry/]repository[:tag] or [registry/]repository@sha256:<64 hex digits>, the repository in lowercase`}},
+		{name: "image bad digest", edit: func(d *api.Definition) { d.Image = "registry.example/web@sha256:abc" },
+			want: []string{`image: "registry.example/web@sha256:abc" is not an image reference: want [registry/]repository[:tag] or [registry/]repository@sha256:<64 hex digits>, the repository in lowercase`}},
+		{name: "image with scheme", edit: func(d *api.Definition) { d.Image = "http://registry.example/web:1" },
+			want: []string{`image: "http://registry.example/web:1" must not name a scheme: write [registry/]repository[:tag] (plain HTTP is for loopback registries and those the operator names insecure)`}},
+		{name: "registry secret", edit: func(d *api.Definition) { d.RegistrySecret = "pull-creds" },
+			opts: Options{SecretExists: func(n string) bool { return n == "pull-creds" }}},
+		{name: "registry secret missing", edit: func(d *api.Definition) { d.RegistrySecret = "absent" },
+			opts: Options{SecretExists: func(n string) bool { return n == "pull-creds" }},
+			want: []string{`registry_secret: secret "absent" does not exist`}},
+		{name: "registry secret invalid name", edit: func(d *api.Definition) { d.RegistrySecret = "-x" },
+			want: []string{`registry_secret: "-x" is not a valid secret name: want 1 to 128 letters, digits, '_', '.' or '-', starting with a letter, digit or '_'`}},
+		{name: "registry secret without image", edit: func(d *api.Definition) {
+			d.Image, d.Command, d.RegistrySecret = "", []string{"./server"}, "pull-creds"
+		}, want: []string{"registry_secret: only allowed with image: it names the credentials of the image's registry"}},
 		{name: "too many args", edit: func(d *api.Definition) { d.Args = make([]string, MaxListLen+1) },
 			want: []string{"args: at most 1000 entries are allowed, got 1001"}},
 
