@@ -262,6 +262,18 @@ func Image(t testing.TB, cfg v1.Config, layers ...v1.Layer) v1.Image {
 // digest ("host/repo@sha256:...").
 func (r *Registry) Push(t testing.TB, repoTag string, img v1.Image) string {
 	t.Helper()
+	return r.push(t, repoTag, img, func(ref name.Reference, opts ...remote.Option) error { return remote.Write(ref, img, opts...) })
+}
+
+// PushIndex pushes a multi-platform index (and its images) to repo:tag at
+// the registry and returns its reference by digest.
+func (r *Registry) PushIndex(t testing.TB, repoTag string, idx v1.ImageIndex) string {
+	t.Helper()
+	return r.push(t, repoTag, idx, func(ref name.Reference, opts ...remote.Option) error { return remote.WriteIndex(ref, idx, opts...) })
+}
+
+func (r *Registry) push(t testing.TB, repoTag string, d interface{ Digest() (v1.Hash, error) }, write func(name.Reference, ...remote.Option) error) string {
+	t.Helper()
 	ref, err := name.ParseReference(r.Host + "/" + repoTag)
 	if err != nil {
 		t.Fatal(err)
@@ -272,14 +284,14 @@ func (r *Registry) Push(t testing.TB, repoTag string, img v1.Image) string {
 	if r.auth != nil {
 		opts = append(opts, remote.WithAuth(r.auth))
 	}
-	if err := remote.Write(ref, img, opts...); err != nil {
+	if err := write(ref, opts...); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
-	d, err := img.Digest()
+	h, err := d.Digest()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ref.Context().Digest(d.String()).String()
+	return ref.Context().Digest(h.String()).String()
 }
 
 // BuildStatic builds the Go package pkg (a path relative to the module

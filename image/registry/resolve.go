@@ -1,0 +1,288 @@
+package registry
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// Resolution defaults.
+const (
+	// DefaultTimeout is Options.Timeout's default.
+	DefaultTimeout = 30 * time.Second
+	// MaxManifestBytes bounds a manifest, an index and any other answer
+	// body Resolve reads.
+	MaxManifestBytes = 4 << 20
+)
+
+// Fields of a deployment definition that a resolution error blames.
+const (
+	FieldImage          = "image"
+	FieldRegistrySecret = "registry_secret"
+)
+
+// Options configure Resolve.
+type Options struct {
+	// Transport carries the requests (default a clone of
+	// http.DefaultTransport). Plain HTTP is refused as PlainHTTPAllowed
+	// says whatever the transport.
+	Transport http.RoundTripper
+	// Insecure names registries (host[:port]) that may be reached over
+	// plain HTTP besides loopback ones.
+	Insecure []string
+	// Secret is the value of the registry secret (see ParseCredentials);
+	// empty means anonymous.
+	Secret string
+	// SecretName names the secret in messages.
+	SecretName string
+	// Timeout bounds the whole resolution (default DefaultTimeout).
+	Timeout time.Duration
+	// UserAgent is sent with each request (default "meridian").
+	UserAgent string
+}
+
+// Resolved is an image reference resolved to its manifest's digest.
+type Resolved struct {
+	// Repository is the image's registry and repository
+	// ("registry.example/team/web").
+	Repository string
+	// Digest is the digest of the manifest the reference names
+	// ("sha256:..."): for a multi-platform image, its index.
+	Digest string
+	// MediaType is the manifest's media type.
+	MediaType string
+	// Platforms lists the platforms ("linux/amd64") of an index's
+	// images; empty for a single image.
+	Platforms []string
+}
+
+// Pinned is the reference by digest: "<repository>@<digest>".
+func (r Resolved) Pinned() string { return r.Repository + "@" + r.Digest }
+
+// Error is a failed resolution. Its message names the image and says what
+// failed; Field says which field of a definition is at fault (FieldImage
+// or FieldRegistrySecret). It never holds credentials.
+type Error struct {
+	// Ref is the image reference as given.
+	Ref string
+	// Field is FieldImage or FieldRegistrySecret.
+	Field string
+	// Err is the cause; it matches ErrNotFound, ErrUnauthorized,
+	// ErrUnreachable, ErrDigest, ErrPlainHTTP or ErrInvalid.
+	Err error
+}
+
+// Error implements error.
+func (e *Error) Error() string { return fmt.Sprintf("image %s: %v", e.Ref, e.Err) }
+
+// Unwrap returns the cause.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Resolve finds the manifest ref names at its registry and returns its
+// digest: a tag is resolved to the digest of what it names now; a
+// reference by digest is checked to exist (and its content to match). For
+// a multi-platform index it keeps the index's digest, as Docker does (each
+// machine picks its platform's manifest from it), and checks that the
+// index has a linux image. Only the manifest is fetched, no blob. Errors
+// are *Error values.
+func Resolve(ctx context.Context, ref string, opts Options) (Resolved, error) {
+	fail := func(field string, err error) (Resolved, error) {
+		return Resolved{}, &Error{Ref: ref, Field: field, Err: err}
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.Transport == nil {
+		opts.Transport = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	if opts.UserAgent == "" {
+		opts.UserAgent = "meridian"
+	}
+	r, err := ParseReference(ref, opts.Insecure)
+	if err != nil {
+		return fail(FieldImage, err)
+	}
+	host := r.Context().RegistryStr()
+	var creds *Credentials
+	if opts.Secret != "" {
+		if creds, err = ParseCredentials(opts.Secret, host); err != nil {
+			return fail(FieldRegistrySecret, fmt.Errorf("secret %s: %w", quoteName(opts.SecretName), err))
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+	defer cancel()
+	t := &limitBody{next: Guard(opts.Transport, opts.Insecure), max: MaxManifestBytes}
+	desc, err := remote.Get(r, remote.WithContext(ctx), remote.WithTransport(t),
+		remote.WithAuth(creds.Authenticator()), remote.WithUserAgent(opts.UserAgent))
+	if err != nil {
+		field, err := explain(ctx, host, opts, creds, err)
+		return fail(field, err)
+	}
+	out := Resolved{Repository: r.Context().Name(), Digest: desc.Digest.String(), MediaType: string(desc.MediaType)}
+	switch desc.MediaType {
+	case types.DockerManifestSchema2, types.OCIManifestSchema1:
+	case types.DockerManifestList, types.OCIImageIndex:
+		idx, err := v1.ParseIndexManifest(bytes.NewReader(desc.Manifest))
+		if err != nil {
+			return fail(FieldImage, fmt.Errorf("%w: its index does not parse: %w", ErrInvalid, err))
+		}
+		linux := false
+		for _, m := range idx.Manifests {
+			if m.Platform == nil {
+				continue
+			}
+			p := m.Platform.OS + "/" + m.Platform.Architecture
+			if m.Platform.Variant != "" {
+				p += "/" + m.Platform.Variant
+			}
+			if m.Platform.OS == "linux" && !slices.Contains(out.Platforms, p) {
+				out.Platforms = append(out.Platforms, p)
+			}
+			linux = linux || m.Platform.OS == "linux"
+		}
+		if !linux {
+			return fail(FieldImage, fmt.Errorf("%w: its index lists no linux image", ErrInvalid))
+		}
+	default:
+		return fail(FieldImage, fmt.Errorf("%w: the registry serves it as %q, not a container image manifest (Docker v2 schema 2, OCI image, or an index of them)", ErrInvalid, desc.MediaType))
+	}
+	return out, nil
+}
+
+// ParseReference parses an image reference; a registry named in insecure
+// is addressed over plain HTTP. Errors match ErrInvalid.
+func ParseReference(ref string, insecure []string) (name.Reference, error) {
+	if strings.TrimSpace(ref) == "" {
+		return nil, fmt.Errorf("%w: empty reference", ErrInvalid)
+	}
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if slices.Contains(insecure, r.Context().RegistryStr()) {
+		if r, err = name.ParseReference(ref, name.Insecure); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+	}
+	return r, nil
+}
+
+// explain turns a failed fetch into the field at fault and a message that
+// names the registry and the cause, scrubbed of the credentials.
+func explain(ctx context.Context, host string, opts Options, creds *Credentials, err error) (string, error) {
+	detail := scrub(describe(err), creds.secrets())
+	err = Classify(err)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return FieldImage, fmt.Errorf("%w at registry %s (%s)", ErrNotFound, host, detail)
+	case errors.Is(err, ErrUnauthorized) && creds != nil:
+		return FieldRegistrySecret, fmt.Errorf("%w: registry %s refused the credentials of secret %s (%s)", ErrUnauthorized, host, quoteName(opts.SecretName), detail)
+	case errors.Is(err, ErrUnauthorized):
+		return FieldImage, fmt.Errorf("%w: registry %s requires credentials (%s): name an organization secret holding them in registry_secret", ErrUnauthorized, host, detail)
+	case errors.Is(err, ErrPlainHTTP):
+		return FieldImage, fmt.Errorf("%w: registry %s answers only plain HTTP, allowed only for loopback registries and those the operator names insecure", ErrPlainHTTP, host)
+	case ctx.Err() != nil:
+		return FieldImage, fmt.Errorf("%w: registry %s did not answer within %v", ErrUnreachable, host, opts.Timeout)
+	case errors.Is(err, ErrUnreachable):
+		return FieldImage, fmt.Errorf("%w: registry %s (%s)", ErrUnreachable, host, detail)
+	case errors.Is(err, errTooLarge):
+		return FieldImage, fmt.Errorf("%w: registry %s sent an answer of more than %d bytes (a manifest is at most that)", ErrInvalid, host, MaxManifestBytes)
+	case errors.Is(err, ErrDigest):
+		return FieldImage, fmt.Errorf("%w: registry %s served a manifest that does not match its digest", ErrDigest, host)
+	}
+	return FieldImage, fmt.Errorf("registry %s: %s", host, detail)
+}
+
+// describe is the short cause of a registry error: the status and the
+// registry's error codes and messages, or the error's own text.
+func describe(err error) string {
+	var te *transport.Error
+	if errors.As(err, &te) {
+		var parts []string
+		for _, d := range te.Errors {
+			parts = append(parts, string(d.Code)+": "+d.Message)
+		}
+		s := fmt.Sprintf("%d %s", te.StatusCode, http.StatusText(te.StatusCode))
+		if len(parts) > 0 {
+			s += ": " + strings.Join(parts, "; ")
+		}
+		return cut(s, 300)
+	}
+	return cut(err.Error(), 300)
+}
+
+// scrub replaces every occurrence of the secrets in s.
+func scrub(s string, secrets []string) string {
+	for _, v := range secrets {
+		s = strings.ReplaceAll(s, v, "[redacted]")
+	}
+	return s
+}
+
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+func quoteName(n string) string {
+	if n == "" {
+		return "(unnamed)"
+	}
+	return fmt.Sprintf("%q", n)
+}
+
+// errTooLarge: an answer over MaxManifestBytes.
+var errTooLarge = fmt.Errorf("%w: answer too large", ErrInvalid)
+
+// limitBody caps the body of every answer at max bytes: a registry
+// cannot make the caller read without end.
+type limitBody struct {
+	next http.RoundTripper
+	max  int64
+}
+
+func (l *limitBody) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := l.next.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.ContentLength > l.max {
+		resp.Body.Close()
+		return nil, fmt.Errorf("%w: %s answered %d bytes, more than %d", errTooLarge, req.URL.Host, resp.ContentLength, l.max)
+	}
+	resp.Body = &cappedBody{ReadCloser: resp.Body, max: l.max, left: l.max, host: req.URL.Host}
+	return resp, nil
+}
+
+// cappedBody fails a read past its cap instead of cutting the body short
+// (which would only show as a digest mismatch).
+type cappedBody struct {
+	io.ReadCloser
+	max, left int64
+	host      string
+}
+
+func (c *cappedBody) Read(p []byte) (int, error) {
+	if int64(len(p)) > c.left+1 {
+		p = p[:c.left+1]
+	}
+	n, err := c.ReadCloser.Read(p)
+	if c.left -= int64(n); c.left < 0 {
+		return 0, fmt.Errorf("%w: %s answered more than %d bytes", errTooLarge, c.host, c.max)
+	}
+	return n, err
+}
