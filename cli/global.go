@@ -15,11 +15,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/spf13/cobra"
 
 	"github.com/meridian-run/meridian/definition"
 	"github.com/meridian-run/meridian/edge"
 	"github.com/meridian-run/meridian/global"
+	"github.com/meridian-run/meridian/image/registry"
 	"github.com/meridian-run/meridian/store"
 )
 
@@ -71,6 +73,8 @@ func newGlobalCmd(g *globals) *cobra.Command {
 		listen, stateDir, storeURL, adminToken, keyFile, domain, catalogue, logLevel, logFormat, pkiDir string
 		tlsCert, tlsKey                                                                                 string
 		tlsFromPKI, plaintext                                                                           bool
+		insecureRegistries                                                                              []string
+		registryTimeout                                                                                 time.Duration
 		maxScale, maxConnsPerClient, maxConns                                                           int
 		rolloutPoll, idempotencyTTL, tlsReload, headerTimeout, bodyTimeout, idleTimeout                 time.Duration
 	)
@@ -91,7 +95,13 @@ Slow or idle clients are bounded: headers must arrive within
 --read-header-timeout, a body within --body-timeout, idle connections close
 after --idle-timeout, and one client address holds at most
 --max-conns-per-client connections (--max-conns in all); more are closed as
-they arrive.`,
+they arrive.
+
+At deploy, a definition's image is resolved to the digest of its manifest
+(every region then runs that digest), with the credentials of the
+organization secret its registry_secret names, within --registry-timeout.
+Registries are reached over TLS; plain HTTP only to loopback registries and
+those named with --insecure-registry.`,
 		Args: args(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(logLevel, logFormat, os.Stderr)
@@ -108,9 +118,14 @@ they arrive.`,
 				return usagef("--domain: %w", err)
 			}
 			for name, d := range map[string]time.Duration{"--read-header-timeout": headerTimeout, "--body-timeout": bodyTimeout,
-				"--idle-timeout": idleTimeout, "--tls-reload": tlsReload} {
+				"--idle-timeout": idleTimeout, "--tls-reload": tlsReload, "--registry-timeout": registryTimeout} {
 				if d <= 0 {
 					return usagef("%s %s: want a positive duration", name, d)
+				}
+			}
+			for _, h := range insecureRegistries {
+				if err := checkRegistryHost(h); err != nil {
+					return usagef("--insecure-registry %q: %w", h, err)
 				}
 			}
 			if maxConnsPerClient < 0 || maxConns < 0 {
@@ -210,6 +225,7 @@ they arrive.`,
 				IdempotencyTTL: idempotencyTTL, TLS: tlsConfig, AllowPlaintext: plaintext,
 				ReadHeaderTimeout: headerTimeout, BodyTimeout: bodyTimeout, IdleTimeout: idleTimeout,
 				MaxConnsPerClient: maxConnsPerClient, MaxConns: maxConns,
+				Images: global.ImageConfig{Insecure: insecureRegistries, Timeout: registryTimeout},
 			})
 			if errors.Is(err, global.ErrPlaintext) {
 				return usagef("--listen %s: %w; serve HTTPS with --tls-cert/--tls-key or --tls-from-pki, or pass --insecure-plaintext", listen, err)
@@ -252,8 +268,19 @@ they arrive.`,
 	f.DurationVar(&rolloutPoll, "rollout-poll", time.Second, "how often rollout workers look at the store and the regions")
 	f.DurationVar(&idempotencyTTL, "idempotency-ttl", global.DefaultIdempotencyTTL,
 		"how long a create's answer is replayed for a retry with the same Idempotency-Key; older keys are used anew and their records deleted (1m to 720h)")
+	f.StringSliceVar(&insecureRegistries, "insecure-registry", nil, "a registry (host[:port]) that may be reached over plain HTTP to resolve images; loopback ones always may (repeatable)")
+	f.DurationVar(&registryTimeout, "registry-timeout", registry.DefaultTimeout, "time to resolve a deployment's image to its digest at its registry")
 	f.IntVar(&maxScale, "max-scale", definition.DefaultMaxScale, "most instances a service may ask for in one region")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	return cmd
+}
+
+// checkRegistryHost checks a registry named on the command line: host or
+// host:port, as it appears in image references.
+func checkRegistryHost(h string) error {
+	if _, err := name.NewRegistry(h, name.StrictValidation); err != nil || strings.ContainsAny(h, "/@") || h == "" {
+		return errors.New("want a registry as in image references: host or host:port")
+	}
+	return nil
 }

@@ -333,10 +333,23 @@ func deployFile(ctx context.Context, g *globals, c *api.Client, file, app, idem 
 		return printValue(g, d)
 	}
 	fmt.Fprintf(g.stdout, "deployment %s: %s/%s version %d, %s\n", d.ID, d.App, d.Service, d.Version, d.Status)
+	printImage(g, d.Image, d.ImageDigest)
 	if wait {
 		return waitDeployment(ctx, g, c, d.ID, timeout)
 	}
 	return printList(g, d.Regional, regionalCols)
+}
+
+// printImage prints, under a table, the image as written and the digest
+// every region runs (nothing for a command-only service).
+func printImage(g *globals, image, digest string) {
+	if image == "" {
+		return
+	}
+	fmt.Fprintf(g.stdout, "image: %s\n", image)
+	if digest != "" {
+		fmt.Fprintf(g.stdout, "image digest: %s\n", digest)
+	}
 }
 
 func isStatus(err error, status int) bool {
@@ -388,6 +401,7 @@ func newServicesCmd(g *globals) *cobra.Command {
 			if err := printOne(g, svc, serviceCols); err != nil {
 				return err
 			}
+			printImage(g, svc.Image, svc.ImageDigest)
 			if svc.LatestDeployment == "" {
 				return nil
 			}
@@ -454,6 +468,7 @@ func newDeploymentsCmd(g *globals) *cobra.Command {
 			if err := printOne(g, d, deploymentCols); err != nil {
 				return err
 			}
+			printImage(g, d.Image, d.ImageDigest)
 			fmt.Fprintln(g.stdout)
 			if err := printList(g, d.Regional, regionalCols); err != nil {
 				return err

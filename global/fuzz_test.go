@@ -2,18 +2,23 @@ package global
 
 import (
 	"bytes"
-	"github.com/meridian-run/meridian/testutil"
+	"context"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/meridian-run/meridian/store/storetest"
+	"github.com/meridian-run/meridian/testutil"
 )
 
 // FuzzCreateService sends arbitrary bodies and content types to the real
 // create-service handler: it must never answer 5xx, and whatever it accepts
-// must be readable back.
+// must be readable back. Images are resolved through a transport that
+// dials nothing (a fuzzed reference must never reach the network): they
+// fail to resolve, which must be a 4xx too.
 func FuzzCreateService(f *testing.F) {
 	for _, seed := range []string{
 		"name: web\nregions: [fra]\ncommand: [web]\n",
@@ -24,7 +29,11 @@ func FuzzCreateService(f *testing.F) {
 		f.Add([]byte(seed), "application/yaml")
 		f.Add([]byte(seed), "application/json")
 	}
-	h := newHarness(f, storetest.Open(f, "sqlite"))
+	h := newHarness(f, storetest.Open(f, "sqlite"), func(c *Config) {
+		c.Images.Transport = &http.Transport{DialContext: func(_ context.Context, _, addr string) (net.Conn, error) {
+			return nil, fmt.Errorf("the fuzz test dials nothing (%s)", addr)
+		}}
+	})
 	h.openRegions("fra", "was")
 	if _, err := h.acme.CreateApp(testutil.Context(f, time.Minute), "app", ""); err != nil {
 		f.Fatal(err)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/definition"
+	"github.com/meridian-run/meridian/image/registry"
 	"github.com/meridian-run/meridian/rollout"
 	"github.com/meridian-run/meridian/store"
 )
@@ -361,6 +362,12 @@ func definitionError(err error) error {
 	return errInvalid("invalid deployment definition: %v", err)
 }
 
+// deployService validates a definition, resolves its image to a digest
+// (before anything is written: the registry is called outside any
+// transaction), then creates the deployment in one transaction, in which
+// the definition is validated again. A retry with a live Idempotency-Key
+// replays the first answer, digest included, without calling the
+// registry.
 func (s *Server) deployService(w http.ResponseWriter, r *http.Request) error {
 	if err := checkContentType(r, true); err != nil {
 		return err
@@ -374,46 +381,41 @@ func (s *Server) deployService(w http.ResponseWriter, r *http.Request) error {
 		return definitionError(err)
 	}
 	appName := r.PathValue("app")
+	ctx := r.Context()
+	var resolved *registry.Resolved
+	resolve := func() error {
+		if err := s.cfg.Store.View(ctx, func(tx store.Tx) error {
+			_, _, err := s.checkDeploy(ctx, tx, appName, def)
+			return err
+		}); err != nil {
+			return err
+		}
+		res, err := s.resolveImage(ctx, callerOf(ctx).orgID, def)
+		if err != nil {
+			return err
+		}
+		resolved = &res
+		return nil
+	}
+	if def.Image != "" && !s.replays(ctx, r) {
+		if err := resolve(); err != nil {
+			return err
+		}
+	}
 	var touched []string
-	err = s.create(w, r, body, http.StatusCreated, func(ctx context.Context, tx store.Tx) (any, error) {
+	create := func(ctx context.Context, tx store.Tx) (any, error) {
 		touched = nil
 		orgID := callerOf(ctx).orgID
-		app, err := findApp(ctx, tx, appName)
+		app, opts, err := s.checkDeploy(ctx, tx, appName, def)
 		if err != nil {
 			return nil, err
+		}
+		if def.Image != "" && resolved == nil {
+			return nil, errUnresolved
 		}
 		org, err := tx.GetOrg(ctx, orgID)
 		if err != nil {
 			return nil, err
-		}
-		opts := s.cfg.Spec
-		exists := map[string]bool{}
-		for _, e := range def.Env {
-			if e.Secret == "" {
-				continue
-			}
-			if _, seen := exists[e.Secret]; seen {
-				continue
-			}
-			_, err := tx.GetSecret(ctx, orgID, e.Secret)
-			if err != nil && !errors.Is(err, store.ErrNotFound) {
-				return nil, err
-			}
-			exists[e.Secret] = err == nil
-		}
-		opts.SecretExists = func(name string) bool { return exists[name] }
-		var fields definition.Errors
-		if err := definition.Validate(def, opts); err != nil {
-			if !errors.As(err, &fields) {
-				return nil, definitionError(err)
-			}
-		}
-		regionErrs, err := checkRegionsOpen(ctx, tx, def.Regions)
-		if err != nil {
-			return nil, err
-		}
-		if fields = append(fields, regionErrs...); len(fields) > 0 {
-			return nil, definitionError(fields)
 		}
 		regional, err := definition.Derive(def, opts)
 		if err != nil {
@@ -423,6 +425,9 @@ func (s *Server) deployService(w http.ResponseWriter, r *http.Request) error {
 		d := api.Deployment{ID: newID("dep"), OrgID: orgID, AppID: app.ID, App: app.Name, Service: def.Name,
 			Status: api.StatusPending, Definition: def, CreatedAt: now, UpdatedAt: now}
 		for _, rd := range regional {
+			if resolved != nil {
+				rd.ImageDigest = resolved.Digest
+			}
 			d.Regional = append(d.Regional, api.RegionalDeployment{ID: newID("rd"), DeploymentID: d.ID,
 				Region: rd.Region, Status: api.StatusPending, Definition: rd, UpdatedAt: now})
 		}
@@ -434,13 +439,64 @@ func (s *Server) deployService(w http.ResponseWriter, r *http.Request) error {
 		if touched, err = s.afterDeploy(ctx, tx, org.Name, stored); err != nil {
 			return nil, err
 		}
-		s.log.Info("deployment created", "app", app.Name, "service", def.Name, "version", stored.Version, "id", stored.ID)
+		showImage(&stored)
+		s.log.Info("deployment created", "app", app.Name, "service", def.Name, "version", stored.Version, "id", stored.ID,
+			"image", def.Image, "image_digest", stored.ImageDigest)
 		return stored, nil
-	})
+	}
+	err = s.create(w, r, body, http.StatusCreated, create)
+	if errors.Is(err, errUnresolved) {
+		// The key's record expired since it was looked up: resolve now.
+		if err = resolve(); err == nil {
+			err = s.create(w, r, body, http.StatusCreated, create)
+		}
+	}
 	if err == nil {
 		s.engine.Nudge(touched...)
 	}
 	return err
+}
+
+// checkDeploy finds the app and validates def for the caller's
+// organization (its secrets must exist, its regions be open), returning
+// the app and the options to derive with.
+func (s *Server) checkDeploy(ctx context.Context, tx store.Tx, appName string, def api.Definition) (api.App, definition.Options, error) {
+	orgID := callerOf(ctx).orgID
+	app, err := findApp(ctx, tx, appName)
+	if err != nil {
+		return app, definition.Options{}, err
+	}
+	opts := s.cfg.Spec
+	exists := map[string]bool{}
+	names := []string{def.RegistrySecret}
+	for _, e := range def.Env {
+		names = append(names, e.Secret)
+	}
+	for _, name := range names {
+		if _, seen := exists[name]; seen || name == "" {
+			continue
+		}
+		_, err := tx.GetSecret(ctx, orgID, name)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return app, opts, err
+		}
+		exists[name] = err == nil
+	}
+	opts.SecretExists = func(name string) bool { return exists[name] }
+	var fields definition.Errors
+	if err := definition.Validate(def, opts); err != nil {
+		if !errors.As(err, &fields) {
+			return app, opts, definitionError(err)
+		}
+	}
+	regionErrs, err := checkRegionsOpen(ctx, tx, def.Regions)
+	if err != nil {
+		return app, opts, err
+	}
+	if fields = append(fields, regionErrs...); len(fields) > 0 {
+		return app, opts, definitionError(fields)
+	}
+	return app, opts, nil
 }
 
 // checkRegionsOpen refuses regions that are not registered and open: new
@@ -574,7 +630,17 @@ func findService(ctx context.Context, tx store.Tx, appName, name string) (api.Se
 
 func (s *Server) getService(w http.ResponseWriter, r *http.Request) error {
 	return get(s, w, r, func(ctx context.Context, tx store.Tx) (api.Service, error) {
-		return findService(ctx, tx, r.PathValue("app"), r.PathValue("service"))
+		svc, err := findService(ctx, tx, r.PathValue("app"), r.PathValue("service"))
+		if err != nil || svc.LatestDeployment == "" {
+			return svc, err
+		}
+		d, err := tx.GetDeployment(ctx, svc.OrgID, svc.LatestDeployment)
+		if err != nil {
+			return svc, err
+		}
+		showImage(&d)
+		svc.Image, svc.ImageDigest = d.Image, d.ImageDigest
+		return svc, nil
 	})
 }
 
@@ -655,6 +721,7 @@ func (s *Server) cancelDeployment(w http.ResponseWriter, r *http.Request) error 
 		if err != nil {
 			return err
 		}
+		showImage(&out)
 		out.Events, err = tx.ListDeploymentEvents(ctx, d.ID)
 		return err
 	})
@@ -674,7 +741,8 @@ func (s *Server) listDeployments(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return nil, "", err
 		}
-		return tx.ListDeployments(ctx, svc.OrgID, svc.ID, p)
+		ds, next, err := tx.ListDeployments(ctx, svc.OrgID, svc.ID, p)
+		return showImages(ds), next, err
 	})
 }
 
@@ -685,6 +753,7 @@ func (s *Server) getDeployment(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return d, storeErr(err, "deployment "+definition.Quote(id))
 		}
+		showImage(&d)
 		d.Events, err = tx.ListDeploymentEvents(ctx, id)
 		return d, err
 	})

@@ -191,6 +191,23 @@ func (s *Server) keptAnswer(rec store.Idempotency, sealed bool) ([]byte, error) 
 	return nil, fmt.Errorf("replaying Idempotency-Key %q: %w", rec.Key, err)
 }
 
+// replays reports whether r carries an Idempotency-Key whose record is
+// live, so that create would replay its answer without running its
+// function (a deploy then skips calling the registry).
+func (s *Server) replays(ctx context.Context, r *http.Request) bool {
+	key := r.Header.Get("Idempotency-Key")
+	if key == "" || len(key) > 255 {
+		return false
+	}
+	live := false
+	err := s.cfg.Store.View(ctx, func(tx store.Tx) error {
+		old, err := tx.GetIdempotency(ctx, callerOf(ctx).orgID, key)
+		live = err == nil && !old.CreatedAt.Before(s.idempotencyCutoff())
+		return nil
+	})
+	return err == nil && live
+}
+
 // janitor deletes expired idempotency records at start and then every
 // IdempotencySweep until ctx ends.
 func (s *Server) janitor(ctx context.Context) {

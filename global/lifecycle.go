@@ -59,6 +59,13 @@ func (s *Server) testRegion(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("the smoke test's definition: %w", err)
 	}
+	if def.Image != "" {
+		res, err := s.resolveImage(r.Context(), "", def)
+		if err != nil {
+			return fmt.Errorf("the smoke test's image: %w", err)
+		}
+		regional.ImageDigest = res.Digest
+	}
 	ctx, cancel := context.WithTimeout(s.engine.Context(), s.cfg.SmokeTimeout)
 	defer cancel()
 	key := serviceKey(SystemOrg, SmokeApp, id)

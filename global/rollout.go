@@ -37,36 +37,57 @@ func newEngine(s *Server, reg prometheus.Registerer) (*rollout.Engine, error) {
 	})
 }
 
-// secretsFor unseals the secrets env names, for an apply.
-func (s *Server) secretsFor(ctx context.Context, orgID string, env []api.ResolvedEnv) (map[string]string, error) {
+// secretsFor unseals the secrets an apply's definition names: its env's,
+// and its registry secret (for the region's own pulls from the registry).
+func (s *Server) secretsFor(ctx context.Context, orgID string, def api.RegionalDefinition) (map[string]string, error) {
+	type ref struct{ what, name string }
+	var refs []ref
+	for _, e := range def.Env {
+		if e.Secret != "" {
+			refs = append(refs, ref{"env " + e.Key, e.Secret})
+		}
+	}
+	if def.RegistrySecret != "" {
+		refs = append(refs, ref{"registry_secret", def.RegistrySecret})
+	}
 	var out map[string]string
 	err := s.cfg.Store.View(ctx, func(tx store.Tx) error {
-		for _, e := range env {
-			if e.Secret == "" {
+		for _, r := range refs {
+			if _, ok := out[r.name]; ok {
 				continue
 			}
-			if _, ok := out[e.Secret]; ok {
-				continue
-			}
-			rec, err := tx.GetSecret(ctx, orgID, e.Secret)
-			if errors.Is(err, store.ErrNotFound) {
-				return fmt.Errorf("env %s: secret %q no longer exists", e.Key, e.Secret)
-			}
+			v, err := s.openSecret(ctx, tx, orgID, r.name)
 			if err != nil {
-				return err
-			}
-			v, err := s.sealer.Open(orgID, e.Secret, rec.Sealed)
-			if err != nil {
-				return fmt.Errorf("env %s: secret %q: %w", e.Key, e.Secret, err)
+				return fmt.Errorf("%s: %w", r.what, err)
 			}
 			if out == nil {
 				out = map[string]string{}
 			}
-			out[e.Secret] = string(v)
+			out[r.name] = string(v)
 		}
 		return nil
 	})
 	return out, err
+}
+
+// errSecretGone: a secret a definition names no longer exists.
+var errSecretGone = errors.New("no longer exists")
+
+// openSecret reads and unseals an organization's secret; a missing one
+// is errSecretGone.
+func (s *Server) openSecret(ctx context.Context, tx store.Tx, orgID, name string) ([]byte, error) {
+	rec, err := tx.GetSecret(ctx, orgID, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("secret %q %w", name, errSecretGone)
+	}
+	if err != nil {
+		return nil, err
+	}
+	v, err := s.sealer.Open(orgID, name, rec.Sealed)
+	if err != nil {
+		return nil, fmt.Errorf("secret %q: %w", name, err)
+	}
+	return v, nil
 }
 
 // allRegions reads the whole region registry.

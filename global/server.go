@@ -66,6 +66,8 @@ type Config struct {
 	// Spec holds the instance type catalogue and limits used to validate
 	// and derive definitions.
 	Spec definition.Options
+	// Images says how images are resolved to digests at deploy.
+	Images ImageConfig
 	// MaxBodyBytes bounds request bodies (default 1 MiB); larger ones get 413.
 	MaxBodyBytes int64
 	// Logger receives the component's structured logs.

@@ -37,8 +37,9 @@ type Config struct {
 	Owner string
 	// LeaseTTL is how long a lease outlives its holder's last renewal.
 	LeaseTTL time.Duration
-	// Secrets unseals the secrets an apply's env names, by secret name.
-	Secrets func(ctx context.Context, orgID string, env []api.ResolvedEnv) (map[string]string, error)
+	// Secrets unseals the secrets an apply's definition names (its env's
+	// and its registry secret), by secret name.
+	Secrets func(ctx context.Context, orgID string, def api.RegionalDefinition) (map[string]string, error)
 	// Logger receives the engine's logs (default: discarded).
 	Logger *slog.Logger
 	// Metrics registers the engine's metrics (default: not registered).

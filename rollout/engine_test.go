@@ -33,7 +33,7 @@ func newFixture(t *testing.T, st store.Store) *fixture {
 	f := &fixture{t: t, ctx: context.Background(), st: st, now: t0, org: api.Organization{ID: "org_acme", Name: "acme", CreatedAt: t0}}
 	e, err := New(Config{Store: st, Now: func() time.Time { return f.now }, Poll: time.Second, RegionTimeout: time.Second,
 		RetryMin: time.Millisecond, RetryMax: time.Second, Owner: "test", LeaseTTL: time.Hour,
-		Secrets: func(context.Context, string, []api.ResolvedEnv) (map[string]string, error) { return nil, nil }})
+		Secrets: func(context.Context, string, api.RegionalDefinition) (map[string]string, error) { return nil, nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -331,7 +331,7 @@ func TestApplyRefusesAMovedGeneration(t *testing.T) {
 func TestNewChecksConfig(t *testing.T) {
 	ok := Config{Store: storetest.Open(t, "sqlite"), Now: time.Now, Owner: "o", Poll: time.Second, RegionTimeout: time.Second,
 		RetryMin: time.Second, RetryMax: time.Second, LeaseTTL: time.Second,
-		Secrets: func(context.Context, string, []api.ResolvedEnv) (map[string]string, error) { return nil, nil }}
+		Secrets: func(context.Context, string, api.RegionalDefinition) (map[string]string, error) { return nil, nil }}
 	for _, c := range []struct {
 		change func(*Config)
 		want   string

@@ -207,7 +207,7 @@ func (e *Engine) sendOp(ctx context.Context, op store.RegionOp, prevErr string) 
 		if err := json.Unmarshal(op.Payload, &p); err != nil {
 			return true, e.settle(op, store.OpFailed, false, fmt.Sprintf("unreadable operation: %v", err))
 		}
-		secrets, serr := e.cfg.Secrets(ctx, p.OrgID, p.Apply.Definition.Env)
+		secrets, serr := e.cfg.Secrets(ctx, p.OrgID, p.Apply.Definition)
 		if serr != nil {
 			if ctx.Err() != nil {
 				return false, serr

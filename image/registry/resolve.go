@@ -191,8 +191,8 @@ func explain(ctx context.Context, host string, opts Options, creds *Credentials,
 		return FieldRegistrySecret, fmt.Errorf("%w: registry %s refused the credentials of secret %s (%s)", ErrUnauthorized, host, quoteName(opts.SecretName), detail)
 	case errors.Is(err, ErrUnauthorized):
 		return FieldImage, fmt.Errorf("%w: registry %s requires credentials (%s): name an organization secret holding them in registry_secret", ErrUnauthorized, host, detail)
-	case errors.Is(err, ErrPlainHTTP):
-		return FieldImage, fmt.Errorf("%w: registry %s answers only plain HTTP, allowed only for loopback registries and those the operator names insecure", ErrPlainHTTP, host)
+	case errors.Is(err, ErrPlainHTTP), errors.Is(err, http.ErrSchemeMismatch):
+		return FieldImage, fmt.Errorf("%w: registry %s answers plain HTTP, not TLS: only loopback registries and those the operator names insecure may", ErrPlainHTTP, host)
 	case ctx.Err() != nil:
 		return FieldImage, fmt.Errorf("%w: registry %s did not answer within %v", ErrUnreachable, host, opts.Timeout)
 	case errors.Is(err, ErrUnreachable):
