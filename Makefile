@@ -5,9 +5,10 @@ PKGS := ./...
 .PHONY: run test unit check fmt vet staticcheck build bench clean
 
 ## run: build, start a whole installation (meridian dev: global, 3 regions,
-## 12 machines) and deploy the bundled example; Ctrl-C stops everything.
+## 12 machines, a local registry) and deploy the bundled example, then the
+## same app from its container image; Ctrl-C stops everything.
 run: build
-	./bin/meridian dev --deploy examples/hello/meridian.yaml
+	./bin/meridian dev --deploy examples/hello/meridian.yaml --deploy examples/hello-image/meridian.yaml
 
 ## test: every check, then every test with the race detector. Packages run
 ## one at a time (-p 1): many start real servers, etcd members and
@@ -36,10 +37,11 @@ vet:
 staticcheck:
 	$(GO) tool staticcheck $(PKGS)
 
-## build: the meridian binary and the demo app into bin/.
+## build: the meridian binary and the demo app into bin/ (the demo app
+## static: meridian dev puts it alone in an image).
 build:
 	$(GO) build -o bin/meridian ./cmd/meridian
-	$(GO) build -o bin/hello ./examples/hello
+	CGO_ENABLED=0 $(GO) build -o bin/hello ./examples/hello
 
 ## bench: the benchmarks whose figures the issues ask for.
 bench:

@@ -1,19 +1,29 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 
 	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/definition"
+	"github.com/meridian-run/meridian/dev"
 )
 
+// DevRegistryVar stands in a definition for the local registry of
+// `meridian dev` (examples/hello-image names its image with it).
+const DevRegistryVar = "${MERIDIAN_DEV_REGISTRY}"
+
 // readDefinitionFile reads a definition file ("-" is standard input),
-// bounded and stopped by ctx (definition.ReadDocument).
-func readDefinitionFile(ctx context.Context, path string) ([]byte, error) {
+// bounded and stopped by ctx (definition.ReadDocument), and replaces
+// ${MERIDIAN_DEV_REGISTRY} in it with the local registry of `meridian
+// dev` (see devRegistry). It is the only substitution: definitions are
+// not templates.
+func readDefinitionFile(ctx context.Context, g *globals, path string) ([]byte, error) {
 	if path == "" {
 		return nil, usagef("-f/--file is required")
 	}
@@ -21,7 +31,30 @@ func readDefinitionFile(ctx context.Context, path string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("-f %s: %w", path, err)
 	}
-	return b, nil
+	if !bytes.Contains(b, []byte(DevRegistryVar)) {
+		return b, nil
+	}
+	reg := g.devRegistry
+	if reg == "" {
+		reg = devRegistry()
+	}
+	if reg == "" {
+		return nil, fmt.Errorf("-f %s: %s names the registry of a running `meridian dev`, and none is known: set MERIDIAN_DEV_REGISTRY, or start `meridian dev` (its dev.json in %s says it)", path, DevRegistryVar, devStateDir())
+	}
+	return bytes.ReplaceAll(b, []byte(DevRegistryVar), []byte(reg)), nil
+}
+
+// devRegistry is the local registry of `meridian dev` (host:port):
+// $MERIDIAN_DEV_REGISTRY, else the registry in the running dev's
+// dev.json, else empty.
+func devRegistry() string {
+	if r := os.Getenv("MERIDIAN_DEV_REGISTRY"); r != "" {
+		return r
+	}
+	if info, err := dev.ReadInfo(devStateDir()); err == nil {
+		return info.Registry
+	}
+	return ""
 }
 
 // specOptions loads the instance type catalogue named by --instance-types.
@@ -49,8 +82,8 @@ func (e definitionErrors) Error() string {
 }
 
 // loadDefinition reads, parses and validates a definition file.
-func loadDefinition(ctx context.Context, file, catalogue string) (api.Definition, definition.Options, error) {
-	doc, err := readDefinitionFile(ctx, file)
+func loadDefinition(ctx context.Context, g *globals, file, catalogue string) (api.Definition, definition.Options, error) {
+	doc, err := readDefinitionFile(ctx, g, file)
 	if err != nil {
 		return api.Definition{}, definition.Options{}, err
 	}
@@ -75,7 +108,7 @@ func newValidateCmd(g *globals) *cobra.Command {
 		Short: "Check a deployment definition (YAML or JSON) without sending it",
 		Args:  args(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			def, _, err := loadDefinition(cmd.Context(), file, catalogue)
+			def, _, err := loadDefinition(cmd.Context(), g, file, catalogue)
 			if err != nil {
 				return err
 			}
@@ -98,7 +131,7 @@ func newRenderCmd(g *globals) *cobra.Command {
 			if region == "" {
 				return usagef("--region is required")
 			}
-			def, opts, err := loadDefinition(cmd.Context(), file, catalogue)
+			def, opts, err := loadDefinition(cmd.Context(), g, file, catalogue)
 			if err != nil {
 				return err
 			}

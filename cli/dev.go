@@ -15,7 +15,7 @@ import (
 )
 
 func newDevCmd(g *globals) *cobra.Command {
-	var stateDir, topology, apiListen string
+	var stateDir, topology, apiListen, registry string
 	var deploys []string
 	cmd := &cobra.Command{
 		Use:   "dev [--state-dir DIR] [--topology FILE]",
@@ -35,7 +35,7 @@ installation from it. Ctrl-C stops everything.`,
 				}
 			}
 			start := time.Now()
-			env, err := dev.Start(cmd.Context(), dev.Config{StateDir: stateDir, Topology: topo, APIListen: apiListen,
+			env, err := dev.Start(cmd.Context(), dev.Config{StateDir: stateDir, Topology: topo, APIListen: apiListen, Registry: registry,
 				Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 			if err != nil {
 				return err
@@ -64,14 +64,17 @@ installation from it. Ctrl-C stops everything.`,
   API:    %s
   token:  %s   (organization %q; the CLI reads it from %s/dev.json)
 %s
+%s
 Try:
   meridian deploy -f examples/hello/meridian.yaml --wait
+  meridian deploy -f examples/hello-image/meridian.yaml --wait   (the demo app as an image)
   meridian instances ls
   meridian regions ls
 
 Ctrl-C stops everything.
-`, time.Since(start).Seconds(), regions, agents, len(edges), info.StateDir, info.API, info.Token, info.Organization, info.StateDir, edgeLines)
+`, time.Since(start).Seconds(), regions, agents, len(edges), info.StateDir, info.API, info.Token, info.Organization, info.StateDir, edgeLines, registryLine(info))
 			c := api.NewClient(info.API, info.Token)
+			g.devRegistry = info.Registry
 			for _, f := range deploys {
 				fmt.Fprintf(g.stdout, "deploying %s\n", f)
 				if err := deployFile(cmd.Context(), g, c, f, "", "", true, 5*time.Minute); err != nil {
@@ -99,5 +102,35 @@ Ctrl-C stops everything.
 	cmd.Flags().StringVar(&topology, "topology", "", "topology file (default: examples/dev-topology.yaml, built in)")
 	cmd.Flags().StringArrayVar(&deploys, "deploy", nil, "once up, deploy this definition file and follow its rollout (repeatable)")
 	cmd.Flags().StringVar(&apiListen, "api-listen", "127.0.0.1:7700", "global API address (a free port is taken when this one is busy)")
+	cmd.Flags().StringVar(&registry, "registry", "", "the local registry: docker-registry (Debian's) or builtin (go-containerregistry's); default docker-registry when installed")
+	return cmd
+}
+
+// registryLine says where the local registry is and what it holds.
+func registryLine(info dev.Info) string {
+	switch {
+	case info.Registry == "":
+		return ""
+	case info.DemoImage == "":
+		return fmt.Sprintf("  registry: %s   (no demo image: see the warning above)\n", info.Registry)
+	}
+	return fmt.Sprintf("  registry: %s   (demo image %s; definitions say ${MERIDIAN_DEV_REGISTRY})\n", info.Registry, info.DemoImage)
+}
+
+// newDevRegistryCmd serves `meridian dev`'s built-in registry
+// (go-containerregistry's), when Debian's docker-registry is not
+// installed: a separate process like every other component.
+func newDevRegistryCmd() *cobra.Command {
+	var listen, dir string
+	cmd := &cobra.Command{Use: "dev-registry --listen ADDR --dir DIR", Short: "Serve meridian dev's built-in image registry", Hidden: true, Args: args(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if listen == "" || dir == "" {
+				return usagef("--listen and --dir are required")
+			}
+			fmt.Fprintf(cmd.OutOrStderr(), "meridian dev-registry: serving on %s, blobs in %s\n", listen, dir)
+			return dev.ServeRegistry(cmd.Context(), listen, dir, os.Stderr)
+		}}
+	cmd.Flags().StringVar(&listen, "listen", "", "address to serve on")
+	cmd.Flags().StringVar(&dir, "dir", "", "directory for the blobs")
 	return cmd
 }

@@ -139,3 +139,29 @@ func TestGlobalRegistryFlags(t *testing.T) {
 		t.Fatalf("deploy with a silent registry: exit %d, %q", code, errOut)
 	}
 }
+
+// TestDevRegistryPlaceholder: ${MERIDIAN_DEV_REGISTRY} in a definition
+// becomes the registry of the running `meridian dev` (its dev.json) or of
+// $MERIDIAN_DEV_REGISTRY; with neither, the CLI says what to do.
+func TestDevRegistryPlaceholder(t *testing.T) {
+	const file = "../examples/hello-image/meridian.yaml"
+	stateDir := t.TempDir()
+	t.Setenv("MERIDIAN_STATE_DIR", stateDir)
+	t.Setenv("MERIDIAN_DEV_REGISTRY", "")
+	code, _, errOut := run(t, "validate", "-f", file)
+	if code != 1 || !strings.Contains(errOut, "${MERIDIAN_DEV_REGISTRY} names the registry of a running `meridian dev`") {
+		t.Fatalf("no registry known: exit %d, %q", code, errOut)
+	}
+	if err := os.WriteFile(filepath.Join(stateDir, "dev.json"), []byte(`{"api": "http://127.0.0.1:1", "registry": "127.0.0.1:5999", "components": []}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := run(t, "render", "-f", file, "--region", "fra")
+	if code != 0 || !strings.Contains(out, `"image": "127.0.0.1:5999/demo/hello:1"`) {
+		t.Fatalf("render with dev.json's registry: exit %d\n%s%s", code, out, errOut)
+	}
+	t.Setenv("MERIDIAN_DEV_REGISTRY", "127.0.0.1:6001")
+	code, out, errOut = run(t, "render", "-f", file, "--region", "fra")
+	if code != 0 || !strings.Contains(out, `"image": "127.0.0.1:6001/demo/hello:1"`) {
+		t.Fatalf("render with $MERIDIAN_DEV_REGISTRY: exit %d\n%s%s", code, out, errOut)
+	}
+}

@@ -304,7 +304,7 @@ func newDeployCmd(g *globals) *cobra.Command {
 // deployFile sends a definition file to app (created when missing; by
 // default named after the service) and, with wait, follows the rollout.
 func deployFile(ctx context.Context, g *globals, c *api.Client, file, app, idem string, wait bool, timeout time.Duration) error {
-	doc, err := readDefinitionFile(ctx, file)
+	doc, err := readDefinitionFile(ctx, g, file)
 	if err != nil {
 		return err
 	}

@@ -39,6 +39,9 @@ func usagef(format string, args ...any) error { return UsageError{fmt.Errorf(for
 type globals struct {
 	api, token, output, caFile string
 	stdout, stderr             io.Writer
+	// devRegistry is the registry of the `meridian dev` this process
+	// runs, for ${MERIDIAN_DEV_REGISTRY} in definitions.
+	devRegistry string
 }
 
 // devStateDir is where the CLI looks for a running `meridian dev`.
@@ -154,6 +157,7 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 		newDevCmd(g),
 		newInstancesCmd(g),
 		newSmokeCmd(g),
+		newDevRegistryCmd(),
 	)
 	return root
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/driver"
 	"github.com/meridian-run/meridian/edge"
+	"github.com/meridian-run/meridian/image/runnable"
 	"github.com/meridian-run/meridian/pki"
 	"github.com/meridian-run/meridian/regionapi"
 )
@@ -53,6 +54,14 @@ type Config struct {
 	APIListen string
 	// Logger receives dev's own progress logs.
 	Logger *slog.Logger
+	// Registry is the local registry to run: RegistryAuto (the default:
+	// Debian's docker-registry when installed, else the built-in one),
+	// RegistryDocker or RegistryBuiltin.
+	Registry string
+	// DemoProgram is the program the demo image is built from (default:
+	// hello in PathDirs). It must be static (CGO_ENABLED=0); when it is
+	// missing or is not, dev runs without the demo image and says why.
+	DemoProgram string
 	// FreeAddr picks a loopback address that is free now for a purpose
 	// ("global", "region <id>", "edge <location>", ...); default: the
 	// kernel's choice. Another program may take it before the component
@@ -72,6 +81,7 @@ type Component struct {
 	Admin      string   `json:"admin,omitempty"`       // an edge's admin URL: /metrics, /readyz, /v1/state
 	TLSAddress string   `json:"tls_address,omitempty"` // an edge's HTTPS URL
 	PID        int      `json:"pid"`
+	Command    string   `json:"command,omitempty"` // the executable, when not the meridian binary (Debian's docker-registry)
 	Args       []string `json:"args"`
 	Log        string   `json:"log"`
 	DataDir    string   `json:"data_dir,omitempty"`
@@ -79,14 +89,20 @@ type Component struct {
 
 // Info is the content of dev.json.
 type Info struct {
-	API          string      `json:"api"`
-	Token        string      `json:"token"`
-	AdminToken   string      `json:"admin_token"`
-	Domain       string      `json:"domain"`
-	Organization string      `json:"organization"`
-	StateDir     string      `json:"state_dir"`
-	PKIDir       string      `json:"pki_dir"`
-	Components   []Component `json:"components"`
+	API          string `json:"api"`
+	Token        string `json:"token"`
+	AdminToken   string `json:"admin_token"`
+	Domain       string `json:"domain"`
+	Organization string `json:"organization"`
+	StateDir     string `json:"state_dir"`
+	PKIDir       string `json:"pki_dir"`
+	// Registry is the local registry's host:port, as in image references
+	// (what ${MERIDIAN_DEV_REGISTRY} stands for in definitions).
+	Registry string `json:"registry,omitempty"`
+	// DemoImage is the demo app's image in it, by tag
+	// (<registry>/demo/hello:1); empty when dev could not build it.
+	DemoImage  string      `json:"demo_image,omitempty"`
+	Components []Component `json:"components"`
 }
 
 // InfoFile is the name of the file dev writes in its state directory.
@@ -261,6 +277,14 @@ func (e *Env) start(ctx context.Context) error {
 	}
 	e.info = Info{API: "http://" + apiAddr, AdminToken: admin, Domain: t.Domain, Organization: t.Organization,
 		StateDir: e.cfg.StateDir, PKIDir: pkiDir}
+
+	// The local registry, with the demo image.
+	if err := e.startRegistry(ctx); err != nil {
+		return err
+	}
+	if err := e.pushDemoImage(ctx); err != nil {
+		return err
+	}
 
 	// The global control plane.
 	spawnGlobal := func() (*proc, error) {
@@ -821,7 +845,11 @@ func (e *Env) spawnProc(c Component) (*proc, error) {
 	if fi, err := logf.Stat(); err == nil {
 		logFrom = fi.Size()
 	}
-	cmd := exec.Command(e.cfg.Binary, c.Args...)
+	bin := e.cfg.Binary
+	if c.Command != "" {
+		bin = c.Command
+	}
+	cmd := exec.Command(bin, c.Args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "PATH="+strings.Join(append(e.cfg.PathDirs, os.Getenv("PATH")), ":"))
 	// Children die with dev, and are not in the terminal's process group
@@ -850,16 +878,16 @@ func (e *Env) spawnProc(c Component) (*proc, error) {
 	return p, nil
 }
 
-// Close stops the edges, then the agents, then the regions, then global
-// (SIGTERM, then SIGKILL after 10s), and stops the instances the agents
-// leave running.
+// Close stops the edges, then the agents, then the regions, then global,
+// then the registry (SIGTERM, then SIGKILL after 10s), and stops the
+// instances the agents leave running.
 func (e *Env) Close() error {
 	e.once.Do(func() {
 		close(e.done)
 		e.mu.Lock()
 		procs := append([]*proc(nil), e.procs...)
 		e.mu.Unlock()
-		for _, role := range []string{"edge", "agent", "region", "global"} {
+		for _, role := range []string{"edge", "agent", "region", "global", "registry"} {
 			var wg sync.WaitGroup
 			for _, p := range procs {
 				if p.comp.Role != role {
@@ -881,7 +909,7 @@ func (e *Env) Close() error {
 		}
 		for _, p := range procs {
 			if p.comp.Role == "agent" {
-				stopInstances(filepath.Join(p.comp.DataDir, "instances"))
+				stopInstances(p.comp.DataDir)
 			}
 		}
 		os.Remove(e.path(InfoFile))
@@ -889,21 +917,40 @@ func (e *Env) Close() error {
 	return nil
 }
 
-// stopInstances destroys what a stopped agent left running.
-func stopInstances(dir string) {
-	if _, err := os.Stat(dir); err != nil {
-		return
+// stopInstances destroys what a stopped agent left running: the
+// processes in its data dir's instances/ and the containers in its oci/.
+func stopInstances(agentDir string) {
+	var drivers []driver.Driver
+	if dir := filepath.Join(agentDir, "instances"); isDir(dir) {
+		if d, err := driver.NewProcess(driver.ProcessConfig{DataDir: dir}); err == nil {
+			drivers = append(drivers, d)
+		}
 	}
-	d, err := driver.NewProcess(driver.ProcessConfig{DataDir: dir})
-	if err != nil {
-		return
+	if dir := filepath.Join(agentDir, "oci"); isDir(dir) {
+		if d, err := driver.NewOCI(driver.OCIConfig{DataDir: dir, Images: noImages{}}); err == nil {
+			drivers = append(drivers, d)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	ids, _ := d.List(ctx)
-	for _, id := range ids {
-		d.Destroy(ctx, id)
+	for _, d := range drivers {
+		ids, _ := d.List(ctx)
+		for _, id := range ids {
+			d.Destroy(ctx, id)
+		}
 	}
+}
+
+func isDir(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
+}
+
+// noImages is the image source of a driver that only stops containers.
+type noImages struct{}
+
+func (noImages) Pull(context.Context, string) (*runnable.Image, error) {
+	return nil, errors.New("dev: stopping containers pulls no image")
 }
 
 // Wait blocks until ctx ends.
