@@ -14,8 +14,9 @@ import (
 )
 
 // TestDevStartsAgainOnPortClash: a port dev picked as free and another
-// program took before the component bound it makes global and an edge
-// exit at start; dev starts each again on another port and comes up.
+// program took before the component bound it makes global, an edge and
+// the local registry exit at start; dev starts each again on another port
+// and comes up.
 func TestDevStartsAgainOnPortClash(t *testing.T) {
 	var held []net.Listener
 	t.Cleanup(func() {
@@ -32,7 +33,7 @@ func TestDevStartsAgainOnPortClash(t *testing.T) {
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		if (purpose == "global" || purpose == "edge par") && taken[purpose] == "" {
+		if (purpose == "global" || purpose == "edge par" || purpose == "registry") && taken[purpose] == "" {
 			held = append(held, ln) // kept open: the component cannot bind it
 			taken[purpose] = ln.Addr().String()
 			return ln.Addr().String(), nil
@@ -53,10 +54,18 @@ func TestDevStartsAgainOnPortClash(t *testing.T) {
 	defer env.Close()
 	info := env.Info()
 	mu.Lock()
-	g, e := taken["global"], taken["edge par"]
+	g, e, r := taken["global"], taken["edge par"], taken["registry"]
 	mu.Unlock()
-	if g == "" || e == "" {
-		t.Fatalf("the test handed out no taken port (global %q, edge %q)", g, e)
+	if g == "" || e == "" || r == "" {
+		t.Fatalf("the test handed out no taken port (global %q, edge %q, registry %q)", g, e, r)
+	}
+	if info.Registry == "" || info.Registry == r {
+		t.Fatalf("registry listed at %q (the taken address was %s)", info.Registry, r)
+	}
+	if resp, err := http.Get("http://" + info.Registry + "/v2/"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("the registry on its new address %s: %v %v", info.Registry, resp, err)
+	} else {
+		resp.Body.Close()
 	}
 	if strings.Contains(info.API, g) {
 		t.Fatalf("global listed on the taken address %s", g)
