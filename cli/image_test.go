@@ -12,6 +12,7 @@ import (
 
 	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/image/imagetest"
+	"github.com/meridian-run/meridian/testutil"
 )
 
 // setupOrg creates organization acme with a token, registers and opens
@@ -43,6 +44,7 @@ func setupOrg(t *testing.T, apiURL string, regions ...string) {
 // digest the regions run; `deployments get` and `services get` show both,
 // in tables and in JSON; an unknown tag exits 1 naming the image field.
 func TestDeployShowsImageAndDigest(t *testing.T) {
+	testutil.Slow(t)
 	setupOrg(t, startGlobal(t), "fra", "was")
 	reg := imagetest.StartRegistry(t)
 	img := imagetest.Image(t, v1.Config{Entrypoint: []string{"/web"}}, imagetest.Layer(t, imagetest.File{Name: "web", Body: "x", Mode: 0o755}))

@@ -20,13 +20,18 @@ import (
 	"github.com/meridian-run/meridian/testutil"
 )
 
-// Programs the tests build: the meridian binary (the built-in registry's
-// process) and the demo app as `go build` makes it by default (linked
-// dynamically where cgo is on).
-var meridianBin, helloBin string
-
-func TestMain(m *testing.M) {
-	os.Exit(testutil.Main(m, map[string]*string{"cmd/meridian": &meridianBin, "examples/hello": &helloBin}))
+// build builds a program of this module with `go build`'s defaults (the
+// demo app is then linked dynamically where cgo is on) into the test's
+// temporary directory.
+func build(t *testing.T, pkg string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", out, "./"+pkg)
+	cmd.Dir = ".."
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+	return out
 }
 
 // staticHello builds the demo app as `make build` does (CGO_ENABLED=0).
@@ -62,6 +67,7 @@ func skopeo(t *testing.T, args ...string) []byte {
 // as /hello, with its entrypoint, user and port; one program gives one
 // digest; a dynamically linked program is refused with what to do.
 func TestDemoImage(t *testing.T) {
+	testutil.Slow(t)
 	prog := staticHello(t)
 	img, err := DemoImage(prog)
 	if err != nil {
@@ -87,6 +93,7 @@ func TestDemoImage(t *testing.T) {
 	defer rc.Close()
 	checkHelloLayer(t, tar.NewReader(rc), prog)
 
+	helloBin := build(t, "examples/hello")
 	_, err = DemoImage(helloBin)
 	if isStatic(t, helloBin) {
 		t.Logf("go build made a static demo app here; the refusal of a dynamic one is not exercised by this binary")
@@ -143,12 +150,14 @@ func checkHelloLayer(t *testing.T, tr *tar.Reader, prog string) {
 // the image back (digest, platform, entrypoint, user, port, the one
 // layer), every request is in the registry's log, and Close stops it.
 func TestLocalRegistry(t *testing.T) {
+	testutil.Slow(t)
 	prog := staticHello(t)
 	img, err := DemoImage(prog)
 	if err != nil {
 		t.Fatal(err)
 	}
 	digest, _ := img.Digest()
+	meridianBin := build(t, "cmd/meridian")
 	for _, kind := range []string{RegistryDocker, RegistryBuiltin} {
 		t.Run(kind, func(t *testing.T) {
 			ctx := testutil.Context(t, 2*time.Minute)

@@ -71,6 +71,7 @@ func checkPinned(t *testing.T, what string, d api.Deployment, image, digest stri
 // it first got, even with the registry down; a registry down for a new
 // deploy is a 422 naming the image, and nothing is stored.
 func TestDeployPinsImageDigest(t *testing.T) {
+	testutil.Slow(t)
 	forEachStore(t, func(t *testing.T, h *harness) {
 		ctx := testutil.Context(t, 2*time.Minute)
 		reg := imagetest.StartRegistry(t)
@@ -155,6 +156,7 @@ func TestDeployPinsImageDigest(t *testing.T) {
 // API answer, event or log line, and the apply to each region carries them
 // under the secret's name.
 func TestDeployImageFromPrivateRegistry(t *testing.T) {
+	testutil.Slow(t)
 	const user, pass = "puller", "Pr1vate-Pa55word"
 	logs := &testutil.Buffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -268,6 +270,7 @@ func TestDeployImageFromPrivateRegistry(t *testing.T) {
 // reached over plain HTTP only when the operator names it insecure; it is
 // the real registry on loopback behind a name the test's transport dials.
 func TestInsecureRegistries(t *testing.T) {
+	testutil.Slow(t)
 	reg := imagetest.StartRegistry(t)
 	img := webImage(t, "lan")
 	reg.Push(t, "demo/web:1", img)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/meridian-run/meridian/image/imagetest"
 	"github.com/meridian-run/meridian/image/registry"
+	"github.com/meridian-run/meridian/testutil"
 )
 
 func testImage(t *testing.T, body string) v1.Image {
@@ -57,6 +58,7 @@ func resolveErr(t *testing.T, ref string, opts registry.Options) *registry.Error
 // now (a moved tag to the new one); a digest that exists resolves to
 // itself; only manifests are fetched.
 func TestResolveTagAndDigest(t *testing.T) {
+	testutil.Slow(t)
 	reg := imagetest.StartRegistry(t)
 	ctx := context.Background()
 	img1, img2 := testImage(t, "one"), testImage(t, "two")
@@ -87,6 +89,7 @@ func TestResolveTagAndDigest(t *testing.T) {
 // TestResolveNotFound: an unknown tag, repository or digest is
 // ErrNotFound, blamed on the image field, naming the registry.
 func TestResolveNotFound(t *testing.T) {
+	testutil.Slow(t)
 	reg := imagetest.StartRegistry(t)
 	reg.Push(t, "team/web:1", testImage(t, "x"))
 	for _, ref := range []string{
@@ -105,6 +108,7 @@ func TestResolveNotFound(t *testing.T) {
 // pick their platform in it) and lists its linux platforms; an index
 // without a linux image is refused.
 func TestResolveIndex(t *testing.T) {
+	testutil.Slow(t)
 	reg := imagetest.StartRegistry(t)
 	amd, arm := testImage(t, "amd64"), testImage(t, "arm64")
 	idx := mutate.AppendManifests(empty.Index,
@@ -133,6 +137,7 @@ func TestResolveIndex(t *testing.T) {
 // wrong ones or ones for another registry the secret is; no message ever
 // shows a password or its base64 form.
 func TestResolveCredentials(t *testing.T) {
+	testutil.Slow(t)
 	const user, pass = "puller", "s3cret-Pa55word"
 	reg := imagetest.StartRegistryWith(t, imagetest.RegistryConfig{Users: map[string]string{user: pass}})
 	img := testImage(t, "private")
@@ -217,6 +222,7 @@ func TestParseCredentials(t *testing.T) {
 // TestResolveUnreachable: a registry that is down, and one that accepts
 // connections but never answers, are ErrUnreachable within the timeout.
 func TestResolveUnreachable(t *testing.T) {
+	testutil.Slow(t)
 	reg := imagetest.StartRegistry(t)
 	reg.Push(t, "web:1", testImage(t, "x"))
 	reg.Stop()
