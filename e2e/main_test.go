@@ -56,13 +56,19 @@ func smallTopology(t *testing.T, machines int) dev.Topology {
 	return topo
 }
 
-func start(t *testing.T, topo dev.Topology) *installation {
+// start starts a dev installation of topo for a test; opts change its
+// configuration.
+func start(t *testing.T, topo dev.Topology, opts ...func(*dev.Config)) *installation {
 	t.Helper()
 	stateDir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	env, err := dev.Start(ctx, dev.Config{StateDir: stateDir, Topology: topo, Binary: meridianBin,
-		APIListen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	cfg := dev.Config{StateDir: stateDir, Topology: topo, Binary: meridianBin,
+		APIListen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	env, err := dev.Start(ctx, cfg)
 	if err != nil {
 		t.Fatalf("meridian dev: %v", err)
 	}
