@@ -73,32 +73,24 @@ func (in *installation) moveTag(img v1.Image, version string) v1.Image {
 // installation's state dir.
 func (in *installation) ociInit(id string) int {
 	in.t.Helper()
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err != nil {
-			continue
-		}
-		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	init := 0
+	eachProc(func(pid int, args []string) {
 		if len(args) != 2 || args[0] != "meridian-oci-shim" || args[1] != id {
-			continue
+			return
 		}
-		if out, err := os.Readlink("/proc/" + e.Name() + "/fd/1"); err != nil || !strings.HasPrefix(out, in.info.StateDir+"/") {
-			continue
+		dir := "/proc/" + strconv.Itoa(pid)
+		if out, err := os.Readlink(dir + "/fd/1"); err != nil || !strings.HasPrefix(out, in.info.StateDir+"/") {
+			return
 		}
-		children, err := os.ReadFile("/proc/" + e.Name() + "/task/" + e.Name() + "/children")
+		children, err := os.ReadFile(dir + "/task/" + strconv.Itoa(pid) + "/children")
 		if f := strings.Fields(string(children)); err == nil && len(f) == 1 {
-			child, _ := strconv.Atoi(f[0])
-			return child
+			init, _ = strconv.Atoi(f[0])
 		}
-		in.t.Fatalf("the shim of %s (pid %d) has children %q (%v), want the container's init", id, pid, children, err)
+	})
+	if init == 0 {
+		in.t.Fatalf("no container init of instance %s in this installation", id)
 	}
-	in.t.Fatalf("no shim of instance %s in this installation", id)
-	return 0
+	return init
 }
 
 // imageService reads a service's image and digest and its latest

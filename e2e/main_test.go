@@ -251,6 +251,20 @@ func (in *installation) shims(ids ...string) map[string]int {
 		want[id] = true
 	}
 	out := map[string]int{}
+	eachProc(func(pid int, args []string) {
+		if len(args) != 2 || !strings.HasSuffix(args[0], "meridian-shim") || !want[args[1]] {
+			return
+		}
+		env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+		if err == nil && strings.Contains(string(env), "="+in.info.StateDir+"/") {
+			out[args[1]] = pid
+		}
+	})
+	return out
+}
+
+// eachProc calls fn with the pid and command line of every process.
+func eachProc(fn func(pid int, args []string)) {
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
@@ -261,16 +275,8 @@ func (in *installation) shims(ids ...string) map[string]int {
 		if err != nil {
 			continue
 		}
-		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if len(args) != 2 || !strings.HasSuffix(args[0], "meridian-shim") || !want[args[1]] {
-			continue
-		}
-		env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
-		if err == nil && strings.Contains(string(env), "="+in.info.StateDir+"/") {
-			out[args[1]] = pid
-		}
+		fn(pid, strings.Split(strings.TrimRight(string(b), "\x00"), "\x00"))
 	}
-	return out
 }
 
 func syscallKill(t *testing.T, pid int) {
