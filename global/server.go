@@ -260,6 +260,11 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.RetryMin <= 0 {
 		cfg.RetryMin = 250 * time.Millisecond
 	}
+	if cfg.Images.Transport == nil {
+		// One pool of connections to the registries for every
+		// resolution, closed with the server.
+		cfg.Images.Transport = http.DefaultTransport.(*http.Transport).Clone()
+	}
 	if cfg.RetryMax < cfg.RetryMin {
 		cfg.RetryMax = max(15*time.Second, cfg.RetryMin)
 	}
@@ -408,6 +413,9 @@ func (s *Server) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		err = s.http.Shutdown(ctx)
+		if t, ok := s.cfg.Images.Transport.(interface{ CloseIdleConnections() }); ok {
+			t.CloseIdleConnections()
+		}
 	})
 	return err
 }
