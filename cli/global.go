@@ -21,7 +21,7 @@ import (
 	"github.com/meridian-run/meridian/definition"
 	"github.com/meridian-run/meridian/edge"
 	"github.com/meridian-run/meridian/global"
-	"github.com/meridian-run/meridian/image/registry"
+	"github.com/meridian-run/meridian/image"
 	"github.com/meridian-run/meridian/store"
 )
 
@@ -269,7 +269,7 @@ those named with --insecure-registry.`,
 	f.DurationVar(&idempotencyTTL, "idempotency-ttl", global.DefaultIdempotencyTTL,
 		"how long a create's answer is replayed for a retry with the same Idempotency-Key; older keys are used anew and their records deleted (1m to 720h)")
 	f.StringSliceVar(&insecureRegistries, "insecure-registry", nil, "a registry (host[:port]) that may be reached over plain HTTP to resolve images; loopback ones always may (repeatable)")
-	f.DurationVar(&registryTimeout, "registry-timeout", registry.DefaultTimeout, "time to resolve a deployment's image to its digest at its registry")
+	f.DurationVar(&registryTimeout, "registry-timeout", image.DefaultResolveTimeout, "time to resolve a deployment's image to its digest at its registry")
 	f.IntVar(&maxScale, "max-scale", definition.DefaultMaxScale, "most instances a service may ask for in one region")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")

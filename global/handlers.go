@@ -14,7 +14,7 @@ import (
 
 	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/definition"
-	"github.com/meridian-run/meridian/image/registry"
+	"github.com/meridian-run/meridian/image"
 	"github.com/meridian-run/meridian/rollout"
 	"github.com/meridian-run/meridian/store"
 )
@@ -382,7 +382,7 @@ func (s *Server) deployService(w http.ResponseWriter, r *http.Request) error {
 	}
 	appName := r.PathValue("app")
 	ctx := r.Context()
-	var resolved *registry.Resolved
+	var resolved *image.Resolved
 	resolve := func() error {
 		if err := s.cfg.Store.View(ctx, func(tx store.Tx) error {
 			_, _, err := s.checkDeploy(ctx, tx, appName, def)

@@ -8,7 +8,7 @@ import (
 
 	"github.com/meridian-run/meridian/api"
 	"github.com/meridian-run/meridian/definition"
-	"github.com/meridian-run/meridian/image/registry"
+	"github.com/meridian-run/meridian/image"
 	"github.com/meridian-run/meridian/store"
 )
 
@@ -22,7 +22,7 @@ type ImageConfig struct {
 	// --insecure-registry`). Others need TLS.
 	Insecure []string
 	// Timeout bounds the resolution of one image (default
-	// registry.DefaultTimeout, 30s; `--registry-timeout`).
+	// image.DefaultResolveTimeout, 30s; `--registry-timeout`).
 	Timeout time.Duration
 	// Transport carries the registry requests (default a clone of
 	// http.DefaultTransport): to trust a private CA, or to go through a
@@ -37,8 +37,8 @@ var errUnresolved = errors.New("image not resolved")
 
 // resolveImage resolves def's image with the organization's registry
 // secret. Errors are API errors naming the image and the field at fault.
-func (s *Server) resolveImage(ctx context.Context, orgID string, def api.Definition) (registry.Resolved, error) {
-	opts := registry.Options{Transport: s.cfg.Images.Transport, Insecure: s.cfg.Images.Insecure,
+func (s *Server) resolveImage(ctx context.Context, orgID string, def api.Definition) (image.Resolved, error) {
+	opts := image.ResolveOptions{Transport: s.cfg.Images.Transport, Insecure: s.cfg.Images.Insecure,
 		Timeout: s.cfg.Images.Timeout, SecretName: def.RegistrySecret, UserAgent: "meridian-global"}
 	if def.RegistrySecret != "" {
 		err := s.cfg.Store.View(ctx, func(tx store.Tx) error {
@@ -47,17 +47,17 @@ func (s *Server) resolveImage(ctx context.Context, orgID string, def api.Definit
 			return err
 		})
 		if errors.Is(err, errSecretGone) {
-			return registry.Resolved{}, fieldErr("registry_secret", "%v", err)
+			return image.Resolved{}, fieldErr("registry_secret", "%v", err)
 		}
 		if err != nil {
-			return registry.Resolved{}, err
+			return image.Resolved{}, err
 		}
 	}
 	begin := time.Now()
-	res, err := registry.Resolve(ctx, def.Image, opts)
+	res, err := image.Resolve(ctx, def.Image, opts)
 	if err != nil {
 		s.log.Info("image not resolved", "image", def.Image, "err", err)
-		return registry.Resolved{}, imageError(err)
+		return image.Resolved{}, imageError(err)
 	}
 	s.log.Info("image resolved", "image", def.Image, "digest", res.Digest, "took", time.Since(begin).Round(time.Millisecond))
 	return res, nil
@@ -69,12 +69,12 @@ func (s *Server) resolveImage(ctx context.Context, orgID string, def api.Definit
 // registry that did not answer (nothing was stored: deploy again when it
 // does).
 func imageError(err error) error {
-	var re *registry.Error
+	var re *image.ResolveError
 	if !errors.As(err, &re) {
 		return err
 	}
 	f := api.FieldError{Path: re.Field, Message: "image " + definition.Quote(re.Ref) + ": " + re.Err.Error()}
-	if errors.Is(err, registry.ErrUnreachable) {
+	if errors.Is(err, image.ErrUnreachable) {
 		return &api.Error{Status: http.StatusUnprocessableEntity, Code: api.CodeUnavailable,
 			Message: "the image could not be resolved to a digest: its registry did not answer; nothing was stored, deploy again when it does",
 			Fields:  []api.FieldError{f}}

@@ -162,7 +162,7 @@ func TestDeployImageFromPrivateRegistry(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	forEachStore(t, func(t *testing.T, h *harness) {
 		ctx := testutil.Context(t, 2*time.Minute)
-		reg := imagetest.StartRegistryWith(t, imagetest.RegistryOptions{Users: map[string]string{user: pass}})
+		reg := imagetest.StartRegistryWith(t, imagetest.RegistryConfig{Users: map[string]string{user: pass}})
 		img := webImage(t, "private")
 		reg.Push(t, "private/web:1", img)
 		ref := reg.Host + "/private/web:1"

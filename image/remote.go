@@ -30,6 +30,12 @@ var (
 	// ErrInvalid: the reference or the image is malformed or of a kind the
 	// store does not run.
 	ErrInvalid = errors.New("invalid image")
+	// ErrPlainHTTP: a plain HTTP request to a registry that must be
+	// reached over TLS (see NewRegistryTransport).
+	ErrPlainHTTP = errors.New("plain HTTP refused")
+	// ErrUnauthorized: the registry refused the credentials, or asked for
+	// credentials and none were given (Resolve's errors).
+	ErrUnauthorized = errors.New("registry refused the credentials")
 )
 
 // Error is the error of a failed pull: it names the image and what failed.
@@ -104,7 +110,7 @@ func (g *guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		req = r
 	}
 	if req.URL.Scheme == "http" && !g.httpAllowed(req.URL.Host) {
-		return nil, fmt.Errorf("registry %s: plain HTTP refused: only loopback registries and those named insecure may be reached without TLS", req.URL.Host)
+		return nil, fmt.Errorf("registry %s: %w: only loopback registries and those named insecure may be reached without TLS", req.URL.Host, ErrPlainHTTP)
 	}
 	if g.mirror != "" && g.ns != "" && req.URL.Host == g.mirror {
 		r := req.Clone(req.Context())

@@ -1,8 +1,9 @@
-package registry
+package image
 
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -20,34 +21,36 @@ import (
 
 // Resolution defaults.
 const (
-	// DefaultTimeout is Options.Timeout's default.
-	DefaultTimeout = 30 * time.Second
-	// MaxManifestBytes bounds a manifest, an index and any other answer
+	// DefaultResolveTimeout is ResolveOptions.Timeout's default.
+	DefaultResolveTimeout = 30 * time.Second
+	// MaxResolveBytes bounds a manifest, an index and any other answer
 	// body Resolve reads.
-	MaxManifestBytes = 4 << 20
+	MaxResolveBytes = 4 << 20
 )
 
-// Fields of a deployment definition that a resolution error blames.
+// Fields of a deployment definition that a ResolveError blames.
 const (
 	FieldImage          = "image"
 	FieldRegistrySecret = "registry_secret"
 )
 
-// Options configure Resolve.
-type Options struct {
+// ResolveOptions configure Resolve.
+type ResolveOptions struct {
 	// Transport carries the requests (default a clone of
-	// http.DefaultTransport). Plain HTTP is refused as PlainHTTPAllowed
-	// says whatever the transport.
+	// http.DefaultTransport per call: pass one to pool connections).
+	// Plain HTTP is refused as NewRegistryTransport says, whatever the
+	// transport.
 	Transport http.RoundTripper
 	// Insecure names registries (host[:port]) that may be reached over
 	// plain HTTP besides loopback ones.
 	Insecure []string
-	// Secret is the value of the registry secret (see ParseCredentials);
-	// empty means anonymous.
+	// Secret is the value of the registry secret (see Credentials); empty
+	// means anonymous.
 	Secret string
 	// SecretName names the secret in messages.
 	SecretName string
-	// Timeout bounds the whole resolution (default DefaultTimeout).
+	// Timeout bounds the whole resolution (default
+	// DefaultResolveTimeout).
 	Timeout time.Duration
 	// UserAgent is sent with each request (default "meridian").
 	UserAgent string
@@ -63,7 +66,7 @@ type Resolved struct {
 	Digest string
 	// MediaType is the manifest's media type.
 	MediaType string
-	// Platforms lists the platforms ("linux/amd64") of an index's
+	// Platforms lists the linux platforms ("linux/amd64") of an index's
 	// images; empty for a single image.
 	Platforms []string
 }
@@ -71,38 +74,41 @@ type Resolved struct {
 // Pinned is the reference by digest: "<repository>@<digest>".
 func (r Resolved) Pinned() string { return r.Repository + "@" + r.Digest }
 
-// Error is a failed resolution. Its message names the image and says what
-// failed; Field says which field of a definition is at fault (FieldImage
-// or FieldRegistrySecret). It never holds credentials.
-type Error struct {
+// ResolveError is a failed resolution. Its message names the image and
+// says what failed; Field says which field of a definition is at fault
+// (FieldImage or FieldRegistrySecret). It never holds credentials.
+type ResolveError struct {
 	// Ref is the image reference as given.
 	Ref string
 	// Field is FieldImage or FieldRegistrySecret.
 	Field string
 	// Err is the cause; it matches ErrNotFound, ErrUnauthorized,
-	// ErrUnreachable, ErrDigest, ErrPlainHTTP or ErrInvalid.
+	// ErrUnreachable, ErrDigest, ErrPlainHTTP, ErrCredentials or
+	// ErrInvalid.
 	Err error
 }
 
 // Error implements error.
-func (e *Error) Error() string { return fmt.Sprintf("image %s: %v", e.Ref, e.Err) }
+func (e *ResolveError) Error() string { return fmt.Sprintf("image %s: %v", e.Ref, e.Err) }
 
 // Unwrap returns the cause.
-func (e *Error) Unwrap() error { return e.Err }
+func (e *ResolveError) Unwrap() error { return e.Err }
 
 // Resolve finds the manifest ref names at its registry and returns its
-// digest: a tag is resolved to the digest of what it names now; a
-// reference by digest is checked to exist (and its content to match). For
-// a multi-platform index it keeps the index's digest, as Docker does (each
-// machine picks its platform's manifest from it), and checks that the
-// index has a linux image. Only the manifest is fetched, no blob. Errors
-// are *Error values.
-func Resolve(ctx context.Context, ref string, opts Options) (Resolved, error) {
+// digest, for the global control plane to pin at deploy: a tag is
+// resolved to the digest of what it names now; a reference by digest is
+// checked to exist (and its content to match). For a multi-platform index
+// it keeps the index's digest, as Docker does (each machine picks its
+// platform's manifest in it, as Pull does), and checks that the index has
+// a linux image. Only the manifest is fetched, no blob. Whatever the
+// registry answers is scrubbed of the credentials before it reaches an
+// error. Errors are *ResolveError values.
+func Resolve(ctx context.Context, ref string, opts ResolveOptions) (Resolved, error) {
 	fail := func(field string, err error) (Resolved, error) {
-		return Resolved{}, &Error{Ref: ref, Field: field, Err: err}
+		return Resolved{}, &ResolveError{Ref: ref, Field: field, Err: err}
 	}
 	if opts.Timeout <= 0 {
-		opts.Timeout = DefaultTimeout
+		opts.Timeout = DefaultResolveTimeout
 	}
 	if opts.Transport == nil {
 		opts.Transport = http.DefaultTransport.(*http.Transport).Clone()
@@ -110,24 +116,26 @@ func Resolve(ctx context.Context, ref string, opts Options) (Resolved, error) {
 	if opts.UserAgent == "" {
 		opts.UserAgent = "meridian"
 	}
-	r, err := ParseReference(ref, opts.Insecure)
+	r, err := ParseRef(ref, opts.Insecure)
 	if err != nil {
 		return fail(FieldImage, err)
 	}
 	host := r.Context().RegistryStr()
-	var creds *Credentials
+	auth := authn.Anonymous
+	var secrets []string
 	if opts.Secret != "" {
-		if creds, err = ParseCredentials(opts.Secret, host); err != nil {
+		if auth, err = Credentials(opts.Secret, host); err != nil {
 			return fail(FieldRegistrySecret, fmt.Errorf("secret %s: %w", quoteName(opts.SecretName), err))
 		}
+		secrets = credentialStrings(ctx, auth)
 	}
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
-	t := &limitBody{next: Guard(opts.Transport, opts.Insecure), max: MaxManifestBytes}
+	t := &limitBody{next: NewRegistryTransport(opts.Transport, opts.Insecure), max: MaxResolveBytes}
 	desc, err := remote.Get(r, remote.WithContext(ctx), remote.WithTransport(t),
-		remote.WithAuth(creds.Authenticator()), remote.WithUserAgent(opts.UserAgent))
+		remote.WithAuth(auth), remote.WithUserAgent(opts.UserAgent))
 	if err != nil {
-		field, err := explain(ctx, host, opts, creds, err)
+		field, err := explain(ctx, host, opts, secrets, err)
 		return fail(field, err)
 	}
 	out := Resolved{Repository: r.Context().Name(), Digest: desc.Digest.String(), MediaType: string(desc.MediaType)}
@@ -138,21 +146,19 @@ func Resolve(ctx context.Context, ref string, opts Options) (Resolved, error) {
 		if err != nil {
 			return fail(FieldImage, fmt.Errorf("%w: its index does not parse: %w", ErrInvalid, err))
 		}
-		linux := false
 		for _, m := range idx.Manifests {
-			if m.Platform == nil {
+			if m.Platform == nil || m.Platform.OS != "linux" {
 				continue
 			}
 			p := m.Platform.OS + "/" + m.Platform.Architecture
 			if m.Platform.Variant != "" {
 				p += "/" + m.Platform.Variant
 			}
-			if m.Platform.OS == "linux" && !slices.Contains(out.Platforms, p) {
+			if !slices.Contains(out.Platforms, p) {
 				out.Platforms = append(out.Platforms, p)
 			}
-			linux = linux || m.Platform.OS == "linux"
 		}
-		if !linux {
+		if len(out.Platforms) == 0 {
 			return fail(FieldImage, fmt.Errorf("%w: its index lists no linux image", ErrInvalid))
 		}
 	default:
@@ -161,44 +167,51 @@ func Resolve(ctx context.Context, ref string, opts Options) (Resolved, error) {
 	return out, nil
 }
 
-// ParseReference parses an image reference; a registry named in insecure
-// is addressed over plain HTTP. Errors match ErrInvalid.
-func ParseReference(ref string, insecure []string) (name.Reference, error) {
-	if strings.TrimSpace(ref) == "" {
-		return nil, fmt.Errorf("%w: empty reference", ErrInvalid)
-	}
-	r, err := name.ParseReference(ref)
+// credentialStrings returns what an error message must never show: the
+// password, the tokens, and the base64 forms a registry could echo.
+func credentialStrings(ctx context.Context, a authn.Authenticator) []string {
+	ac, err := authn.Authorization(ctx, a)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil
 	}
-	if slices.Contains(insecure, r.Context().RegistryStr()) {
-		if r, err = name.ParseReference(ref, name.Insecure); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	var out []string
+	for _, s := range []string{ac.Password, ac.IdentityToken, ac.RegistryToken, ac.Auth} {
+		if s != "" {
+			out = append(out, s)
 		}
 	}
-	return r, nil
+	if ac.Username != "" || ac.Password != "" {
+		pair := []byte(ac.Username + ":" + ac.Password)
+		out = append(out, base64.StdEncoding.EncodeToString(pair), base64.RawStdEncoding.EncodeToString(pair))
+	}
+	return out
 }
 
 // explain turns a failed fetch into the field at fault and a message that
 // names the registry and the cause, scrubbed of the credentials.
-func explain(ctx context.Context, host string, opts Options, creds *Credentials, err error) (string, error) {
-	detail := scrub(describe(err), creds.secrets())
+func explain(ctx context.Context, host string, opts ResolveOptions, secrets []string, err error) (string, error) {
+	detail := scrub(describe(err), secrets)
 	err = Classify(err)
+	var te *transport.Error
+	unauthorized := errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden ||
+		slices.ContainsFunc(te.Errors, func(d transport.Diagnostic) bool {
+			return d.Code == transport.UnauthorizedErrorCode || d.Code == transport.DeniedErrorCode
+		}))
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return FieldImage, fmt.Errorf("%w at registry %s (%s)", ErrNotFound, host, detail)
-	case errors.Is(err, ErrUnauthorized) && creds != nil:
+	case unauthorized && opts.Secret != "":
 		return FieldRegistrySecret, fmt.Errorf("%w: registry %s refused the credentials of secret %s (%s)", ErrUnauthorized, host, quoteName(opts.SecretName), detail)
-	case errors.Is(err, ErrUnauthorized):
+	case unauthorized:
 		return FieldImage, fmt.Errorf("%w: registry %s requires credentials (%s): name an organization secret holding them in registry_secret", ErrUnauthorized, host, detail)
 	case errors.Is(err, ErrPlainHTTP), errors.Is(err, http.ErrSchemeMismatch):
 		return FieldImage, fmt.Errorf("%w: registry %s answers plain HTTP, not TLS: only loopback registries and those the operator names insecure may", ErrPlainHTTP, host)
 	case ctx.Err() != nil:
 		return FieldImage, fmt.Errorf("%w: registry %s did not answer within %v", ErrUnreachable, host, opts.Timeout)
-	case errors.Is(err, ErrUnreachable):
+	case errors.Is(err, ErrUnreachable), errors.As(err, &te) && te.Temporary():
 		return FieldImage, fmt.Errorf("%w: registry %s (%s)", ErrUnreachable, host, detail)
 	case errors.Is(err, errTooLarge):
-		return FieldImage, fmt.Errorf("%w: registry %s sent an answer of more than %d bytes (a manifest is at most that)", ErrInvalid, host, MaxManifestBytes)
+		return FieldImage, fmt.Errorf("%w: registry %s sent an answer of more than %d bytes (a manifest is at most that)", ErrInvalid, host, MaxResolveBytes)
 	case errors.Is(err, ErrDigest):
 		return FieldImage, fmt.Errorf("%w: registry %s served a manifest that does not match its digest", ErrDigest, host)
 	}
@@ -245,11 +258,11 @@ func quoteName(n string) string {
 	return fmt.Sprintf("%q", n)
 }
 
-// errTooLarge: an answer over MaxManifestBytes.
+// errTooLarge: an answer over MaxResolveBytes.
 var errTooLarge = fmt.Errorf("%w: answer too large", ErrInvalid)
 
-// limitBody caps the body of every answer at max bytes: a registry
-// cannot make the caller read without end.
+// limitBody caps the body of every answer at max bytes: a registry cannot
+// make the caller read without end.
 type limitBody struct {
 	next http.RoundTripper
 	max  int64

@@ -1,4 +1,4 @@
-package registry_test
+package image_test
 
 import (
 	"context"
@@ -16,8 +16,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
+	"github.com/meridian-run/meridian/image"
 	"github.com/meridian-run/meridian/image/imagetest"
-	"github.com/meridian-run/meridian/image/registry"
 	"github.com/meridian-run/meridian/testutil"
 )
 
@@ -36,17 +36,17 @@ func digestOf(t *testing.T, d interface{ Digest() (v1.Hash, error) }) string {
 	return h.String()
 }
 
-// resolveErr resolves ref and returns its *registry.Error, failing the
+// resolveErr resolves ref and returns its *image.ResolveError, failing the
 // test when it resolves.
-func resolveErr(t *testing.T, ref string, opts registry.Options) *registry.Error {
+func resolveErr(t *testing.T, ref string, opts image.ResolveOptions) *image.ResolveError {
 	t.Helper()
-	got, err := registry.Resolve(context.Background(), ref, opts)
+	got, err := image.Resolve(context.Background(), ref, opts)
 	if err == nil {
 		t.Fatalf("%s resolved to %+v, want an error", ref, got)
 	}
-	var re *registry.Error
+	var re *image.ResolveError
 	if !errors.As(err, &re) {
-		t.Fatalf("%s: %T %v, want *registry.Error", ref, err, err)
+		t.Fatalf("%s: %T %v, want *image.ResolveError", ref, err, err)
 	}
 	if !strings.Contains(err.Error(), ref) {
 		t.Errorf("%s: the error %q does not name the image", ref, err)
@@ -64,7 +64,7 @@ func TestResolveTagAndDigest(t *testing.T) {
 	img1, img2 := testImage(t, "one"), testImage(t, "two")
 	pinned1 := reg.Push(t, "team/web:1.4", img1)
 
-	got, err := registry.Resolve(ctx, reg.Host+"/team/web:1.4", registry.Options{})
+	got, err := image.Resolve(ctx, reg.Host+"/team/web:1.4", image.ResolveOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,14 +73,14 @@ func TestResolveTagAndDigest(t *testing.T) {
 	}
 
 	reg.Push(t, "team/web:1.4", img2) // the tag moves
-	moved, err := registry.Resolve(ctx, reg.Host+"/team/web:1.4", registry.Options{})
+	moved, err := image.Resolve(ctx, reg.Host+"/team/web:1.4", image.ResolveOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if moved.Digest != digestOf(t, img2) {
 		t.Fatalf("after the tag moved: %s, want %s", moved.Digest, digestOf(t, img2))
 	}
-	byDigest, err := registry.Resolve(ctx, pinned1, registry.Options{})
+	byDigest, err := image.Resolve(ctx, pinned1, image.ResolveOptions{})
 	if err != nil || byDigest.Digest != got.Digest {
 		t.Fatalf("by digest: %+v, %v; want %s", byDigest, err, got.Digest)
 	}
@@ -97,8 +97,8 @@ func TestResolveNotFound(t *testing.T) {
 		reg.Host + "/team/nothing:1",
 		reg.Host + "/team/web@sha256:" + strings.Repeat("0", 64),
 	} {
-		re := resolveErr(t, ref, registry.Options{})
-		if !errors.Is(re, registry.ErrNotFound) || re.Field != registry.FieldImage || !strings.Contains(re.Error(), "at registry "+reg.Host) {
+		re := resolveErr(t, ref, image.ResolveOptions{})
+		if !errors.Is(re, image.ErrNotFound) || re.Field != image.FieldImage || !strings.Contains(re.Error(), "at registry "+reg.Host) {
 			t.Errorf("%s: field %s, %v; want not found on image naming the registry", ref, re.Field, re)
 		}
 	}
@@ -115,7 +115,7 @@ func TestResolveIndex(t *testing.T) {
 		mutate.IndexAddendum{Add: amd, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
 		mutate.IndexAddendum{Add: arm, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}}})
 	pinned := reg.PushIndex(t, "multi:1", idx)
-	got, err := registry.Resolve(context.Background(), reg.Host+"/multi:1", registry.Options{})
+	got, err := image.Resolve(context.Background(), reg.Host+"/multi:1", image.ResolveOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,8 +126,8 @@ func TestResolveIndex(t *testing.T) {
 	win := mutate.AppendManifests(empty.Index,
 		mutate.IndexAddendum{Add: amd, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "windows", Architecture: "amd64"}}})
 	reg.PushIndex(t, "multi:win", win)
-	re := resolveErr(t, reg.Host+"/multi:win", registry.Options{})
-	if !errors.Is(re, registry.ErrInvalid) || re.Field != registry.FieldImage || !strings.Contains(re.Error(), "no linux image") {
+	re := resolveErr(t, reg.Host+"/multi:win", image.ResolveOptions{})
+	if !errors.Is(re, image.ErrInvalid) || re.Field != image.FieldImage || !strings.Contains(re.Error(), "no linux image") {
 		t.Errorf("windows-only index: field %s, %v", re.Field, re)
 	}
 }
@@ -146,20 +146,19 @@ func TestResolveCredentials(t *testing.T) {
 	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
 	for name, secret := range map[string]string{
-		"user:password":          user + ":" + pass + "\n",
-		"docker config auth":     fmt.Sprintf(`{"auths": {%q: {"auth": %q}}}`, reg.Host, b64(user+":"+pass)),
-		"docker config fields":   fmt.Sprintf(`{"auths": {%q: {"username": %q, "password": %q}}}`, reg.Host, user, pass),
-		"docker config url key":  fmt.Sprintf(`{"auths": {"other.example": {"auth": "eDp5"}, "http://%s/v2/": {"auth": %q}}}`, reg.Host, b64(user+":"+pass)),
-		"username/password JSON": fmt.Sprintf(`{"username": %q, "password": %q}`, user, pass),
+		"user:password":         user + ":" + pass + "\n",
+		"docker config auth":    fmt.Sprintf(`{"auths": {%q: {"auth": %q}}}`, reg.Host, b64(user+":"+pass)),
+		"docker config fields":  fmt.Sprintf(`{"auths": {%q: {"username": %q, "password": %q}}}`, reg.Host, user, pass),
+		"docker config url key": fmt.Sprintf(`{"auths": {"other.example": {"auth": "eDp5"}, "http://%s/v2/": {"auth": %q}}}`, reg.Host, b64(user+":"+pass)),
 	} {
-		got, err := registry.Resolve(context.Background(), ref, registry.Options{Secret: secret, SecretName: "pull"})
+		got, err := image.Resolve(context.Background(), ref, image.ResolveOptions{Secret: secret, SecretName: "pull"})
 		if err != nil || got.Digest != digestOf(t, img) {
 			t.Errorf("%s: %+v, %v", name, got, err)
 		}
 	}
 
 	leaks := []string{pass, b64(user + ":" + pass), b64("puller:wrong-Pa55word")}
-	check := func(name string, re *registry.Error, field string, cause error) {
+	check := func(name string, re *image.ResolveError, field string, cause error) {
 		t.Helper()
 		if re.Field != field || !errors.Is(re, cause) {
 			t.Errorf("%s: field %s, %v; want field %s, %v", name, re.Field, re, field, cause)
@@ -170,52 +169,20 @@ func TestResolveCredentials(t *testing.T) {
 			}
 		}
 	}
-	re := resolveErr(t, ref, registry.Options{})
-	check("no secret", re, registry.FieldImage, registry.ErrUnauthorized)
+	re := resolveErr(t, ref, image.ResolveOptions{})
+	check("no secret", re, image.FieldImage, image.ErrUnauthorized)
 	if !strings.Contains(re.Error(), "registry_secret") {
 		t.Errorf("no secret: %v does not say to name registry_secret", re)
 	}
-	re = resolveErr(t, ref, registry.Options{Secret: user + ":wrong-Pa55word", SecretName: "pull"})
-	check("wrong password", re, registry.FieldRegistrySecret, registry.ErrUnauthorized)
+	re = resolveErr(t, ref, image.ResolveOptions{Secret: user + ":wrong-Pa55word", SecretName: "pull"})
+	check("wrong password", re, image.FieldRegistrySecret, image.ErrUnauthorized)
 	if !strings.Contains(re.Error(), `secret "pull"`) || !strings.Contains(re.Error(), reg.Host) {
 		t.Errorf("wrong password: %v does not name the secret and registry", re)
 	}
-	re = resolveErr(t, ref, registry.Options{Secret: fmt.Sprintf(`{"auths": {"other.example": {"auth": %q}}}`, b64(user+":"+pass)), SecretName: "pull"})
-	check("other registry", re, registry.FieldRegistrySecret, registry.ErrInvalid)
-	if !strings.Contains(re.Error(), "no credentials for registry "+reg.Host+" (it has other.example)") {
+	re = resolveErr(t, ref, image.ResolveOptions{Secret: fmt.Sprintf(`{"auths": {"other.example": {"auth": %q}}}`, b64(user+":"+pass)), SecretName: "pull"})
+	check("other registry", re, image.FieldRegistrySecret, image.ErrCredentials)
+	if !strings.Contains(re.Error(), `secret "pull"`) || !strings.Contains(re.Error(), "no entry for registry "+reg.Host) {
 		t.Errorf("other registry: %v", re)
-	}
-}
-
-// TestParseCredentials: what each form of secret gives, and errors that
-// say what is wrong without quoting the value.
-func TestParseCredentials(t *testing.T) {
-	for _, tc := range []struct {
-		name, value, registry, err string
-	}{
-		{name: "user:password with colons", value: "u:p:a:ss", registry: "r.example"},
-		{name: "docker hub url key", value: `{"auths":{"https://index.docker.io/v1/":{"auth":"dTpw"}}}`, registry: "index.docker.io"},
-		{name: "token", value: `{"auths":{"r.example":{"identitytoken":"tok-123456"}}}`, registry: "r.example"},
-		{name: "no colon", value: "justatoken", registry: "r.example", err: "neither Docker config JSON nor user:password"},
-		{name: "empty user", value: ":p4ssword", registry: "r.example", err: "neither Docker config JSON nor user:password"},
-		{name: "two lines", value: "u:p4ss\nword", registry: "r.example", err: "must be one line"},
-		{name: "bad JSON", value: `{"auths": p4ssword}`, registry: "r.example", err: "not valid JSON (at byte"},
-		{name: "bad base64", value: `{"auths":{"r.example":{"auth":"p4ssword!!"}}}`, registry: "r.example", err: `auths["r.example"]: want auth`},
-		{name: "empty entry", value: `{"auths":{"r.example":{}}}`, registry: "r.example", err: "holds no credentials"},
-		{name: "no entry", value: `{"auths":{}}`, registry: "r.example", err: "no credentials for registry r.example (it has none)"},
-		{name: "auths not an object", value: `{"auths":["p4ssword"]}`, registry: "r.example", err: "not a JSON object of the Docker config's shape"},
-	} {
-		c, err := registry.ParseCredentials(tc.value, tc.registry)
-		switch {
-		case tc.err == "" && err != nil:
-			t.Errorf("%s: %v", tc.name, err)
-		case tc.err == "" && c.Authenticator() == nil:
-			t.Errorf("%s: no authenticator", tc.name)
-		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err) || !errors.Is(err, registry.ErrInvalid)):
-			t.Errorf("%s: %v, want %q", tc.name, err, tc.err)
-		case err != nil && strings.Contains(err.Error(), "p4ss"):
-			t.Errorf("%s: the error quotes the secret: %v", tc.name, err)
-		}
 	}
 }
 
@@ -226,8 +193,8 @@ func TestResolveUnreachable(t *testing.T) {
 	reg := imagetest.StartRegistry(t)
 	reg.Push(t, "web:1", testImage(t, "x"))
 	reg.Stop()
-	re := resolveErr(t, reg.Host+"/web:1", registry.Options{Timeout: 5 * time.Second})
-	if !errors.Is(re, registry.ErrUnreachable) || re.Field != registry.FieldImage {
+	re := resolveErr(t, reg.Host+"/web:1", image.ResolveOptions{Timeout: 5 * time.Second})
+	if !errors.Is(re, image.ErrUnreachable) || re.Field != image.FieldImage {
 		t.Errorf("registry down: field %s, %v", re.Field, re)
 	}
 
@@ -245,8 +212,8 @@ func TestResolveUnreachable(t *testing.T) {
 			defer c.Close() // held open, never answered
 		}
 	}()
-	re = resolveErr(t, ln.Addr().String()+"/web:1", registry.Options{Timeout: 300 * time.Millisecond})
-	if !errors.Is(re, registry.ErrUnreachable) || !strings.Contains(re.Error(), "did not answer within 300ms") {
+	re = resolveErr(t, ln.Addr().String()+"/web:1", image.ResolveOptions{Timeout: 300 * time.Millisecond})
+	if !errors.Is(re, image.ErrUnreachable) || !strings.Contains(re.Error(), "did not answer within 300ms") {
 		t.Errorf("silent registry: %v", re)
 	}
 }
@@ -278,8 +245,8 @@ func TestResolveHostileRegistry(t *testing.T) {
 	defer srv.Close()
 	host := strings.TrimPrefix(srv.URL, "http://")
 	const secret = "puller:hostile-Pa55word"
-	re := resolveErr(t, host+"/echo:1", registry.Options{Secret: secret, SecretName: "pull"})
-	if !errors.Is(re, registry.ErrUnauthorized) || re.Field != registry.FieldRegistrySecret {
+	re := resolveErr(t, host+"/echo:1", image.ResolveOptions{Secret: secret, SecretName: "pull"})
+	if !errors.Is(re, image.ErrUnauthorized) || re.Field != image.FieldRegistrySecret {
 		t.Errorf("echoing registry: field %s, %v", re.Field, re)
 	}
 	if b := base64.StdEncoding.EncodeToString([]byte(secret)); strings.Contains(re.Error(), b) || strings.Contains(re.Error(), "hostile-Pa55word") {
@@ -289,25 +256,8 @@ func TestResolveHostileRegistry(t *testing.T) {
 		t.Errorf("the echoed credentials were not replaced: %v", re)
 	}
 
-	re = resolveErr(t, host+"/huge:1", registry.Options{})
-	if !errors.Is(re, registry.ErrInvalid) || !strings.Contains(re.Error(), "more than 4194304 bytes") {
+	re = resolveErr(t, host+"/huge:1", image.ResolveOptions{})
+	if !errors.Is(re, image.ErrInvalid) || !strings.Contains(re.Error(), "more than 4194304 bytes") {
 		t.Errorf("endless manifest: %v", re)
-	}
-}
-
-// TestPlainHTTPAllowed: plain HTTP only to loopback registries and those
-// named insecure.
-func TestPlainHTTPAllowed(t *testing.T) {
-	for host, want := range map[string]bool{
-		"127.0.0.1:5000": true, "127.8.9.10": true, "[::1]:5000": true, "localhost:5000": true,
-		"registry.lan:5000": true, "registry.lan": false, "10.1.2.3:5000": false, "192.168.1.1": false, "example.com": false,
-	} {
-		if got := registry.PlainHTTPAllowed(host, []string{"registry.lan:5000"}); got != want {
-			t.Errorf("%s: %v, want %v", host, got, want)
-		}
-	}
-	req, _ := http.NewRequest("GET", "http://10.1.2.3:5000/v2/", nil)
-	if err := registry.CheckScheme(req, nil); !errors.Is(err, registry.ErrPlainHTTP) {
-		t.Errorf("plain HTTP to 10.1.2.3: %v", err)
 	}
 }
