@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -68,12 +69,11 @@ func (in *installation) moveTag(img v1.Image, version string) v1.Image {
 	return moved
 }
 
-// ociInit finds the process a container instance runs (its init): the
-// child of the instance's shim, which writes its log into this
-// installation's state dir.
-func (in *installation) ociInit(id string) int {
+// ociProcs finds the processes of a container instance: its shim (which
+// writes its log into this installation's state dir) and the shim's child,
+// the container's init.
+func (in *installation) ociProcs(id string) (shim, init int) {
 	in.t.Helper()
-	init := 0
 	eachProc(func(pid int, args []string) {
 		if len(args) != 2 || args[0] != "meridian-oci-shim" || args[1] != id {
 			return
@@ -84,13 +84,43 @@ func (in *installation) ociInit(id string) int {
 		}
 		children, err := os.ReadFile(dir + "/task/" + strconv.Itoa(pid) + "/children")
 		if f := strings.Fields(string(children)); err == nil && len(f) == 1 {
+			shim = pid
 			init, _ = strconv.Atoi(f[0])
 		}
 	})
 	if init == 0 {
-		in.t.Fatalf("no container init of instance %s in this installation", id)
+		in.t.Fatalf("no container of instance %s in this installation", id)
 	}
-	return init
+	return shim, init
+}
+
+// crashAndRestart kills the process of a container instance and waits
+// until its agent has restarted it on its machine, healthy, answering
+// version (the deployment it runs: the image deployed, not a moved tag's).
+func (in *installation) crashAndRestart(inst api.Instance, version string) {
+	in.t.Helper()
+	if _, init := in.ociProcs(inst.ID); syscall.Kill(init, syscall.SIGKILL) != nil {
+		in.t.Fatalf("kill the init of %s", inst.ID)
+	}
+	testutil.Eventually(in.t, 60*time.Second, "instance "+inst.ID+" restarted", func() (bool, string) {
+		for _, i := range in.instances() {
+			if i.ID != inst.ID {
+				continue
+			}
+			if i.Restarts < inst.Restarts+1 || i.State != "running" || i.Health != api.HealthHealthy {
+				return false, i.State + " " + i.Health + " restarts " + strconv.Itoa(i.Restarts)
+			}
+			where, err := tryHello(i)
+			if err != nil {
+				return false, err.Error()
+			}
+			if where["version"] != version {
+				in.t.Fatalf("restarted instance %s answers version %q, want %s: it runs the moved tag, not the deployed digest", i.ID, where["version"], version)
+			}
+			return true, ""
+		}
+		return false, "gone"
+	})
 }
 
 // imageService reads a service's image and digest and its latest
@@ -170,23 +200,7 @@ func TestImageDigestEverywhere(t *testing.T) {
 	}
 	// The instance's process dies; its agent restarts it on its machine,
 	// from the image it was deployed with.
-	if err := syscall.Kill(in.ociInit(victim.ID), syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	testutil.Eventually(t, 60*time.Second, "instance "+victim.ID+" restarted", func() (bool, string) {
-		i, ok := running()[victim.ID]
-		if !ok || i.Restarts < victim.Restarts+1 || i.State != "running" || i.Health != api.HealthHealthy {
-			return false, i.State + " " + i.Health + " restarts " + strconv.Itoa(i.Restarts)
-		}
-		where, err := tryHello(i)
-		if err != nil {
-			return false, err.Error()
-		}
-		if where["version"] != d.ID {
-			t.Fatalf("restarted instance %s answers version %q: it runs the moved tag, not the deployed digest", i.ID, where["version"])
-		}
-		return true, ""
-	})
+	in.crashAndRestart(victim, d.ID)
 
 	// A new deploy resolves the tag again: the new digest, everywhere.
 	code, out, errOut = in.cli("deploy", "-f", "../examples/hello-image/meridian.yaml", "--wait")
@@ -208,4 +222,121 @@ func TestImageDigestEverywhere(t *testing.T) {
 		}
 		return n == 3, strconv.Itoa(n) + " instances"
 	})
+}
+
+// blobGets counts, in the local registry's access log, the GETs of each
+// blob of repository that it answered 200: what was pulled from upstream.
+func (in *installation) blobGets(repository string) map[string]int {
+	in.t.Helper()
+	b, err := os.ReadFile(in.component("registry", "", "").Log)
+	if err != nil {
+		in.t.Fatal(err)
+	}
+	re := regexp.MustCompile(`"GET /v2/` + regexp.QuoteMeta(repository) + `/blobs/(sha256:[0-9a-f]{64}) HTTP/[0-9.]+" 200 `)
+	out := map[string]int{}
+	for _, m := range re.FindAllStringSubmatch(string(b), -1) {
+		out[m[1]]++
+	}
+	return out
+}
+
+// TestImageFromRegionalCache deploys an image to three regions, two
+// machines each pulling it in every region: each region fetched each blob
+// from the upstream registry once (the registry's own access log counts
+// them). The tag then moves and the upstream registry is stopped: a killed
+// machine's instance starts on a machine of its region that never had the
+// image, from the region's cache, and it and a restarted instance run the
+// bytes deployed, not the moved tag's.
+func TestImageFromRegionalCache(t *testing.T) {
+	topo := smallTopology(t, 1)
+	for i := range topo.Regions {
+		topo.Regions[i].Datacenters[0].Machines = 2 // a machine that runs nothing at first
+	}
+	in, img := imageInstallation(t, topo)
+	def := in.writeDefinition("cached", `name: cached
+regions: [fra, was, sin]
+image: ${MERIDIAN_DEV_REGISTRY}/demo/hello:1
+ports: [{port: 8080}]
+scalings: [{min: 2, max: 2}]
+instance_types: [{type: nano}]
+health_checks: [{port: 8080, http: {path: /healthz}, grace_period: 1s, interval: 500ms, timeout: 400ms, restart_limit: 1}]
+strategy: {type: all_at_once}
+`)
+	code, out, errOut := in.cli("deploy", "-f", def, "--wait")
+	if code != 0 {
+		t.Fatalf("deploy --wait: exit %d\n%s\n%s", code, out, errOut)
+	}
+	_, d := in.imageService("cached")
+	before := in.instances()
+	machines := map[string]bool{}
+	perRegion := map[string]int{}
+	for _, i := range before {
+		if where := hello(t, i); where["version"] != d.ID {
+			t.Fatalf("instance %s answers %v, want version %s", i.ID, where, d.ID)
+		}
+		machines[i.Machine] = true
+		perRegion[i.Region]++
+	}
+	if len(machines) != 6 || perRegion["fra"] != 2 || perRegion["was"] != 2 || perRegion["sin"] != 2 {
+		t.Fatalf("instances on %d machines, %v per region; want 2 per region on 6 machines", len(machines), perRegion)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, _ := layers[0].Digest()
+	config, _ := img.ConfigName()
+	gets := in.blobGets(dev.DemoRepository)
+	for _, blob := range []string{layer.String(), config.String()} {
+		if gets[blob] != 3 {
+			t.Errorf("blob %s fetched %d times from upstream, want 3 (once per region, for 6 machines)", blob, gets[blob])
+		}
+	}
+
+	in.moveTag(img, "tag-moved")
+	in.kill(in.component("registry", "", ""))
+	// A fra machine dies: its agent and its container.
+	var victim api.Instance
+	for _, i := range before {
+		if i.Region == "fra" {
+			victim = i
+			break
+		}
+	}
+	shim, init := in.ociProcs(victim.ID)
+	in.kill(in.component("agent", "fra", victim.Machine))
+	syscallKill(t, init)
+	syscallKill(t, shim)
+	testutil.Eventually(t, 90*time.Second, "fra's lost instance started from the region's cache on a machine that never had the image", func() (bool, string) {
+		var fresh []api.Instance
+		for _, i := range in.instances() {
+			if i.Region == "fra" && !machines[i.Machine] && i.State == "running" && i.Health == api.HealthHealthy {
+				fresh = append(fresh, i)
+			}
+		}
+		if len(fresh) == 0 {
+			return false, "no healthy instance on a new machine yet"
+		}
+		where, err := tryHello(fresh[0])
+		if err != nil {
+			return false, err.Error()
+		}
+		if where["version"] != d.ID {
+			t.Fatalf("the replacement %s answers version %q: it runs the moved tag, not the deployed digest", fresh[0].ID, where["version"])
+		}
+		return true, ""
+	})
+
+	// With upstream still down, an instance whose process dies is
+	// restarted, from the same bytes.
+	var other api.Instance
+	for _, i := range before {
+		if i.Region == "was" {
+			other = i
+		}
+	}
+	in.crashAndRestart(other, d.ID)
+	if now := in.blobGets(dev.DemoRepository); now[layer.String()] != 3 {
+		t.Errorf("the layer was fetched %d times from upstream in all, want still 3", now[layer.String()])
+	}
 }
