@@ -71,7 +71,7 @@ type blobCache struct {
 	max   int64
 	log   *slog.Logger
 	inUse func(context.Context) (map[string]bool, error) // digests of the images of current services
-	ctx   context.Context                                 // ends when the server closes: fills under way stop
+	ctx   context.Context                                // ends when the server closes: fills under way stop
 	stop  context.CancelFunc
 	wg    sync.WaitGroup // fills under way
 
